@@ -1,0 +1,146 @@
+"""Attacks: our own batched PGD (L-inf / L2, random start, CE or CW-margin loss) for training
+and fast evaluation, and foolbox 3's PGD for reported robustness. Epsilon is in [0, 1] pixels.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import check
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module):
+    """Model in eval mode (BN uses running stats: Madry's and CARTL's practice) with parameters
+    not requiring grad; the prior mode and flags are restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for m, t in modes:
+            m.training = t
+        for p, r in flags:
+            p.requires_grad_(r)
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin: max_{j != y} z_j - z_y, per example (positive means misclassified)."""
+    zy = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - zy
+
+
+def _loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="sum")
+    return margin_loss(logits, y).sum()
+
+
+def _l2_norm(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class PGD:
+    """Projected gradient descent (Madry et al. 2018). Defaults: CARTL App. C PGD-7, eps 8/255, step 2/255."""
+    eps: float = 8 / 255
+    steps: int = 7
+    step_size: float = 2 / 255
+    norm: str = "linf"        # "linf" or "l2"
+    loss: str = "ce"          # "ce" (cross-entropy) or "cw" (Carlini-Wagner margin)
+    random_start: bool = True
+
+    def __post_init__(self):
+        check(self.eps >= 0, f"PGD eps must be >= 0, not {self.eps}")
+        check(self.steps >= 0, f"PGD steps must be >= 0, not {self.steps}")
+        check(self.step_size > 0, f"PGD step size must be > 0, not {self.step_size}")
+        check(self.norm in ("linf", "l2"), f"PGD norm must be 'linf' or 'l2', not {self.norm!r}")
+        check(self.loss in ("ce", "cw"), f"PGD loss must be 'ce' or 'cw', not {self.loss!r}")
+
+    @property
+    def label(self) -> str:
+        return f"PGD-{self.steps} {self.norm} {self.loss} eps={self.eps:.4g}"
+
+    def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+        """Adversarial examples for ``forward`` (a callable on [0,1] images). No host sync in the loop.
+
+        The caller puts the model in :func:`attack_mode`; :meth:`__call__` does it for you.
+        """
+        if self.eps == 0 or self.steps == 0:
+            return x.detach()
+        x = x.detach()
+        if self.random_start:
+            if self.norm == "linf":
+                delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
+            else:
+                d = torch.randn_like(x)
+                r = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device) ** (1 / x[0].numel())
+                delta = d / _l2_norm(d) * r * self.eps
+            x_adv = (x + delta).clamp_(0, 1)
+        else:
+            x_adv = x.clone()
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            with autocast():
+                logits = forward(x_adv)
+            grad, = torch.autograd.grad(_loss(self.loss, logits, y), x_adv)
+            with torch.no_grad():
+                if self.norm == "linf":
+                    x_adv = x_adv + self.step_size * grad.sign()
+                    x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps)
+                else:
+                    x_adv = x_adv + self.step_size * grad / _l2_norm(grad)
+                    delta = x_adv - x
+                    delta = delta * (self.eps / _l2_norm(delta)).clamp(max=1.0)
+                    x_adv = x + delta
+                x_adv = x_adv.clamp_(0, 1)
+        return x_adv.detach()
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with attack_mode(model):
+            return self.perturb(model, x, y)
+
+
+def pgd_eval(eps: float, steps: int = 20, norm: str = "linf", loss: str = "ce", step_size: float | None = None) -> PGD:
+    """An evaluation PGD; by default step = 2.5 * eps / steps (Madry), at least eps/steps*2 for few steps."""
+    if step_size is None:
+        step_size = 2.5 * eps / max(steps, 1) if eps > 0 else 1.0
+    return PGD(eps=eps, steps=steps, step_size=step_size, norm=norm, loss=loss)
+
+
+@dataclass(frozen=True)
+class FoolboxPGD:
+    """Reported robustness through foolbox 3 (CARTL App. C: PGD-100, step 2/255, eps 8/255)."""
+    eps: float = 8 / 255
+    steps: int = 100
+    step_size: float = 2 / 255
+    norm: str = "linf"
+
+    def __post_init__(self):
+        check(self.eps >= 0 and self.steps >= 1 and self.step_size > 0, f"bad foolbox PGD settings: {self}")
+        check(self.norm in ("linf", "l2"), f"foolbox PGD norm must be 'linf' or 'l2', not {self.norm!r}")
+
+    @property
+    def label(self) -> str:
+        return f"foolbox PGD-{self.steps} {self.norm} eps={self.eps:.4g}"
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        try:
+            import foolbox as fb
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("foolbox evaluation needs foolbox 3: pip install foolbox==3.3.4") from e
+        cls = fb.attacks.LinfPGD if self.norm == "linf" else fb.attacks.L2PGD
+        attack = cls(abs_stepsize=self.step_size, steps=self.steps, random_start=True)
+        with attack_mode(model):
+            fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+            _, clipped, _ = attack(fmodel, x, y, epsilons=self.eps)
+        return clipped.detach()

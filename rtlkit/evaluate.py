@@ -1,0 +1,57 @@
+"""One call for clean and robust accuracy of a model on a dataset, with per-example results."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .attacks import PGD, FoolboxPGD, attack_mode
+from .data import ImageData, Loader
+from .runtime import Runtime
+
+
+@dataclass
+class EvalResult:
+    clean_acc: float
+    robust_acc: float                  # minimum over the attacks, per example (worst case)
+    per_attack: dict[str, float]       # robust accuracy of each attack alone
+    examples: pd.DataFrame             # index, label, clean_correct, <attack>_correct..., robust_correct
+
+    def summary(self) -> dict:
+        return {"clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
+                **{f"robust_acc[{k}]": v for k, v in self.per_attack.items()}}
+
+
+def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | FoolboxPGD] | PGD | FoolboxPGD,
+             runtime: Runtime | None = None, batch_size: int = 500, progress: bool = True) -> EvalResult:
+    """Clean accuracy and robust accuracy (an example counts as robust only if it survives every
+    attack given) on all of ``data``."""
+    runtime = runtime or Runtime()
+    attacks = [attacks] if isinstance(attacks, (PGD, FoolboxPGD)) else list(attacks)
+    names = [a.label for a in attacks]
+    loader = Loader(data, batch_size, device=runtime.device)
+    rows: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "clean_correct": []}
+    for n in names:
+        rows[n] = []
+    with attack_mode(model):
+        fwd = runtime.compiled(model)
+        for x, y, idx in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+            x = runtime.inputs(x)
+            with torch.no_grad(), runtime.autocast():
+                clean = fwd(x).argmax(1) == y
+            rows["index"].append(idx)
+            rows["label"].append(y)
+            rows["clean_correct"].append(clean)
+            for a, n in zip(attacks, names):
+                if isinstance(a, FoolboxPGD):
+                    x_adv = a(model, x, y)
+                else:
+                    x_adv = a.perturb(fwd, x, y, runtime.autocast)
+                with torch.no_grad(), runtime.autocast():
+                    rows[n].append((fwd(runtime.inputs(x_adv)).argmax(1) == y) & clean)
+    df = pd.DataFrame({k: torch.cat(v).cpu().numpy() for k, v in rows.items()})
+    df["robust_correct"] = df[names].all(axis=1) if names else df["clean_correct"]
+    return EvalResult(float(df.clean_correct.mean()), float(df.robust_correct.mean()),
+                      {n: float(df[n].mean()) for n in names}, df)

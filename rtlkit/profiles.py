@@ -1,0 +1,167 @@
+"""Profiles: the same experiments at four scales.
+
+| profile | data | model | where |
+| smoke | synthetic templates (12x12) | WRN-10-1, early downsampling | tests, CI: seconds |
+| quick | Fashion-MNIST (subset on CPU) -> MNIST-5k | WRN-16-1, early downsampling, PGD-20 eval | CPU or GPU |
+| full  | Fashion-MNIST -> MNIST-5k | WRN-16-4, PGD-100 through foolbox | GPU: minutes |
+| paper | CIFAR-100 -> CIFAR-10, WRN-34-10, 100 epochs (CARTL App. C) | | GPU: hours |
+
+Epsilon by family: 8/255 for CIFAR-like images (CARTL/Madry); 0.1 for the near-binary
+28x28 MNIST family, where 8/255 barely moves a pixel of ink and Madry's 0.3 leaves small
+transferred models with no robustness to measure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .attacks import PGD, FoolboxPGD
+from .errors import ConfigError, check
+from .models import WRNSpec
+from .runs import DataSpec, SourceRun, TransferRun
+from .training import AdversarialTraining, StandardTraining
+from .transfer import TransferPolicy
+
+EPS = {"mnist": 0.1, "cifar": 8 / 255}
+
+
+def step_size(eps: float, steps: int) -> float:
+    """CARTL's 2/255 for eps 8/255 is eps/4; few-step attacks need at least 2.5 eps / steps (Madry)."""
+    return max(eps / 4, 2.5 * eps / steps)
+
+
+def pgd(eps: float, steps: int, loss: str = "ce") -> PGD:
+    return PGD(eps=eps, steps=steps, step_size=step_size(eps, steps), loss=loss)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    source: DataSpec
+    target: DataSpec
+    model: WRNSpec
+    eps: float
+    source_method: AdversarialTraining
+    finetune: StandardTraining
+    eval_attacks: tuple
+    ks: tuple[int | str, ...]
+    bn_ks: tuple[int, ...]
+    reinit_source: DataSpec   # source-domain data for Shafahi's re-initialise-and-retrain curve
+    seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        n = self.model.n_blocks
+        for k in tuple(self.ks) + tuple(self.bn_ks):
+            check(k == "all" or (isinstance(k, int) and 1 <= k <= n),
+                  f"k={k!r} is not a block count of {self.model.name} (1..{n} or 'all')")
+        check(self.eps >= 0, f"eps must be >= 0, not {self.eps}")
+
+    def with_(self, **changes) -> "Profile":
+        """A copy with notebook parameters applied (None leaves a field as it is)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "eps" in changes:
+            e = changes["eps"]
+            sm = self.source_method
+            changes.setdefault("source_method", replace(sm, attack=pgd(e, sm.attack.steps)))
+            changes.setdefault("eval_attacks", tuple(_rescale(a, e) for a in self.eval_attacks))
+        if "source_epochs" in changes:
+            changes["source_method"] = replace(changes.get("source_method", self.source_method),
+                                               epochs=changes.pop("source_epochs"))
+        if "finetune_epochs" in changes:
+            changes["finetune"] = replace(self.finetune, epochs=changes.pop("finetune_epochs"))
+        for key in ("ks", "bn_ks", "seeds"):
+            if key in changes:
+                changes[key] = tuple(changes[key])
+        if "source_name" in changes:
+            changes["source"] = replace(self.source, name=changes.pop("source_name"))
+        if "target_name" in changes:
+            changes["target"] = replace(self.target, name=changes.pop("target_name"))
+        return replace(self, **changes)
+
+    def source_run(self, seed: int = 0) -> SourceRun:
+        return SourceRun(self.source, self.model, self.source_method, seed)
+
+    def transfer_run(self, policy: TransferPolicy, seed: int = 0, target: DataSpec | None = None) -> TransferRun:
+        return TransferRun(self.source_run(), target or self.target, policy, self.finetune, seed)
+
+    def reinit_run(self, k: int | str, seed: int = 0) -> TransferRun:
+        """Shafahi Fig. 1: re-initialise the last k blocks and retrain them on natural source data."""
+        return self.transfer_run(TransferPolicy(k=k, bn_stats="reuse", bn_affine="train", reinit=True),
+                                 seed, self.reinit_source)
+
+
+def _rescale(attack: PGD | FoolboxPGD, eps: float) -> PGD | FoolboxPGD:
+    return replace(attack, eps=eps, step_size=step_size(eps, attack.steps))
+
+
+def _smoke() -> Profile:
+    eps = 0.1
+    return Profile(
+        name="smoke",
+        source=DataSpec("synthetic-a"), target=DataSpec("synthetic-b", train_n=256),
+        model=WRNSpec(10, 1, stem_stride=2),
+        eps=eps,
+        source_method=AdversarialTraining(epochs=2, lr=0.05, batch_size=64, attack=pgd(eps, 2)),
+        finetune=StandardTraining(epochs=2, lr=0.05, batch_size=64),
+        eval_attacks=(pgd(eps, 5),),
+        ks=(1, 3, 5), bn_ks=(2, 5),
+        reinit_source=DataSpec("synthetic-a", train_n=256))
+
+
+def _quick(gpu: bool) -> Profile:
+    eps = EPS["mnist"]
+    return Profile(
+        name="quick",
+        source=DataSpec("fashion-mnist", train_n=None if gpu else 12000, test_n=1000),
+        target=DataSpec("mnist-5k"),
+        model=WRNSpec(16, 1, stem_stride=2),
+        eps=eps,
+        source_method=AdversarialTraining(epochs=10 if gpu else 5, attack=pgd(eps, 7 if gpu else 5)),
+        finetune=StandardTraining(epochs=6, lr=0.05),
+        eval_attacks=(pgd(eps, 20),),
+        ks=tuple(range(1, 9)), bn_ks=(4, 6),
+        reinit_source=DataSpec("fashion-mnist", train_n=4000, test_n=1000))
+
+
+def _full() -> Profile:
+    eps = EPS["mnist"]
+    return Profile(
+        name="full",
+        source=DataSpec("fashion-mnist"),
+        target=DataSpec("mnist-5k"),
+        model=WRNSpec(16, 4),
+        eps=eps,
+        source_method=AdversarialTraining(epochs=30, attack=pgd(eps, 7)),
+        finetune=StandardTraining(epochs=20, lr=0.05),
+        eval_attacks=(FoolboxPGD(eps=eps, steps=100, step_size=step_size(eps, 100)),),
+        ks=tuple(range(1, 9)), bn_ks=(4, 6),
+        reinit_source=DataSpec("fashion-mnist", train_n=10000),
+        seeds=(0, 1, 2))
+
+
+def _paper() -> Profile:
+    eps = EPS["cifar"]
+    return Profile(
+        name="paper",
+        source=DataSpec("cifar100"), target=DataSpec("cifar10"),
+        model=WRNSpec(34, 10),
+        eps=eps,
+        source_method=AdversarialTraining(),          # CARTL App. C: 100 epochs, PGD-7, 8/255, 2/255
+        finetune=StandardTraining(),                  # "similar settings are also applied during transfer"
+        eval_attacks=(FoolboxPGD(),),                 # PGD-100 via foolbox, step 2/255
+        ks=tuple(range(1, 18)), bn_ks=(8, 11),       # Table 1 uses k = 8 for CIFAR-100 -> CIFAR-10
+        reinit_source=DataSpec("cifar100"),
+        seeds=(0, 1, 2))
+
+
+PROFILES = ("smoke", "quick", "full", "paper")
+
+
+def get(name: str = "quick", gpu: bool | None = None, **overrides) -> Profile:
+    """A profile by name; ``gpu`` (default: whether torch sees one) lets `quick` use all the source data."""
+    if gpu is None:
+        from .runtime import default_device
+        gpu = default_device().startswith("cuda")
+    builders = {"smoke": _smoke, "quick": lambda: _quick(gpu), "full": _full, "paper": _paper}
+    if name not in builders:
+        raise ConfigError(f"unknown profile {name!r}; one of {', '.join(PROFILES)}")
+    return builders[name]().with_(**overrides)

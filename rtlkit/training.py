@@ -1,0 +1,135 @@
+"""Training methods (each a dataclass of the paper's defaults) and one training loop that
+checkpoints every epoch and resumes after a kill.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .attacks import PGD, attack_mode
+from .data import ImageData, Loader
+from .errors import check
+from .io import atomic_torch_save
+from .runtime import Runtime, seed_all
+from .transfer import TransferPolicy
+
+
+@dataclass(frozen=True)
+class StandardTraining:
+    """Natural training. CARTL App. C: SGD momentum 0.9, lr 0.1 decayed x0.2 at epochs 40/70/90 of
+    100, batch 128 (weight decay 5e-4 is not in App. C; it is the WRN/Madry-code default)."""
+    epochs: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    milestones: tuple[float, ...] = (0.4, 0.7, 0.9)  # fractions of `epochs`
+    gamma: float = 0.2
+    augment: bool = True  # the dataset's standard augmentation (DatasetInfo.augment)
+
+    def __post_init__(self):
+        check(self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}")
+        check(self.lr > 0, f"learning rate must be > 0, not {self.lr}")
+        check(self.batch_size >= 1, f"batch size must be >= 1, not {self.batch_size}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), not {self.momentum}")
+        check(all(0 < m <= 1 for m in self.milestones), f"milestones are fractions of the epochs in (0, 1]: {self.milestones}")
+
+    kind = "standard"
+
+    def scaled(self, **changes) -> "StandardTraining":
+        return replace(self, **changes)
+
+    def batch_loss(self, model, fwd, x, y, runtime: Runtime):
+        with runtime.autocast():
+            logits = fwd(x)
+        return F.cross_entropy(logits.float(), y), logits
+
+
+@dataclass(frozen=True)
+class AdversarialTraining(StandardTraining):
+    """PGD adversarial training (Madry et al. 2018; CARTL App. C: PGD-7, eps 8/255, step 2/255).
+    Adversarial examples are made with BN in eval mode and the weights fixed."""
+    attack: PGD = field(default_factory=PGD)
+
+    kind = "adversarial"
+
+    def batch_loss(self, model, fwd, x, y, runtime: Runtime):
+        with attack_mode(model):
+            x = runtime.inputs(self.attack.perturb(fwd, x, y, runtime.autocast))
+        return super().batch_loss(model, fwd, x, y, runtime)
+
+
+def _milestones(method: StandardTraining) -> list[int]:
+    return sorted({max(1, round(m * method.epochs)) for m in method.milestones})
+
+
+def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, runtime: Runtime | None = None,
+          policy: TransferPolicy | None = None, checkpoint: str | Path | None = None, seed: int = 0,
+          progress: bool = True, desc: str = "train",
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train ``model`` in place; returns the per-epoch history.
+
+    With ``policy``, only its trainable parameters move and its BN modes hold. With
+    ``checkpoint``, state is saved atomically after every epoch and an interrupted run resumes
+    from it; per-epoch seeding makes the resumed run bit-identical on the CPU.
+    """
+    runtime = runtime or Runtime()
+    model = runtime.prepare(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    check(len(params) > 0, "nothing to train: every parameter is frozen")
+    opt_kw = {"fused": True} if runtime.is_cuda else {"foreach": True}
+    opt = torch.optim.SGD(params, lr=method.lr, momentum=method.momentum,
+                          weight_decay=method.weight_decay, **opt_kw)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(method), method.gamma)
+    drop_last = len(data) >= method.batch_size
+    loader = Loader(data, method.batch_size, shuffle=True, augment=data.info.augment if method.augment else None,
+                    drop_last=drop_last, device=runtime.device, seed=seed)
+    history: list[dict] = []
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=runtime.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = state["epoch"], state["history"]
+    fwd = runtime.compiled(model)
+    bar = tqdm(range(start, method.epochs), desc=desc, disable=not progress, initial=start, total=method.epochs)
+    for epoch in bar:
+        t0 = time.time()
+        seed_all(seed * 1000 + epoch)
+        loader.set_epoch(epoch)
+        if policy is not None:
+            policy.set_modes(model)
+        else:
+            model.train()
+        tot_loss = torch.zeros((), device=runtime.device)
+        tot_correct = torch.zeros((), device=runtime.device)
+        n = 0
+        for x, y, _ in loader:
+            x = runtime.inputs(x)
+            loss, logits = method.batch_loss(model, fwd, x, y, runtime)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.detach() * len(y)
+            tot_correct += (logits.detach().argmax(1) == y).sum()
+            n += len(y)
+        sched.step()
+        rec = {"epoch": epoch + 1, "loss": float(tot_loss) / max(n, 1), "train_acc": float(tot_correct) / max(n, 1),
+               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "images": n}
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
+        if ckpt is not None:
+            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history}, ckpt)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, rec)
+    model.eval()
+    return history
