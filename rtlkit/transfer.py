@@ -94,9 +94,12 @@ class TransferPolicy:
 def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy, seed: int = 0) -> WideResNet:
     """A copy of the source model ready for fine-tuning under ``policy``: new head, optional re-init,
     requires_grad set."""
-    model = copy.deepcopy(source)
-    if hasattr(model, "_rtlkit_compiled"):
-        object.__delattr__(model, "_rtlkit_compiled")
+    compiled = source.__dict__.pop("_rtlkit_compiled", None)  # never deep-copy a compiled wrapper
+    try:
+        model = copy.deepcopy(source)
+    finally:
+        if compiled is not None:
+            source.__dict__["_rtlkit_compiled"] = compiled
     policy.check_model(model.n_blocks)
     if policy.reinit:
         reinit_blocks(model, policy.split(model)[1], seed)
