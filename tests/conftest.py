@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from rtlkit import data as D
+from rtlkit.models import WRNSpec, build
+
+TINY = WRNSpec(10, 1, stem_stride=2)  # 5 blocks
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test gets its own run cache and figures folder; nothing touches runs/ or figures/."""
+    monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RTLKIT_FIGURES", str(tmp_path / "figures"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def syn():
+    return D.synthetic("train", seed=3, n_train=256, size=12, noise=0.3)
+
+
+def tiny_model(classes=4, seed=0):
+    torch.manual_seed(seed)
+    return build(TINY, classes, 1, (0.5,), (0.25,))
