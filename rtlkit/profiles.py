@@ -47,12 +47,30 @@ class Profile:
     bn_ks: tuple[int, ...]
     reinit_source: DataSpec   # source-domain data for Shafahi's re-initialise-and-retrain curve
     seeds: tuple[int, ...] = (0,)
+    # CARTL (notebook 03): Table 2 grid, the (lambda, beta) used for Table 3/4 and Figs. 4/5, LwF grid
+    cartl_ks: tuple[int, ...] = (4, 6)
+    cartl_lams: tuple[float, ...] = (0.01, 0.005)        # CARTL Table 2
+    cartl_betas: tuple[float, ...] = (1.0, 0.6, 0.4)     # CARTL Table 2
+    cartl_choice: tuple[float, float] = (0.005, 0.4)     # best of Table 2 at Case-6
+    lwf_lams: tuple[float, ...] = (0.1, 0.01, 0.005, 0.001)  # CARTL Table 5
+    fractions: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)  # CARTL Fig. 5
+    cartl_seeds: tuple[int, ...] = (0, 1, 2)
+    cartl_test_n: int | None = None                      # evaluate notebook 03 on a class-balanced subset
+    pairs: tuple = ()      # Table 4: extra (source DataSpec or None for the profile's source, target DataSpec)
 
     def __post_init__(self):
         n = self.model.n_blocks
         for k in tuple(self.ks) + tuple(self.bn_ks):
             check(k == "all" or (isinstance(k, int) and 1 <= k <= n),
                   f"k={k!r} is not a block count of {self.model.name} (1..{n} or 'all')")
+        for k in self.cartl_ks:
+            check(isinstance(k, int) and 1 <= k < n,
+                  f"CARTL k={k!r} must leave a frozen part to FDM: 1..{n - 1} for {self.model.name}")
+        check(all(0 < b <= 1 for b in self.cartl_betas + self.cartl_choice[1:]),
+              f"NEFT beta must be in (0, 1]: {self.cartl_betas}, {self.cartl_choice}")
+        check(all(v >= 0 for v in self.cartl_lams + self.lwf_lams + self.cartl_choice[:1]),
+              "FDM lambda and LwF lambda_d must be >= 0")
+        check(all(0 < f <= 1 for f in self.fractions), f"fractions must be in (0, 1]: {self.fractions}")
         check(self.eps >= 0, f"eps must be >= 0, not {self.eps}")
 
     def with_(self, **changes) -> "Profile":
@@ -68,7 +86,8 @@ class Profile:
                                                epochs=changes.pop("source_epochs"))
         if "finetune_epochs" in changes:
             changes["finetune"] = replace(self.finetune, epochs=changes.pop("finetune_epochs"))
-        for key in ("ks", "bn_ks", "seeds"):
+        for key in ("ks", "bn_ks", "seeds", "cartl_ks", "cartl_lams", "cartl_betas", "cartl_choice",
+                    "lwf_lams", "fractions", "cartl_seeds"):
             if key in changes:
                 changes[key] = tuple(changes[key])
         if "source_name" in changes:
@@ -93,6 +112,13 @@ def _rescale(attack: PGD | FoolboxPGD, eps: float) -> PGD | FoolboxPGD:
     return replace(attack, eps=eps, step_size=step_size(eps, attack.steps))
 
 
+def _offline_pairs(source_n: int | None) -> tuple:
+    """CARTL Table 4 on offline data: split Fashion-MNIST, and Fashion-MNIST -> sklearn 8x8 digits."""
+    return ((DataSpec("fashion-mnist", classes=(0, 1, 2, 3, 4), train_n=source_n, test_n=1000),
+             DataSpec("fashion-mnist", classes=(5, 6, 7, 8, 9), train_n=4000)),
+            (None, DataSpec("digits-8x8")))  # None: the profile's own source
+
+
 def _smoke() -> Profile:
     eps = 0.1
     return Profile(
@@ -104,7 +130,10 @@ def _smoke() -> Profile:
         finetune=StandardTraining(epochs=2, lr=0.05, batch_size=64),
         eval_attacks=(pgd(eps, 5),),
         ks=(1, 3, 5), bn_ks=(2, 5),
-        reinit_source=DataSpec("synthetic-a", train_n=256))
+        reinit_source=DataSpec("synthetic-a", train_n=256),
+        cartl_ks=(2, 3), cartl_lams=(0.01,), cartl_betas=(1.0, 0.4), cartl_choice=(0.01, 0.4),
+        lwf_lams=(0.1, 0.001), fractions=(1.0, 0.5), cartl_seeds=(0, 1),
+        pairs=((DataSpec("synthetic-a", classes=(0, 1)), DataSpec("synthetic-a", classes=(2, 3))),))
 
 
 def _quick(gpu: bool) -> Profile:
@@ -119,7 +148,9 @@ def _quick(gpu: bool) -> Profile:
         finetune=StandardTraining(epochs=6, lr=0.05),
         eval_attacks=(pgd(eps, 20),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
-        reinit_source=DataSpec("fashion-mnist", train_n=4000, test_n=1000))
+        reinit_source=DataSpec("fashion-mnist", train_n=4000, test_n=1000),
+        cartl_ks=(4, 6), cartl_betas=(1.0, 0.4), cartl_seeds=(0, 1), fractions=(1.0, 0.5, 0.2, 0.1),
+        cartl_test_n=500, pairs=_offline_pairs(None if gpu else 6000))
 
 
 def _full() -> Profile:
@@ -135,7 +166,7 @@ def _full() -> Profile:
         eval_attacks=(FoolboxPGD(eps=eps, steps=100, step_size=step_size(eps, 100)),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
         reinit_source=DataSpec("fashion-mnist", train_n=10000),
-        seeds=(0, 1, 2))
+        seeds=(0, 1, 2), pairs=_offline_pairs(None))
 
 
 def _paper() -> Profile:
@@ -150,7 +181,9 @@ def _paper() -> Profile:
         eval_attacks=(FoolboxPGD(),),                 # PGD-100 via foolbox, step 2/255
         ks=tuple(range(1, 18)), bn_ks=(8, 11),       # Table 1 uses k = 8 for CIFAR-100 -> CIFAR-10
         reinit_source=DataSpec("cifar100"),
-        seeds=(0, 1, 2))
+        seeds=(0, 1, 2), cartl_ks=(4, 6, 8),
+        pairs=((DataSpec("cifar100"), DataSpec("svhn")), (DataSpec("cifar100"), DataSpec("gtsrb")),
+               (DataSpec("cifar10"), DataSpec("svhn")), (DataSpec("gtsrb"), DataSpec("svhn"))))
 
 
 PROFILES = ("smoke", "quick", "full", "paper")

@@ -24,7 +24,8 @@ from .evaluate import evaluate
 from .io import atomic_torch_save, atomic_write_csv, atomic_write_json, read_json
 from .models import WideResNet, WRNSpec, build
 from .runtime import Runtime, seed_all
-from .training import StandardTraining, train
+from .neft import NEFT
+from .training import AdversarialTraining, StandardTraining, train
 from .transfer import TransferPolicy, prepare_target
 
 
@@ -33,9 +34,12 @@ def runs_root() -> Path:
 
 
 def to_jsonable(obj):
+    """JSON for a config. A field left at a None default is omitted, so adding an optional field
+    to a config class keeps every existing run's hash (and cache entry)."""
     if dataclasses.is_dataclass(obj):
         return {"_type": type(obj).__name__,
-                **{f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+                **{f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                   if not (f.default is None and getattr(obj, f.name) is None)}}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, dict):
@@ -93,6 +97,14 @@ class SourceRun:
     seed: int = 0
     kind = "source"
 
+    def __post_init__(self):
+        from .fdm import FDMTraining
+        if isinstance(self.method, FDMTraining):
+            self.method.check_model(self.model.n_blocks)
+            if self.method.lam == 0:  # lambda = 0 is plain AT: the same run, the same cache entry
+                plain = {f.name: getattr(self.method, f.name) for f in dataclasses.fields(AdversarialTraining)}
+                object.__setattr__(self, "method", AdversarialTraining(**plain))
+
     def build_model(self) -> WideResNet:
         d = self.data.train()
         mean, std = d.mean_std()
@@ -113,6 +125,7 @@ class TransferRun:
     policy: TransferPolicy
     method: StandardTraining
     seed: int = 0
+    neft: NEFT | None = None
     kind = "transfer"
 
     def __post_init__(self):
@@ -142,7 +155,7 @@ def _initial_model(run, runtime: Runtime, progress: bool) -> WideResNet:
     if isinstance(run, SourceRun):
         return run.build_model()
     src = get_or_train(run.source, runtime, progress)
-    return prepare_target(src.cpu(), run.data.train().info.num_classes, run.policy, run.seed)
+    return prepare_target(src.cpu(), run.data.train().info.num_classes, run.policy, run.seed, run.neft)
 
 
 def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, progress: bool = True) -> WideResNet:
@@ -168,10 +181,12 @@ def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, p
 
 
 def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD], runtime: Runtime | None = None,
-                    progress: bool = True, batch_size: int = 500) -> dict:
-    """Clean and robust accuracy of ``run``'s model on its test set, cached with per-example CSV."""
+                    progress: bool = True, batch_size: int = 500, test_n: int | None = None) -> dict:
+    """Clean and robust accuracy of ``run``'s model on its test set (or a class-balanced ``test_n``
+    of it), cached with a per-example CSV."""
     runtime = runtime or Runtime()
-    key = stable_hash({"attacks": list(attacks), "test": run.data})
+    spec = dataclasses.replace(run.data, test_n=test_n) if test_n else run.data
+    key = stable_hash({"attacks": list(attacks), "test": spec})
     folder = run_dir(run)
     path = folder / f"eval-{key}.json"
     if path.is_file():
@@ -179,7 +194,10 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
     model = get_or_train(run, runtime, progress)
     seed_all(run.seed)
     t0 = time.time()
-    res = evaluate(model, run.test_data(), attacks, runtime, batch_size, progress)
+    test = run.test_data()
+    if test_n:
+        test = D.subset(test, test_n, run.data.seed)
+    res = evaluate(model, test, attacks, runtime, batch_size, progress)
     out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
            "eval_seconds": time.time() - t0, "device": runtime.describe()}
     atomic_write_csv(folder / f"eval-{key}.csv", res.examples)

@@ -45,7 +45,14 @@ class StandardTraining:
     def scaled(self, **changes) -> "StandardTraining":
         return replace(self, **changes)
 
-    def batch_loss(self, model, fwd, x, y, runtime: Runtime):
+    def setup(self, model, data: ImageData, runtime: Runtime):
+        """Called once before the first epoch; returns state handed to the hooks below."""
+        return None
+
+    def on_epoch_start(self, model, epoch: int, state) -> None:
+        pass
+
+    def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
         with runtime.autocast():
             logits = fwd(x)
         return F.cross_entropy(logits.float(), y), logits
@@ -59,7 +66,7 @@ class AdversarialTraining(StandardTraining):
 
     kind = "adversarial"
 
-    def batch_loss(self, model, fwd, x, y, runtime: Runtime):
+    def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
         with attack_mode(model):
             x = runtime.inputs(self.attack.perturb(fwd, x, y, runtime.autocast))
         return super().batch_loss(model, fwd, x, y, runtime)
@@ -90,6 +97,7 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     drop_last = len(data) >= method.batch_size
     loader = Loader(data, method.batch_size, shuffle=True, augment=data.info.augment if method.augment else None,
                     drop_last=drop_last, device=runtime.device, seed=seed)
+    state = method.setup(model, data, runtime)  # before a resume: it may read the starting weights
     history: list[dict] = []
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
@@ -109,12 +117,13 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
             policy.set_modes(model)
         else:
             model.train()
+        method.on_epoch_start(model, epoch, state)
         tot_loss = torch.zeros((), device=runtime.device)
         tot_correct = torch.zeros((), device=runtime.device)
         n = 0
-        for x, y, _ in loader:
+        for x, y, idx in loader:
             x = runtime.inputs(x)
-            loss, logits = method.batch_loss(model, fwd, x, y, runtime)
+            loss, logits = method.batch_loss(model, fwd, x, y, runtime, idx, state)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -91,9 +91,10 @@ class TransferPolicy:
                 blk.eval()
 
 
-def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy, seed: int = 0) -> WideResNet:
+def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy, seed: int = 0,
+                   neft=None) -> WideResNet:
     """A copy of the source model ready for fine-tuning under ``policy``: new head, optional re-init,
-    requires_grad set."""
+    optional non-expansive parametrisation of the fine-tuned blocks (``neft``), requires_grad set."""
     compiled = source.__dict__.pop("_rtlkit_compiled", None)  # never deep-copy a compiled wrapper
     try:
         model = copy.deepcopy(source)
@@ -104,5 +105,8 @@ def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy,
     if policy.reinit:
         reinit_blocks(model, policy.split(model)[1], seed)
     model.replace_head(num_classes, seed)
+    if neft is not None:
+        from .neft import apply_neft
+        apply_neft(model, policy.split(model)[1], neft)
     policy.apply(model)
     return model

@@ -64,3 +64,34 @@ def bn_panel(df: pd.DataFrame, interactive: bool = True):
     pick_c.observe(redraw, "value")
     redraw()
     return _display(W.VBox([W.HBox([pick_k, pick_c]), out]))
+
+
+def cartl_panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interactive: bool = True):
+    """Pick lambda, beta, k and method; re-plot the trade-off and the grid from cached results."""
+    if not interactive:
+        return None
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    lam = W.SelectMultiple(options=sorted(grid.lam.unique()), value=tuple(sorted(grid.lam.unique())), description="λ")
+    beta = W.SelectMultiple(options=sorted(grid.beta.unique()), value=tuple(sorted(grid.beta.unique())), description="β")
+    ks = W.SelectMultiple(options=sorted(grid.k.unique()), value=tuple(sorted(grid.k.unique())), description="k")
+    methods = W.SelectMultiple(options=["vanilla", "AT + NEFT", "CARTL"], value=("vanilla", "AT + NEFT", "CARTL"),
+                               description="method")
+    out = W.Output()
+
+    def redraw(*_):
+        g = grid[grid.lam.isin(lam.value) & grid.beta.isin(beta.value) & grid.k.isin(ks.value)]
+        a = ablation[ablation.k.isin(ks.value) & ablation.method.isin(methods.value)]
+        with out:
+            out.clear_output(wait=True)
+            if len(g):
+                plots.cartl_heatmaps(g)
+            if len(a):
+                plots.method_bars(a, "k")
+                plots.tradeoff(a, lwf)
+            plt.show()
+
+    for w in (lam, beta, ks, methods):
+        w.observe(redraw, "value")
+    redraw()
+    return _display(W.VBox([W.HBox([lam, beta, ks, methods]), out]))

@@ -1,0 +1,71 @@
+"""Learning without forgetting on the penultimate feature (Shafahi et al. Sec. 6, App. A.1;
+CARTL Eq. 14, App. B): loss = CE + lambda_d * || z(x; theta) - z(x; theta_0) ||_2.
+
+z(x; theta_0) is the frozen source's pooled feature, computed once for the target training set
+without augmentation (Shafahi App. B: features of augmented images differ too much to reuse).
+Warm start: for the first half of the epochs only the final linear layer trains; after that all
+weights train, BN parameters excepted: BN affine stays frozen (use TransferPolicy(k="all",
+bn_affine="freeze")) and BN layers run in eval mode, so the running statistics stay the source's
+too (Shafahi's code is TensorFlow, where the moving statistics are BN parameters as well). Learning rate 0.01 fixed: Shafahi App. A.1 (the text of
+Sec. 6 says 0.001; CARTL gives none for LwF).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .attacks import attack_mode
+from .data import Loader
+from .errors import check
+from .runtime import Runtime
+from .training import StandardTraining
+
+
+@dataclass(frozen=True)
+class LwFTraining(StandardTraining):
+    """CARTL Table 5 grid: lambda_d in {0.1, 0.01, 0.005, 0.001}."""
+    lam_d: float = 0.1
+    lr: float = 0.01
+    milestones: tuple[float, ...] = ()
+    warm_fraction: float = 0.5
+    augment: bool = False
+
+    kind = "lwf"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.lam_d >= 0, f"LwF lambda_d must be >= 0, not {self.lam_d}")
+        check(0 <= self.warm_fraction < 1, f"LwF warm_fraction must be in [0, 1), not {self.warm_fraction}")
+        check(not self.augment, "LwF trains without augmentation (the source features are precomputed)")
+
+    def warm_epochs(self) -> int:
+        return int(round(self.warm_fraction * self.epochs))
+
+    def setup(self, model, data, runtime: Runtime) -> dict:
+        """Precompute z(x; theta_0) for every training example (model is still the source here)."""
+        feats = torch.empty(len(data), model.feature_dim, device=runtime.device)
+        pos = torch.full((int(data.index.max()) + 1,), -1, dtype=torch.long, device=runtime.device)
+        pos[data.index.to(runtime.device)] = torch.arange(len(data), device=runtime.device)
+        with attack_mode(model), torch.no_grad():
+            for x, _, idx in Loader(data, 512, device=runtime.device):
+                feats[pos[idx]] = model.penultimate(runtime.inputs(x)).float()
+        return {"z0": feats, "pos": pos, "trainable": [p for p in model.parameters() if p.requires_grad],
+                "head": set(map(id, model.head.fc.parameters()))}
+
+    def on_epoch_start(self, model, epoch: int, state: dict) -> None:
+        warm = epoch < self.warm_epochs()
+        for p in state["trainable"]:
+            p.requires_grad_(not warm or id(p) in state["head"])
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+    def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
+        with runtime.autocast():
+            z = model.penultimate(x)
+            logits = model.head.fc(z)
+        z0 = state["z0"][state["pos"][idx]]
+        loss = F.cross_entropy(logits.float(), y) + self.lam_d * (z.float() - z0).norm(dim=1).mean()
+        return loss, logits
