@@ -62,3 +62,18 @@ def largest_singular_value(layer: nn.Module) -> float:
     with torch.no_grad():
         w = layer.weight
         return float(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1).float(), ord=2))
+
+
+def settle(model: nn.Module, iterations: int = 30) -> None:
+    """Converge the power-iteration estimates for the final weights (no weight changes), so the
+    saved model is non-expansive at exactly beta: the last optimizer step moves W after the last
+    training-step iteration, and one iteration per step lags behind on short runs."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight") and any(
+                type(p).__name__ == "_SpectralNorm" for p in m.parametrizations["weight"]):
+            mode = m.training
+            m.train()
+            with torch.no_grad():
+                for _ in range(iterations):
+                    m.weight
+            m.train(mode)

@@ -24,7 +24,7 @@ from .evaluate import evaluate
 from .io import atomic_torch_save, atomic_write_csv, atomic_write_json, read_json
 from .models import WideResNet, WRNSpec, build
 from .runtime import Runtime, seed_all
-from .neft import NEFT
+from .neft import NEFT, settle
 from .training import AdversarialTraining, StandardTraining, train
 from .transfer import TransferPolicy, prepare_target
 
@@ -173,6 +173,8 @@ def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, p
     desc = f"{run.kind} {run.data.label}" + (f" k={run.policy.k}" if policy else "")
     history = train(model, run.train_data(), run.method, runtime, policy=policy,
                     checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)
+    if getattr(run, "neft", None) is not None:
+        settle(model)
     model = model.eval()
     atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
     atomic_write_json(folder / "train.json", {"history": history, "wall_seconds": time.time() - t0,

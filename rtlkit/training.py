@@ -102,11 +102,11 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=runtime.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, history = state["epoch"], state["history"]
+        saved = torch.load(ckpt, map_location=runtime.device, weights_only=False)  # not `state`: that is the method's
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        start, history = saved["epoch"], saved["history"]
     fwd = runtime.compiled(model)
     bar = tqdm(range(start, method.epochs), desc=desc, disable=not progress, initial=start, total=method.epochs)
     for epoch in bar:

@@ -9,10 +9,18 @@ TINY = WRNSpec(10, 1, stem_stride=2)  # 5 blocks
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Every test gets its own run cache and figures folder; nothing touches runs/ or figures/."""
+    """Every test gets its own run cache and figures folder; nothing touches runs/ or figures/,
+    and nothing downloads."""
     monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("RTLKIT_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.delenv("RTLKIT_DOWNLOAD", raising=False)
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    """The run cache of this test (what RTLKIT_RUNS points at)."""
+    return tmp_path / "runs"
 
 
 @pytest.fixture
@@ -23,3 +31,8 @@ def syn():
 def tiny_model(classes=4, seed=0):
     torch.manual_seed(seed)
     return build(TINY, classes, 1, (0.5,), (0.25,))
+
+
+def state_of(module):
+    """A detached copy of a module's state_dict."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
