@@ -139,11 +139,11 @@ def test_lwf_with_a_huge_lambda_keeps_the_source_features(syn):
     drift = {}
     for lam_d in (0.0, 5.0):
         model = prepare_target(src, 4, pol)
-        train(model, syn, LwFTraining(epochs=4, batch_size=32, lam_d=lam_d, lr=0.001), policy=pol, progress=False)
+        train(model, syn, LwFTraining(epochs=8, batch_size=32, lam_d=lam_d, lr=0.003), policy=pol, progress=False)
         with torch.no_grad():
             drift[lam_d] = float((model.eval().penultimate(x) - z0).norm(dim=1).mean() / z0.norm(dim=1).mean())
     # the L2 (not squared) penalty is non-smooth: its pull has size lr * lambda_d, hence the small lr
-    assert drift[5.0] < 0.03 and drift[5.0] < drift[0.0] / 2
+    assert drift[5.0] < 0.06 and drift[5.0] < drift[0.0] / 3
 
 
 @pytest.mark.parametrize("bad", [

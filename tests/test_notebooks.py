@@ -38,9 +38,10 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
         assert manifest["profile"] == "smoke"
         assert manifest["wall_seconds_since_notebook_start"] > 0
         assert manifest["device"] and manifest["commit"]
-    # notebook 02 reuses the source model that notebook 01 trained
+    # every source is trained once and shared: the AT source (01, 02, 03), one FDM source per
+    # (lambda, k) of the smoke grid (2), and the extra pair's own AT + FDM sources (2)
     sources = list((tmp_path / "runs").glob("source-*"))
-    assert len(sources) == 1
+    assert len(sources) == 5
 
 
 def test_unknown_profile_is_a_clear_error():

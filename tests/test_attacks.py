@@ -1,0 +1,182 @@
+"""Attacks: own PGD against answers known in closed form (linear models), attack_mode, own PGD
+against foolbox on a trained CNN, and clear errors for bad settings."""
+import pytest
+import torch
+import torch.nn as nn
+
+from rtlkit import ConfigError
+from rtlkit.attacks import PGD, FoolboxPGD, attack_mode
+from rtlkit.data import DatasetInfo, ImageData, synthetic
+from rtlkit.evaluate import evaluate
+from rtlkit.models import build
+from rtlkit.runtime import Runtime
+from rtlkit.training import StandardTraining, train
+
+from conftest import TINY, tiny_model
+
+CPU = Runtime("cpu")  # fp32 eager: the closed forms are exact only without bf16 autocast
+H, W = 4, 5           # inputs (N, 1, 4, 5): d = 20
+
+
+class LinearTwoClass(nn.Module):
+    """flatten + Linear(d, 2), with logits z_c = w_c . (x - 1/2) (the boundary runs through the
+    centre of the input box)."""
+
+    def __init__(self, d, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(d, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(2, d, generator=g))
+            self.fc.bias.copy_(-0.5 * self.fc.weight.sum(1))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def linear_case(norm, eps, seed=0, n=400, shift=None):
+    """A linear model, uint8 data whose pixels (x_uint8 / 255) lie in [0.3, 0.7], and per example
+    the exact clean and robust correctness.
+
+    For two classes the worst case of an L-inf (L2) ball of radius eps moves the margin
+    m = (w_y - w_o) . x + (b_y - b_o) down by exactly eps * ||w_y - w_o||_1 (_2): the point is robust
+    iff m > eps * dual norm. The [0, 1] box never binds: every pixel stays within 0.3 +- eps."""
+    g = torch.Generator().manual_seed(100 + seed)
+    model = LinearTwoClass(H * W, seed).eval()
+    Wt, b = model.fc.weight.detach(), model.fc.bias.detach()
+    y = torch.randint(0, 2, (n,), generator=g)
+    dw = Wt[y] - Wt[1 - y]                                    # (n, d): w_y - w_other
+    # two clusters, pushed along +-sign(dw) so margins straddle the robustness threshold
+    shift = shift if shift is not None else (0.06 if norm == "linf" else 0.03)
+    x = 0.5 + shift * dw.sign() + (torch.rand(n, H * W, generator=g) * 0.3 - 0.15)
+    x8 = (x * 255).round().clamp(77, 178).to(torch.uint8).view(n, 1, H, W)   # 77/255 > 0.3, 178/255 < 0.7
+    xf = x8.float() / 255                                      # exactly what the model sees
+    margin = (dw * xf.flatten(1)).sum(1) + b[y] - b[1 - y]
+    dual = dw.abs().sum(1) if norm == "linf" else dw.norm(dim=1)
+    slack = margin - eps * dual
+    keep = (slack.abs() > 1e-3 * dual) & (margin.abs() > 1e-3 * dual)   # no ties at either threshold
+    data = ImageData(x8[keep], y[keep], DatasetInfo("linear", ("a", "b"), 1, H, "mnist"))
+    return model, data, (margin[keep] > 0), (slack[keep] > 0)
+
+
+def check_exact(model, data, clean, robust, attack):
+    assert robust.sum() >= 40 and (clean & ~robust).sum() >= 40, "the case must not be degenerate"
+    res = evaluate(model, data, attack, CPU, batch_size=128, progress=False)
+    ex = res.examples.sort_values("index")
+    assert ex["clean_correct"].tolist() == clean.tolist()
+    assert ex["robust_correct"].tolist() == robust.tolist()  # example by example, not just the mean
+    assert res.robust_acc == int(robust.sum()) / len(robust)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linf_pgd_finds_the_exact_robust_accuracy_of_a_linear_model(loss, seed):
+    eps = 0.05
+    model, data, clean, robust = linear_case("linf", eps, seed)
+    check_exact(model, data, clean, robust, PGD(eps=eps, steps=10, step_size=eps / 4, norm="linf", loss=loss))
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_l2_pgd_finds_the_exact_robust_accuracy_of_a_linear_model(loss, seed):
+    eps = 0.1
+    model, data, clean, robust = linear_case("l2", eps, seed)
+    check_exact(model, data, clean, robust, PGD(eps=eps, steps=20, step_size=eps / 3, norm="l2", loss=loss))
+
+
+def test_a_weaker_attack_is_not_exact():
+    """The closed-form check can fail: 1 step of eps/4 from a random start misses robust errors."""
+    eps = 0.05
+    model, data, clean, robust = linear_case("linf", eps, 0)
+    res = evaluate(model, data, PGD(eps=eps, steps=1, step_size=eps / 4), CPU, progress=False)
+    assert res.robust_acc > float(robust.float().mean()) + 0.05
+
+
+def test_pgd_stays_in_the_ball_and_the_box():
+    """Pixels at 0 and 1 and a large eps: the [0, 1] clamp binds, the eps-ball holds."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, H, W, generator=g)
+    x[:, :, 0, :] = 0.0
+    x[:, :, 1, :] = 1.0
+    y = torch.randint(0, 2, (64,), generator=g)
+    model = LinearTwoClass(H * W, 0)
+    for norm, eps in (("linf", 0.3), ("l2", 0.8)):
+        xa = PGD(eps=eps, steps=5, step_size=eps / 2, norm=norm)(model, x, y)
+        d = (xa - x).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert float(size.max()) <= eps + 1e-5
+        assert float(xa.min()) == 0.0 and float(xa.max()) == 1.0   # the clamp binds, and holds
+        assert float(size.min()) > 0                                 # it did move every example
+
+
+def test_zero_eps_or_zero_steps_return_the_inputs():
+    model = LinearTwoClass(H * W, 0)
+    x, y = torch.rand(8, 1, H, W), torch.randint(0, 2, (8,))
+    assert torch.equal(PGD(eps=0.0)(model, x, y), x)
+    assert torch.equal(PGD(eps=0.1, steps=0)(model, x, y), x)
+
+
+def test_attack_mode_evaluates_during_the_attack_and_restores_modes_and_flags():
+    model = tiny_model()
+    model.train()
+    model.blocks[0].eval()                            # a mixed prior mode must come back as it was
+    model.head.fc.weight.requires_grad_(False)        # and so must a mixed requires_grad
+    modes = {n: m.training for n, m in model.named_modules()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    bn = model.blocks[2].bn1
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m.training))
+             for m in (model.blocks[1], bn, model.head)]
+    x, y = torch.rand(8, 1, 12, 12), torch.randint(0, 4, (8,))
+    with attack_mode(model):
+        assert not any(p.requires_grad for p in model.parameters())
+        PGD(0.1, 3, 0.05).perturb(model, x, y)
+    PGD(0.1, 3, 0.05)(model, x, y)                    # __call__ enters attack_mode itself
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 2 * 3 * 3 and not any(seen)   # every forward of both attacks was in eval mode
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+
+
+def test_attack_mode_restores_after_an_error():
+    model = tiny_model().train()
+    with pytest.raises(RuntimeError):
+        with attack_mode(model):
+            raise RuntimeError("boom")
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_own_pgd_agrees_with_foolbox_on_a_trained_cnn():
+    """Same eps, steps and step size, both with a uniform random start: own PGD and foolbox 3's
+    LinfPGD must give the same robust accuracy on a small trained WRN, within 1 point on 256
+    test images (they differ only in their random starts)."""
+    tr = synthetic("train", seed=5, n_train=384, size=12, noise=0.45)
+    te = synthetic("test", seed=5, n_test=256, size=12, noise=0.45)
+    torch.manual_seed(1)
+    model = build(TINY, 4, 1, *tr.mean_std())
+    train(model, tr, StandardTraining(epochs=2, lr=0.05, batch_size=64), CPU, progress=False)
+    eps = 0.06
+    torch.manual_seed(0)
+    own = evaluate(model, te, PGD(eps=eps, steps=20, step_size=eps / 4), CPU, progress=False)
+    torch.manual_seed(0)
+    fb = evaluate(model, te, FoolboxPGD(eps=eps, steps=20, step_size=eps / 4), CPU, progress=False)
+    assert own.clean_acc == fb.clean_acc > 0.8
+    assert 0.2 < fb.robust_acc < own.clean_acc - 0.1     # the attack does something, not everything
+    assert abs(own.robust_acc - fb.robust_acc) <= 0.01
+
+
+@pytest.mark.parametrize("kw", [dict(eps=-1), dict(norm="l3"), dict(loss="x"), dict(steps=-1), dict(step_size=0)])
+def test_bad_pgd_settings_are_config_errors(kw):
+    with pytest.raises(ConfigError):
+        PGD(**kw)
+
+
+@pytest.mark.parametrize("kw", [dict(eps=-1), dict(norm="l3"), dict(steps=0)])
+def test_bad_foolbox_settings_are_config_errors(kw):
+    with pytest.raises(ConfigError):
+        FoolboxPGD(**kw)
