@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -5,6 +7,10 @@ from rtlkit import data as D
 from rtlkit.models import WRNSpec, build
 
 TINY = WRNSpec(10, 1, stem_stride=2)  # 5 blocks
+
+# The tests' models are tiny: one intra-op thread is fastest, and on a shared CPU it avoids
+# OpenMP threads spinning while a sibling thread waits for a core (20-50x slower under load).
+torch.set_num_threads(int(os.environ.get("RTLKIT_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)
