@@ -4,7 +4,7 @@ checkpoints every epoch and resumes after a kill.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -41,9 +41,6 @@ class StandardTraining:
         check(all(0 < m <= 1 for m in self.milestones), f"milestones are fractions of the epochs in (0, 1]: {self.milestones}")
 
     kind = "standard"
-
-    def scaled(self, **changes) -> "StandardTraining":
-        return replace(self, **changes)
 
     def setup(self, model, data: ImageData, runtime: Runtime):
         """Called once before the first epoch; returns state handed to the hooks below."""
