@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attacks import attack_mode
 from .errors import check
 from .runtime import Runtime
 from .training import AdversarialTraining
@@ -46,8 +45,7 @@ class FDMTraining(AdversarialTraining):
         if self.lam == 0:
             return super().batch_loss(model, fwd, x, y, runtime)
         n_first = model.n_blocks - self.k
-        with attack_mode(model):
-            x_adv = runtime.inputs(self.attack.perturb(fwd, x, y, runtime.autocast))
+        x_adv = self.adversarial(model, fwd, x, y, runtime)
         with runtime.autocast():
             h_adv = model.features(x_adv, n_first)
             logits = model.forward_from(h_adv, n_first)

@@ -63,10 +63,13 @@ class AdversarialTraining(StandardTraining):
 
     kind = "adversarial"
 
-    def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
+    def adversarial(self, model, fwd, x, y, runtime: Runtime):
+        """The PGD examples of this batch (BN in eval mode, weights fixed)."""
         with attack_mode(model):
-            x = runtime.inputs(self.attack.perturb(fwd, x, y, runtime.autocast))
-        return super().batch_loss(model, fwd, x, y, runtime)
+            return runtime.inputs(self.attack.perturb(fwd, x, y, runtime.autocast))
+
+    def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
+        return super().batch_loss(model, fwd, self.adversarial(model, fwd, x, y, runtime), y, runtime)
 
 
 def _milestones(method: StandardTraining) -> list[int]:
