@@ -1,10 +1,10 @@
 # Two commands do all the set-up on a fresh machine:
-#   make figures   regenerate figures/ at the default profile (PROFILE=quick)
+#   make figures   regenerate figures/ at the default profile (full on a GPU, quick on the CPU)
 #   make test      run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PROFILE ?= quick
+PROFILE ?= auto
 STAMP := $(VENV)/.rtlkit-installed
 
 .PHONY: setup figures test clean-runs

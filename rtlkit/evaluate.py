@@ -12,6 +12,13 @@ from .data import ImageData, Loader
 from .runtime import Runtime
 
 
+def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` padded to ``size`` rows by repeating its own rows (examples are attacked independently:
+    BN is in eval mode and the loss is a per-example sum)."""
+    reps = -(-size // len(t))
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:size]
+
+
 @dataclass
 class EvalResult:
     clean_acc: float
@@ -38,19 +45,22 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
     with attack_mode(model):
         fwd = runtime.compiled(model)
         for x, y, idx in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+            n = len(y)
+            if runtime.compile and n < batch_size and len(data) > batch_size:
+                x, y = _pad(x, batch_size), _pad(y, batch_size)  # one graph: no tail-batch recompile
             x = runtime.inputs(x)
             with torch.no_grad(), runtime.autocast():
                 clean = fwd(x).argmax(1) == y
             rows["index"].append(idx)
-            rows["label"].append(y)
-            rows["clean_correct"].append(clean)
-            for a, n in zip(attacks, names):
+            rows["label"].append(y[:n])
+            rows["clean_correct"].append(clean[:n])
+            for a, name in zip(attacks, names):
                 if isinstance(a, FoolboxPGD):
                     x_adv = a(model, x, y)
                 else:
                     x_adv = a.perturb(fwd, x, y, runtime.autocast)
                 with torch.no_grad(), runtime.autocast():
-                    rows[n].append((fwd(runtime.inputs(x_adv)).argmax(1) == y) & clean)
+                    rows[name].append(((fwd(runtime.inputs(x_adv)).argmax(1) == y) & clean)[:n])
     df = pd.DataFrame({k: torch.cat(v).cpu().numpy() for k, v in rows.items()})
     df["robust_correct"] = df[names].all(axis=1) if names else df["clean_correct"]
     return EvalResult(float(df.clean_correct.mean()), float(df.robust_correct.mean()),

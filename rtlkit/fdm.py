@@ -50,15 +50,19 @@ class FDMTraining(AdversarialTraining):
             h_adv = model.features(x_adv, n_first)
             logits = model.forward_from(h_adv, n_first)
             # The clean forward uses batch statistics like the adversarial forward it is compared
-            # with, but momentum 0: running statistics stay those of the adversarial data (plain AT).
-            bns = [m for m in model.blocks[:n_first].modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-            moms = [m.momentum for m in bns]
+            # with, but leaves the running statistics those of the adversarial data (plain AT):
+            # it updates throw-away copies. (Not momentum 0, which would be a new compiled graph;
+            # not a copy back, which would modify tensors autograd saved for the backward.)
+            bns = [m for m in model.blocks[:n_first].modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+            kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
             for m in bns:
-                m.momentum = 0.0
+                m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+                m.num_batches_tracked = m.num_batches_tracked.clone()
             try:
                 h_clean = model.features(x, n_first)
             finally:
-                for m, mo in zip(bns, moms):
-                    m.momentum = mo
+                for m, (mean, var, nbt) in zip(bns, kept):
+                    m.running_mean, m.running_var, m.num_batches_tracked = mean, var, nbt
         loss = F.cross_entropy(logits.float(), y) + fdm_penalty(h_clean, h_adv, self.lam)
         return loss, logits

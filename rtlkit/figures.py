@@ -1,6 +1,6 @@
 """Regenerate the figures: execute every notebook headless with papermill at one profile.
 
-    python -m rtlkit.figures                      # default profile `quick`, all notebooks
+    python -m rtlkit.figures                      # all notebooks: profile `full` on a GPU, `quick` on the CPU
     python -m rtlkit.figures --profile smoke --figures-dir /tmp/figs --only 01
 
 Executed copies go to runs/notebooks/ (out of git); figures, CSVs and manifests to figures/.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .data import REPO_ROOT
 from .errors import ConfigError
-from .profiles import PROFILES
+from .profiles import PROFILES, default_name
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -29,9 +29,10 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return books
 
 
-def run(profile: str = "quick", figures_dir: str | None = None, only: list[str] | None = None,
+def run(profile: str | None = None, figures_dir: str | None = None, only: list[str] | None = None,
         device: str | None = None, out_dir: str | None = None, extra: dict | None = None) -> dict[str, float]:
     """Execute the notebooks; returns each one's wall time in seconds."""
+    profile = profile or default_name(device)
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
     import papermill as pm
@@ -56,13 +57,14 @@ def run(profile: str = "quick", figures_dir: str | None = None, only: list[str] 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=os.environ.get("RTLKIT_PROFILE", "quick"), choices=PROFILES)
+    ap.add_argument("--profile", default=os.environ.get("RTLKIT_PROFILE", "auto"), choices=PROFILES + ("auto",),
+                    help="auto (default): full on a GPU, quick on the CPU")
     ap.add_argument("--figures-dir", default=None)
     ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
     try:
-        run(a.profile, a.figures_dir, a.only, a.device)
+        run(None if a.profile == "auto" else a.profile, a.figures_dir, a.only, a.device)
     except ConfigError as e:
         print(f"rtlkit: {e}", file=sys.stderr)
         return 2

@@ -76,6 +76,24 @@ def _milestones(method: StandardTraining) -> list[int]:
     return sorted({max(1, round(m * method.epochs)) for m in method.milestones})
 
 
+def make_optimizer(params, method: StandardTraining, runtime: Runtime) -> torch.optim.Optimizer:
+    """SGD as the method says; the fused CUDA kernel on the GPU, foreach elsewhere."""
+    opt_kw = {"fused": True} if runtime.is_cuda else {"foreach": True}
+    return torch.optim.SGD(params, lr=method.lr, momentum=method.momentum,
+                           weight_decay=method.weight_decay, **opt_kw)
+
+
+def train_step(method: StandardTraining, model, fwd, opt, x, y, runtime: Runtime, idx=None, state=None):
+    """One optimisation step on a batch (the attack, if the method has one, included).
+    Returns the detached loss and logits; nothing here waits for the device."""
+    x = runtime.inputs(x)
+    loss, logits = method.batch_loss(model, fwd, x, y, runtime, idx, state)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
 def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, runtime: Runtime | None = None,
           policy: TransferPolicy | None = None, checkpoint: str | Path | None = None, seed: int = 0,
           progress: bool = True, desc: str = "train",
@@ -90,9 +108,7 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     model = runtime.prepare(model)
     params = [p for p in model.parameters() if p.requires_grad]
     check(len(params) > 0, "nothing to train: every parameter is frozen")
-    opt_kw = {"fused": True} if runtime.is_cuda else {"foreach": True}
-    opt = torch.optim.SGD(params, lr=method.lr, momentum=method.momentum,
-                          weight_decay=method.weight_decay, **opt_kw)
+    opt = make_optimizer(params, method, runtime)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(method), method.gamma)
     drop_last = len(data) >= method.batch_size
     loader = Loader(data, method.batch_size, shuffle=True, augment=data.info.augment if method.augment else None,
@@ -122,13 +138,9 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
         tot_correct = torch.zeros((), device=runtime.device)
         n = 0
         for x, y, idx in loader:
-            x = runtime.inputs(x)
-            loss, logits = method.batch_loss(model, fwd, x, y, runtime, idx, state)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_loss += loss.detach() * len(y)
-            tot_correct += (logits.detach().argmax(1) == y).sum()
+            loss, logits = train_step(method, model, fwd, opt, x, y, runtime, idx, state)
+            tot_loss += loss * len(y)
+            tot_correct += (logits.argmax(1) == y).sum()
             n += len(y)
         sched.step()
         rec = {"epoch": epoch + 1, "loss": float(tot_loss) / max(n, 1), "train_acc": float(tot_correct) / max(n, 1),

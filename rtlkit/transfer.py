@@ -95,12 +95,7 @@ def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy,
                    neft=None) -> WideResNet:
     """A copy of the source model ready for fine-tuning under ``policy``: new head, optional re-init,
     optional non-expansive parametrisation of the fine-tuned blocks (``neft``), requires_grad set."""
-    compiled = source.__dict__.pop("_rtlkit_compiled", None)  # never deep-copy a compiled wrapper
-    try:
-        model = copy.deepcopy(source)
-    finally:
-        if compiled is not None:
-            source.__dict__["_rtlkit_compiled"] = compiled
+    model = copy.deepcopy(source)  # blocks compiled in place come out uncompiled (nn.Module drops it)
     policy.check_model(model.n_blocks)
     if policy.reinit:
         reinit_blocks(model, policy.split(model)[1], seed)
