@@ -1,6 +1,8 @@
 """The GPU fast path (bf16 autocast, channels_last, torch.compile) runs correctly on the CPU too."""
 import math
 
+import pytest
+
 import torch
 
 from rtlkit.attacks import PGD
@@ -77,3 +79,59 @@ def test_deep_copy_of_a_compiled_model_runs_its_own_weights():
             p.mul_(-1.0)
         x = torch.rand(8, 1, 12, 12)
         assert not torch.allclose(source(x), target.eval()(x))
+
+
+def test_compiled_evaluation_pads_the_tail_batch_without_changing_results():
+    """Under compile the last, smaller batch is padded to the full batch (one graph); results per
+    example must equal the eager evaluation's (deterministic PGD: no random start)."""
+    from rtlkit.data import synthetic
+    data = synthetic("test", seed=3, n_test=70, size=12, noise=0.3)      # 70 = 32 + 32 + a tail of 6
+    attack = PGD(0.1, 3, 0.05, random_start=False)
+    model = tiny_model(seed=2).eval()
+    eager = evaluate(model, data, attack, Runtime("cpu"), batch_size=32, progress=False)
+    fast = evaluate(model, data, attack, Runtime("cpu", compile=True, compile_backend="aot_eager"),
+                    batch_size=32, progress=False)
+    assert len(fast.examples) == 70 and fast.examples["index"].tolist() == eager.examples["index"].tolist()
+    assert (fast.examples["clean_correct"] == eager.examples["clean_correct"]).all()
+    assert (fast.examples["robust_correct"] == eager.examples["robust_correct"]).all()
+
+
+def test_compiled_fdm_and_neft_match_eager_and_compile_once(syn):
+    """FDM's clean forward (throw-away BN statistics) and NEFT's parametrised layers under compile:
+    the same step as eager, and later steps add no graph (no guard on swapped buffers)."""
+    import copy
+
+    from rtlkit.attacks import PGD
+    from rtlkit.fdm import FDMTraining
+    from rtlkit.neft import NEFT
+    from rtlkit.training import StandardTraining, make_optimizer, train_step
+    from rtlkit.transfer import TransferPolicy, prepare_target
+    x, y = syn.x[:32].float() / 255, syn.y[:32]
+
+    def run(method, model, rt, policy=None, steps=1):
+        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], method, rt)
+        losses = []
+        for i in range(steps):
+            torch.manual_seed(i)
+            policy.set_modes(model) if policy else model.train()
+            losses.append(float(train_step(method, model, rt.compiled(model), opt, x, y, rt)[0]))
+        return losses
+
+    fdm = FDMTraining(epochs=1, lr=0.05, batch_size=32, attack=PGD(0.1, 2, 0.05), lam=0.5, k=2)
+    pol = TransferPolicy(k=3)
+    eager_rt, fast_rt = Runtime("cpu"), Runtime("cpu", compile=True, compile_backend="aot_eager")
+    for method, make, policy in (
+            (fdm, lambda: tiny_model(seed=3), None),
+            (StandardTraining(epochs=1, lr=0.05, batch_size=32),
+             lambda: prepare_target(tiny_model(seed=3).eval(), 4, pol, neft=NEFT(0.6)), pol)):
+        a = make()
+        b = copy.deepcopy(a)
+        la = run(method, a, eager_rt, policy)
+        lb = run(method, fast_rt.prepare(b), fast_rt, policy)
+        assert la == pytest.approx(lb, rel=1e-4, abs=1e-5)
+        sa, sb = a.state_dict(), b.state_dict()
+        for k in sa:   # weights and BN statistics (FDM's clean pass must leave them as AT's)
+            assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-4), k
+        before = _graphs()
+        run(method, b, fast_rt, policy, steps=3)
+        assert _graphs() == before, "a later step recompiled"
