@@ -26,7 +26,7 @@ def _row(metrics: dict, **keys) -> dict:
 def source_robustness(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """Train (or load) the robust source and measure it on its own test set."""
     rows = []
-    for seed in profile.seeds:
+    for seed in profile.source_seeds:
         m = get_or_evaluate(profile.source_run(seed), profile.eval_attacks, runtime, progress)
         rows.append(_row(m, model="source", dataset=profile.source.label, seed=seed))
     return pd.DataFrame(rows)

@@ -46,7 +46,9 @@ class Profile:
     ks: tuple[int | str, ...]
     bn_ks: tuple[int, ...]
     reinit_source: DataSpec   # source-domain data for Shafahi's re-initialise-and-retrain curve
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0,)              # fine-tuning seeds of notebooks 01-02
+    source_seeds: tuple[int, ...] = (0,)       # sources trained for the source's own robustness (every
+                                               # transfer starts from the seed-0 source; more cost a full AT each)
     # CARTL (notebook 03): Table 2 grid, the (lambda, beta) used for Table 3/4 and Figs. 4/5, LwF grid
     cartl_ks: tuple[int, ...] = (4, 6)
     cartl_lams: tuple[float, ...] = (0.01, 0.005)        # CARTL Table 2
@@ -86,7 +88,7 @@ class Profile:
                                                epochs=changes.pop("source_epochs"))
         if "finetune_epochs" in changes:
             changes["finetune"] = replace(self.finetune, epochs=changes.pop("finetune_epochs"))
-        for key in ("ks", "bn_ks", "seeds", "cartl_ks", "cartl_lams", "cartl_betas", "cartl_choice",
+        for key in ("ks", "bn_ks", "seeds", "source_seeds", "cartl_ks", "cartl_lams", "cartl_betas", "cartl_choice",
                     "lwf_lams", "fractions", "cartl_seeds"):
             if key in changes:
                 changes[key] = tuple(changes[key])
@@ -164,7 +166,9 @@ def _full() -> Profile:
         target=DataSpec("mnist-5k"),
         model=WRNSpec(16, 4),
         eps=eps,
-        source_method=AdversarialTraining(epochs=30, attack=pgd(eps, 7)),
+        # 20 AT epochs: source AT is most of the suite's cost (6 sources: AT, FDM at 2 lambda x 2 k,
+        # the split pair's AT + FDM) and the target is the whole suite in 15 minutes on one H100.
+        source_method=AdversarialTraining(epochs=20, attack=pgd(eps, 7)),
         finetune=StandardTraining(epochs=20, lr=0.05),
         eval_attacks=(FoolboxPGD(eps=eps, steps=100, step_size=step_size(eps, 100)),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
