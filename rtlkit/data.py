@@ -337,6 +337,15 @@ def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | No
     return x
 
 
+def pad_rows(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` padded to ``size`` rows by repeating its own rows: a tail batch keeps the compiled
+    shape. Only for per-example work (eval-mode BN, per-example losses); slice results to len(t)."""
+    if len(t) >= size:
+        return t
+    reps = -(-size // len(t))
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:size]
+
+
 @dataclass
 class Loader:
     """Batches of float images in [0, 1] from data held on ``device`` (the GPU when present).

@@ -8,15 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .attacks import PGD, FoolboxPGD, attack_mode
-from .data import ImageData, Loader
+from .data import ImageData, Loader, pad_rows
 from .runtime import Runtime
-
-
-def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
-    """``t`` padded to ``size`` rows by repeating its own rows (examples are attacked independently:
-    BN is in eval mode and the loss is a per-example sum)."""
-    reps = -(-size // len(t))
-    return t.repeat(reps, *([1] * (t.ndim - 1)))[:size]
 
 
 @dataclass
@@ -46,8 +39,8 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
         fwd = runtime.compiled(model)
         for x, y, idx in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
             n = len(y)
-            if runtime.compile and n < batch_size and len(data) > batch_size:
-                x, y = _pad(x, batch_size), _pad(y, batch_size)  # one graph: no tail-batch recompile
+            if runtime.compile and n < batch_size:
+                x, y = pad_rows(x, batch_size), pad_rows(y, batch_size)  # one graph: no tail-batch recompile
             x = runtime.inputs(x)
             with torch.no_grad(), runtime.autocast():
                 clean = fwd(x).argmax(1) == y

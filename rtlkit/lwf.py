@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import attack_mode
-from .data import Loader
+from .data import Loader, pad_rows
 from .errors import check
 from .runtime import Runtime
 from .training import StandardTraining
@@ -50,7 +50,10 @@ class LwFTraining(StandardTraining):
         pos[data.index.to(runtime.device)] = torch.arange(len(data), device=runtime.device)
         with attack_mode(model), torch.no_grad():
             for x, _, idx in Loader(data, 512, device=runtime.device):
-                feats[pos[idx]] = model.penultimate(runtime.inputs(x)).float()
+                n = len(idx)
+                if runtime.compile:
+                    x = pad_rows(x, 512)  # a tail batch keeps the compiled shape
+                feats[pos[idx]] = model.penultimate(runtime.inputs(x))[:n].float()
         return {"z0": feats, "pos": pos, "trainable": [p for p in model.parameters() if p.requires_grad],
                 "head": set(map(id, model.head.fc.parameters()))}
 

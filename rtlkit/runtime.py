@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from .errors import check
 
-# Variants per block code object: ~5 modes x ~5 block shapes (plus NEFT's convex-sum blocks).
-RECOMPILE_LIMIT = 64
+# Variants per block code object: ~10 modes x ~5 block shapes, plus NEFT-parametrised blocks.
+RECOMPILE_LIMIT = 128
 
 
 def default_device() -> str:
