@@ -160,19 +160,20 @@ def _quick(gpu: bool) -> Profile:
 
 def _full() -> Profile:
     eps = EPS["mnist"]
+    # Sized for the whole suite in 15 minutes on one H100 (`python -m rtlkit.plan --profile full`
+    # counts the work): source AT is most of it (7 sources: AT, FDM at 2 lambda x 2 k, the split
+    # pair's AT + FDM), then foolbox PGD-100, so sources train 15 epochs and every test set is 1,000.
     return Profile(
         name="full",
-        source=DataSpec("fashion-mnist"),
+        source=DataSpec("fashion-mnist", test_n=1000),
         target=DataSpec("mnist-5k"),
         model=WRNSpec(16, 4),
         eps=eps,
-        # 20 AT epochs: source AT is most of the suite's cost (6 sources: AT, FDM at 2 lambda x 2 k,
-        # the split pair's AT + FDM) and the target is the whole suite in 15 minutes on one H100.
-        source_method=AdversarialTraining(epochs=20, attack=pgd(eps, 7)),
-        finetune=StandardTraining(epochs=20, lr=0.05),
+        source_method=AdversarialTraining(epochs=15, attack=pgd(eps, 7)),
+        finetune=StandardTraining(epochs=10, lr=0.05),
         eval_attacks=(FoolboxPGD(eps=eps, steps=100, step_size=step_size(eps, 100)),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
-        reinit_source=DataSpec("fashion-mnist", train_n=10000),
+        reinit_source=DataSpec("fashion-mnist", train_n=10000, test_n=1000),
         seeds=(0, 1, 2), pairs=_offline_pairs(None))
 
 

@@ -182,15 +182,19 @@ def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, p
     return model
 
 
+def eval_path(run: SourceRun | TransferRun, attacks, test_n: int | None = None) -> Path:
+    """Where the metrics of evaluating ``run`` with ``attacks`` (on ``test_n`` test images) are cached."""
+    spec = dataclasses.replace(run.data, test_n=test_n) if test_n else run.data
+    return run_dir(run) / f"eval-{stable_hash({'attacks': list(attacks), 'test': spec})}.json"
+
+
 def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD], runtime: Runtime | None = None,
                     progress: bool = True, batch_size: int = 500, test_n: int | None = None) -> dict:
     """Clean and robust accuracy of ``run``'s model on its test set (or a class-balanced ``test_n``
     of it), cached with a per-example CSV."""
     runtime = runtime or Runtime()
-    spec = dataclasses.replace(run.data, test_n=test_n) if test_n else run.data
-    key = stable_hash({"attacks": list(attacks), "test": spec})
-    folder = run_dir(run)
-    path = folder / f"eval-{key}.json"
+    path = eval_path(run, attacks, test_n)
+    folder, key = path.parent, path.stem[len("eval-"):]
     if path.is_file():
         return read_json(path)
     model = get_or_train(run, runtime, progress)

@@ -48,6 +48,13 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
     # (lambda, k) of the smoke grid (2), and the extra pair's own AT + FDM sources (2)
     sources = list((tmp_path / "runs").glob("source-*"))
     assert len(sources) == 5
+    # rtlkit.plan, without running anything, names exactly the runs and evaluations the notebooks made
+    from rtlkit import plan, profiles
+    p = plan.plan(profiles.get("smoke"))
+    made = {d.name for d in (tmp_path / "runs").iterdir() if d.name != "notebooks"}
+    assert set(p.trainings) == made
+    assert len(p.evaluations) == len(list((tmp_path / "runs").glob("*/eval-*.json")))
+    assert p.totals(include_cached=False)["evaluations"] == 0 and not any(r["cached"] is False for r in p.trainings.values())
 
 
 def test_unknown_profile_is_a_clear_error():

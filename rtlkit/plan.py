@@ -1,0 +1,197 @@
+"""What a figure suite will train and evaluate, without running it.
+
+    python -m rtlkit.plan --profile full
+    python -m rtlkit.plan --profile full --bench bench/results/<run>.json   # + a time estimate
+
+The notebooks' experiment steps run against a recorder in place of the run cache. It lists every
+unique source training, fine-tune and evaluation, with its work in image passes:
+
+- A: one attack step on one image (forward + input gradient);
+- T: one training step on one image (forward + backward + SGD).
+
+With a benchmark JSON from ``python -m bench.throughput`` on the profile's model and input, these
+counts become seconds. T = 1 / (fine-tune k=all img/s). A = (1 / PGD-7 AT img/s - T) / 7. The
+evaluation step costs come from the PGD-100 rows, ours and foolbox's. The estimate leaves out
+compilation, data loading and Python overhead. It also charges every fine-tune as k = all, so it is
+an upper bound there.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import sys
+from dataclasses import dataclass, field, replace
+
+from . import experiments as E
+from .attacks import FoolboxPGD
+from .errors import ConfigError, DatasetNotFound
+from .fdm import FDMTraining
+from .profiles import PROFILES, Profile, default_name, get
+from .runs import DataSpec, TransferRun, eval_path, is_cached, run_dir
+from .training import AdversarialTraining
+
+# The experiment steps each notebook calls, in order (tests/test_plan.py checks them against the notebooks).
+NOTEBOOK_STEPS = {
+    "01_layer_freezing": ("source_robustness", "layer_freezing", "reinit_sweep"),
+    "02_bn_ablation": ("source_robustness", "bn_ablation"),
+    "03_cartl": ("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _n_train(spec: DataSpec) -> int:
+    return len(spec.train())
+
+
+@functools.lru_cache(maxsize=None)
+def _n_test(spec: DataSpec) -> int:
+    return len(spec.test())
+
+
+@dataclass
+class Plan:
+    profile: str
+    trainings: dict = field(default_factory=dict)     # run dir name -> row
+    evaluations: dict = field(default_factory=dict)   # (run dir name, attacks, test_n) -> row
+    skipped: list = field(default_factory=list)
+
+    def add_training(self, run) -> None:
+        if isinstance(run, TransferRun):
+            self.add_training(run.source)
+        name = run_dir(run).name
+        if name in self.trainings:
+            return
+        n = _n_train(run.data)
+        m = run.method
+        per_epoch = (n // m.batch_size) * m.batch_size if n >= m.batch_size else n
+        images = per_epoch * m.epochs
+        steps = m.attack.steps if isinstance(m, AdversarialTraining) else 0
+        t = images * (1.0 + (1 / 3 if isinstance(m, FDMTraining) and m.lam > 0 else 0.0))  # FDM: a clean forward
+        self.trainings[name] = {"run": name, "kind": run.kind, "method": m.kind, "images": images,
+                                "A": images * steps, "T": t, "cached": is_cached(run),
+                                "what": f"{run.data.label}" + (f" k={run.policy.k}" if isinstance(run, TransferRun) else "")}
+
+    def add_evaluation(self, run, attacks, test_n: int | None) -> None:
+        self.add_training(run)
+        key = (run_dir(run).name, tuple(a.label for a in attacks), test_n)
+        if key in self.evaluations:
+            return
+        spec = replace(run.data, test_n=test_n) if test_n else run.data
+        n = _n_test(spec)
+        own = sum(a.steps for a in attacks if not isinstance(a, FoolboxPGD)) * n
+        fb = sum(a.steps for a in attacks if isinstance(a, FoolboxPGD)) * n
+        self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": own, "A_foolbox": fb,
+                                 "cached": eval_path(run, attacks, test_n).is_file()}
+
+    def totals(self, include_cached: bool = True) -> dict:
+        tr = [r for r in self.trainings.values() if include_cached or not r["cached"]]
+        ev = [r for r in self.evaluations.values() if include_cached or not r["cached"]]
+        return {"sources": sum(r["kind"] == "source" for r in tr),
+                "transfers": sum(r["kind"] == "transfer" for r in tr), "evaluations": len(ev),
+                "A_train": sum(r["A"] for r in tr), "T": sum(r["T"] for r in tr),
+                "A_eval_own": sum(r["A_own"] for r in ev), "A_eval_foolbox": sum(r["A_foolbox"] for r in ev)}
+
+
+def _fake_metrics(attacks, n: int) -> dict:
+    return {"clean_acc": 0.0, "robust_acc": 0.0, "attacks": [a.label for a in attacks], "n_test": n,
+            **{f"robust_acc[{a.label}]": 0.0 for a in attacks}}
+
+
+@contextlib.contextmanager
+def _recording(plan: Plan):
+    real = E.get_or_evaluate
+
+    def record(run, attacks, runtime=None, progress=True, batch_size=500, test_n=None):
+        plan.add_evaluation(run, list(attacks), test_n)
+        return _fake_metrics(attacks, test_n or 0)
+    E.get_or_evaluate = record
+    try:
+        yield plan
+    finally:
+        E.get_or_evaluate = real
+
+
+def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
+    """Every unique training and evaluation the notebooks (all, or those named) would run."""
+    p = Plan(profile.name)
+    with _recording(p), contextlib.redirect_stdout(sys.stderr):
+        for nb, steps in NOTEBOOK_STEPS.items():
+            if notebooks and not any(nb.startswith(n) for n in notebooks):
+                continue
+            for step in steps:
+                try:
+                    getattr(E, step)(profile, None, False)
+                except DatasetNotFound as e:
+                    p.skipped.append(f"{nb}: {step}: {str(e).splitlines()[0]}")
+    return p
+
+
+def rates(bench: dict, path: str = "fast") -> dict:
+    """Seconds per A and T unit from a bench JSON (its rows for ``path``)."""
+    get = {(r["workload"], r["path"]): r["img_s"] for r in bench["throughput"]}
+
+    def need(w):
+        if (w, path) not in get:
+            raise ConfigError(f"the benchmark has no {w!r} row for path {path!r}")
+        return get[(w, path)]
+    t = 1 / need("fine-tune k=all")
+    a = (1 / need("PGD-7 AT (source)") - t) / 7
+    return {"T": t, "A_train": a, "A_eval_own": 1 / need("PGD-100 eval, own") / 100,
+            "A_eval_foolbox": 1 / need("PGD-100 eval, foolbox") / 100}
+
+
+def estimate(totals: dict, r: dict) -> dict:
+    parts = {"training (attacks)": totals["A_train"] * r["A_train"], "training (steps)": totals["T"] * r["T"],
+             "evaluation (own PGD)": totals["A_eval_own"] * r["A_eval_own"],
+             "evaluation (foolbox)": totals["A_eval_foolbox"] * r["A_eval_foolbox"]}
+    return {**parts, "total": sum(parts.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="auto", choices=PROFILES + ("auto",))
+    ap.add_argument("--gpu", action="store_true", help="plan the GPU variant of `quick` on any machine")
+    ap.add_argument("--only", nargs="*", default=None, help="notebook prefixes, e.g. 01 03")
+    ap.add_argument("--bench", default=None, help="a bench/results JSON measured on the profile's model")
+    ap.add_argument("--path", default="fast", choices=["fast", "eager fp32"])
+    ap.add_argument("--json", default=None, help="write the plan here")
+    a = ap.parse_args(argv)
+    try:
+        name = default_name() if a.profile == "auto" else a.profile
+        prof = get(name, gpu=True if a.gpu else None)
+        p = plan(prof, a.only)
+        tot, todo = p.totals(), p.totals(include_cached=False)
+        print(f"profile {prof.name}: {prof.model.name}, {prof.source.label} -> {prof.target.label}")
+        print(f"  {tot['sources']} source trainings, {tot['transfers']} fine-tunes, {tot['evaluations']} evaluations; "
+              f"not cached: {todo['sources'] + todo['transfers']} trainings, {todo['evaluations']} evaluations")
+        print(f"  work: {tot['A_train'] / 1e6:.1f}M attack steps + {tot['T'] / 1e6:.1f}M training steps in training; "
+              f"{tot['A_eval_own'] / 1e6:.1f}M own-PGD and {tot['A_eval_foolbox'] / 1e6:.1f}M foolbox steps in "
+              "evaluation (image passes)")
+        for s in p.skipped:
+            print("  skipped (data absent):", s)
+        out = {"profile": prof.name, "model": prof.model.name, "totals": tot, "not_cached": todo,
+               "trainings": list(p.trainings.values()), "evaluations": list(p.evaluations.values()),
+               "skipped": p.skipped}
+        if a.bench:
+            bench = json.loads(open(a.bench).read())
+            if bench.get("model") != prof.model.name:
+                print(f"  note: the benchmark ran {bench.get('model')}, the profile trains {prof.model.name}")
+            est = estimate(todo, rates(bench, a.path))
+            out["estimate_seconds"] = est
+            out["bench"] = {k: bench.get(k) for k in ("model", "input", "device", "torch", "commit")}
+            print(f"  estimate on {bench.get('device')} ({a.path} path), uncached work only:")
+            for k, v in est.items():
+                print(f"    {k:<22} {v / 60:7.1f} min")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=1, default=str)
+    except ConfigError as e:
+        print(f"rtlkit: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""rtlkit.plan: the notebooks' experiment steps, and work counts known in closed form."""
+import re
+
+import nbformat
+import pytest
+
+from rtlkit import figures, plan, profiles
+from rtlkit.attacks import PGD
+from rtlkit.runs import DataSpec, SourceRun, TransferRun
+from rtlkit.training import AdversarialTraining, StandardTraining
+from rtlkit.transfer import TransferPolicy
+
+from conftest import TINY
+
+NOT_STEPS = {"summarise", "bn_table", "attack_disagreements"}   # table helpers: they run nothing
+
+
+@pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)
+def test_plan_knows_each_notebooks_steps(book):
+    code = "\n".join(c.source for c in nbformat.read(book, as_version=4).cells if c.cell_type == "code")
+    calls = [f for f in re.findall(r"\bE\.(\w+)\(", code) if f not in NOT_STEPS]
+    assert tuple(dict.fromkeys(calls)) == plan.NOTEBOOK_STEPS[book.stem]
+
+
+def test_work_counts_in_closed_form():
+    at = AdversarialTraining(epochs=3, batch_size=64, attack=PGD(0.1, 5, 0.05))
+    src = SourceRun(DataSpec("synthetic-a"), TINY, at)               # 512 images: 8 full batches
+    p = plan.Plan("t")
+    p.add_training(src)
+    row = p.trainings[next(iter(p.trainings))]
+    assert (row["images"], row["A"], row["T"]) == (512 * 3, 512 * 3 * 5, 512 * 3)
+    ft = TransferRun(src, DataSpec("synthetic-b", train_n=100), TransferPolicy(k=2),
+                     StandardTraining(epochs=2, batch_size=64))       # 100 images: one batch of 64 per epoch
+    p.add_evaluation(ft, [PGD(0.1, 7, 0.03), PGD(0.1, 3, 0.05)], test_n=None)
+    assert len(p.trainings) == 2                                      # the source counted once
+    t = p.totals()
+    assert (t["sources"], t["transfers"], t["A_train"], t["T"]) == (1, 1, 512 * 3 * 5, 512 * 3 + 64 * 2)
+    assert t["A_eval_own"] == 256 * 10                                # 256 test images x (7 + 3) steps
+
+
+def test_estimate_from_benchmark_rates():
+    bench = {"throughput": [
+        {"workload": "fine-tune k=all", "path": "fast", "img_s": 1000.0},
+        {"workload": "PGD-7 AT (source)", "path": "fast", "img_s": 100.0},
+        {"workload": "PGD-100 eval, own", "path": "fast", "img_s": 20.0},
+        {"workload": "PGD-100 eval, foolbox", "path": "fast", "img_s": 10.0}]}
+    r = plan.rates(bench)
+    assert r["T"] == pytest.approx(1e-3) and r["A_train"] == pytest.approx((1e-2 - 1e-3) / 7)
+    assert r["A_eval_own"] == pytest.approx(1 / 2000) and r["A_eval_foolbox"] == pytest.approx(1 / 1000)
+    est = plan.estimate({"A_train": 7000, "T": 1000, "A_eval_own": 2000, "A_eval_foolbox": 1000}, r)
+    assert est["total"] == pytest.approx(9.0 + 1.0 + 1.0 + 1.0)
+    with pytest.raises(plan.ConfigError, match="no 'fine-tune k=all' row"):
+        plan.rates(bench, "eager fp32")
+
+
+def test_plan_of_the_smoke_profile_runs_nothing(runs_root):
+    p = plan.plan(profiles.get("smoke"))
+    assert p.totals()["sources"] == 5 and not runs_root.exists()
