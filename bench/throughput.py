@@ -55,9 +55,11 @@ def parse_model(name: str) -> WRNSpec:
 
 
 def paths(device: str) -> dict[str, Runtime]:
-    """The fast path (forced on, also on the CPU, where it is off by default) and plain eager fp32."""
+    """The fast path (forced on, also on the CPU, where it is off by default), plain eager fp32, and
+    (on request) the fast path with the whole model compiled as one graph instead of per block."""
     return {"fast": Runtime(device, amp=True, channels_last=True, compile=True),
-            "eager fp32": Runtime(device, amp=False, channels_last=False, compile=False)}
+            "eager fp32": Runtime(device, amp=False, channels_last=False, compile=False),
+            "fast, model graph": Runtime(device, amp=True, channels_last=True, compile=True, compile_scope="model")}
 
 
 def sync(rt: Runtime) -> None:
@@ -199,6 +201,8 @@ def accuracy(a) -> dict:
            "method": asdict(P.source_method), "n_test": len(test_data), "paths": {}}
     models = {}
     for path, rt in paths(a.device).items():
+        if path not in ("fast", "eager fp32"):
+            continue
         seed_all(0)
         m = run.build_model()
         t0 = time.perf_counter()
@@ -228,6 +232,8 @@ def ratios(rows: list[dict]) -> dict:
     for w in dict.fromkeys(r["workload"] for r in rows):
         if (w, "fast") in get and (w, "eager fp32") in get:
             out[f"speed-up {w}"] = get[(w, "fast")] / get[(w, "eager fp32")]
+        if (w, "fast") in get and (w, "fast, model graph") in get:
+            out[f"per-block / whole-model compile {w}"] = get[(w, "fast")] / get[(w, "fast, model graph")]
     for p in ("fast", "eager fp32"):
         own, fb = get.get(("PGD-100 eval, own", p)), get.get(("PGD-100 eval, foolbox", p))
         if own and fb:
@@ -249,6 +255,12 @@ def table(rows: list[dict]) -> str:
         sp = f"{f['img_s'] / e['img_s']:.2f}×" if f and e else "–"
         lines.append(f"| {w} | {cell(f, 'img_s', '{:,.0f}')} | {cell(e, 'img_s', '{:,.0f}')} | {sp} | "
                      f"{cell(f, 'peak_gib', '{:.2f}')} | {cell(e, 'peak_gib', '{:.2f}')} |")
+    graph = [(w, d["fast, model graph"], d.get("fast")) for w, d in by.items() if "fast, model graph" in d]
+    if graph:
+        lines += ["", "| workload | fast, whole-model graph img/s | per-block / whole-model |", "|---|---:|---:|"]
+        for w, g, f in graph:
+            ratio = f"{f['img_s'] / g['img_s']:.2f}×" if f else "–"
+            lines.append(f"| {w} | {g['img_s']:,.0f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -305,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="training steps per timed repeat")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--eval-repeats", type=int, default=3, help="timed PGD-100 evaluations of one batch")
-    ap.add_argument("--paths", nargs="*", default=["fast", "eager fp32"], choices=["fast", "eager fp32"])
+    ap.add_argument("--paths", nargs="*", default=["fast", "eager fp32"],
+                    choices=["fast", "eager fp32", "fast, model graph"],
+                    help="'fast, model graph' adds whole-model compilation, to price the per-block graph breaks")
     ap.add_argument("--only", nargs="*", default=None, help="workload name fragments, e.g. AT foolbox")
     ap.add_argument("--accuracy", choices=["quick", "none"], default="quick",
                     help="train the quick source on both paths and compare robust accuracy (default quick)")

@@ -41,12 +41,16 @@ class Runtime:
     channels_last: bool | None = None  # NHWC memory format (CUDA default on)
     compile: bool | None = None        # torch.compile each block of the model (CUDA default on)
     compile_backend: str = "inductor"  # "aot_eager" traces without code generation (tests, debugging)
+    compile_scope: str = "blocks"      # "blocks": each of model.blocks (sweeps); "model": the whole
+                                       # model in one graph (one long run; recompiles per k / BN mode)
 
     def __post_init__(self):
         self.device = self.device or default_device()
         check(self.device.split(":")[0] in ("cpu", "cuda", "mps"), f"unknown device {self.device!r}")
         if self.device.startswith("cuda"):
             check(torch.cuda.is_available(), "device 'cuda' was asked for but torch sees no GPU")
+        check(self.compile_scope in ("blocks", "model"),
+              f"compile_scope must be 'blocks' or 'model', not {self.compile_scope!r}")
         cuda = self.device.startswith("cuda")
         self.amp = cuda if self.amp is None else self.amp
         self.channels_last = cuda if self.channels_last is None else self.channels_last
@@ -69,7 +73,7 @@ class Runtime:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.compile:
-            compile_blocks(model, self.compile_backend)
+            compile_blocks(model, self.compile_backend, self.compile_scope)
         return model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +85,7 @@ class Runtime:
         """The callable to run the model with: the model itself, its blocks compiled in place when
         enabled (so ``model.features`` and ``forward_from`` run compiled too)."""
         if self.compile:
-            compile_blocks(model, self.compile_backend)
+            compile_blocks(model, self.compile_backend, self.compile_scope)
         return model
 
     def describe(self) -> str:
@@ -100,16 +104,17 @@ def seed_all(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _units(model: nn.Module) -> list[nn.Module]:
+def _units(model: nn.Module, scope: str = "blocks") -> list[nn.Module]:
     blocks = getattr(model, "blocks", None)
-    return list(blocks) if isinstance(blocks, nn.ModuleList) else [model]
+    return list(blocks) if scope == "blocks" and isinstance(blocks, nn.ModuleList) else [model]
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` each of ``model.blocks`` in place (the whole model if it has none); idempotent."""
+def compile_blocks(model: nn.Module, backend: str = "inductor", scope: str = "blocks") -> nn.Module:
+    """``torch.compile`` each of ``model.blocks`` in place (with scope "model", or a model without
+    blocks, the whole model: then only ``model(x)`` runs compiled); idempotent."""
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    for unit in _units(model):
+    for unit in _units(model, scope):
         if not is_compiled(unit):
             unit.compile(dynamic=False, backend=backend)
     return model

@@ -43,6 +43,7 @@ BAD = {
     "notebook parameters": lambda: report.start("x", "smoke", ks=[0]),
     "notebook profile": lambda: report.start("x", "nope"),
     "unknown device": lambda: Runtime(device="tpu"),
+    "compile scope": lambda: Runtime(device="cpu", compile_scope="layers"),
     "batch size of a loader": lambda: D.Loader(D.synthetic("test", n_test=4), 0),
 }
 
