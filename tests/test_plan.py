@@ -56,3 +56,10 @@ def test_estimate_from_benchmark_rates():
 def test_plan_of_the_smoke_profile_runs_nothing(runs_root):
     p = plan.plan(profiles.get("smoke"))
     assert p.totals()["sources"] == 5 and not runs_root.exists()
+
+
+def test_default_profile_is_full_on_a_gpu_and_quick_on_the_cpu():
+    assert profiles.default_name("cuda") == "full" and profiles.default_name("cuda:1") == "full"
+    assert profiles.default_name("cpu") == "quick"
+    full = profiles.get("full")
+    assert full.model.name == "wrn-16-4" and full.eval_attacks[0].label.startswith("foolbox PGD-100")
