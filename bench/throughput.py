@@ -54,12 +54,13 @@ def parse_model(name: str) -> WRNSpec:
     return WRNSpec(int(m[1]), int(m[2]), stem_stride=2 if m[3] else 1)
 
 
-def paths(device: str) -> dict[str, Runtime]:
+def paths(device: str, mode: str | None = None) -> dict[str, Runtime]:
     """The fast path (forced on, also on the CPU, where it is off by default), plain eager fp32, and
     (on request) the fast path with the whole model compiled as one graph instead of per block."""
-    return {"fast": Runtime(device, amp=True, channels_last=True, compile=True),
+    return {"fast": Runtime(device, amp=True, channels_last=True, compile=True, compile_mode=mode),
             "eager fp32": Runtime(device, amp=False, channels_last=False, compile=False),
-            "fast, model graph": Runtime(device, amp=True, channels_last=True, compile=True, compile_scope="model")}
+            "fast, model graph": Runtime(device, amp=True, channels_last=True, compile=True, compile_scope="model",
+                                         compile_mode=mode)}
 
 
 def sync(rt: Runtime) -> None:
@@ -154,7 +155,7 @@ def throughput(a, spec, shape, classes) -> list[dict]:
     for name, make in workloads(a, spec, shape, classes).items():
         if a.only and not any(o.lower() in name.lower() for o in a.only):
             continue
-        for path, rt in paths(a.device).items():
+        for path, rt in paths(a.device, a.compile_mode).items():
             if path not in a.paths:
                 continue
             step, images = make(rt)
@@ -173,7 +174,7 @@ def throughput(a, spec, shape, classes) -> list[dict]:
 def sync_check(a, spec, shape, classes) -> str:
     """CUDA only: a PGD-7 AT step on the fast path under torch's sync debug mode "error", which
     raises on any host synchronisation (an ``.item()``, a data-dependent shape, a CPU copy)."""
-    rt = paths(a.device)["fast"]
+    rt = paths(a.device, a.compile_mode)["fast"]
     make = workloads(a, spec, shape, classes)["PGD-7 AT (source)"]
     step, _ = make(rt)
     step()  # compile first: compilation itself may synchronise
@@ -200,7 +201,7 @@ def accuracy(a) -> dict:
     out = {"profile": "quick", "source": P.source.label, "model": P.model.name,
            "method": asdict(P.source_method), "n_test": len(test_data), "paths": {}}
     models = {}
-    for path, rt in paths(a.device).items():
+    for path, rt in paths(a.device, a.compile_mode).items():
         if path not in ("fast", "eager fp32"):
             continue
         seed_all(0)
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paths", nargs="*", default=["fast", "eager fp32"],
                     choices=["fast", "eager fp32", "fast, model graph"],
                     help="'fast, model graph' adds whole-model compilation, to price the per-block graph breaks")
+    ap.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode for the fast path, e.g. max-autotune-no-cudagraphs (default: torch's)")
     ap.add_argument("--only", nargs="*", default=None, help="workload name fragments, e.g. AT foolbox")
     ap.add_argument("--accuracy", choices=["quick", "none"], default="quick",
                     help="train the quick source on both paths and compare robust accuracy (default quick)")

@@ -43,6 +43,7 @@ class Runtime:
     compile_backend: str = "inductor"  # "aot_eager" traces without code generation (tests, debugging)
     compile_scope: str = "blocks"      # "blocks": each of model.blocks (sweeps); "model": the whole
                                        # model in one graph (one long run; recompiles per k / BN mode)
+    compile_mode: str | None = None    # torch.compile mode, e.g. "max-autotune-no-cudagraphs" (None: default)
 
     def __post_init__(self):
         self.device = self.device or default_device()
@@ -73,7 +74,7 @@ class Runtime:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.compile:
-            compile_blocks(model, self.compile_backend, self.compile_scope)
+            compile_blocks(model, self.compile_backend, self.compile_scope, self.compile_mode)
         return model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +86,7 @@ class Runtime:
         """The callable to run the model with: the model itself, its blocks compiled in place when
         enabled (so ``model.features`` and ``forward_from`` run compiled too)."""
         if self.compile:
-            compile_blocks(model, self.compile_backend, self.compile_scope)
+            compile_blocks(model, self.compile_backend, self.compile_scope, self.compile_mode)
         return model
 
     def describe(self) -> str:
@@ -93,8 +94,9 @@ class Runtime:
             name = torch.cuda.get_device_name(torch.device(self.device))
         else:
             name = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-        flags = [f for f, on in (("bf16", self.amp), ("channels_last", self.channels_last),
-                                 ("compile", self.compile)) if on]
+        comp = f"compile per {'block' if self.compile_scope == 'blocks' else 'model'}" + \
+            (f" {self.compile_mode}" if self.compile_mode else "")
+        flags = [f for f, on in (("bf16", self.amp), ("channels_last", self.channels_last), (comp, self.compile)) if on]
         return f"{name}" + (f" [{', '.join(flags)}]" if flags else " [fp32 eager]")
 
 
@@ -109,14 +111,15 @@ def _units(model: nn.Module, scope: str = "blocks") -> list[nn.Module]:
     return list(blocks) if scope == "blocks" and isinstance(blocks, nn.ModuleList) else [model]
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor", scope: str = "blocks") -> nn.Module:
+def compile_blocks(model: nn.Module, backend: str = "inductor", scope: str = "blocks",
+                   mode: str | None = None) -> nn.Module:
     """``torch.compile`` each of ``model.blocks`` in place (with scope "model", or a model without
     blocks, the whole model: then only ``model(x)`` runs compiled); idempotent."""
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for unit in _units(model, scope):
         if not is_compiled(unit):
-            unit.compile(dynamic=False, backend=backend)
+            unit.compile(dynamic=False, backend=backend, **({"mode": mode} if mode else {}))
     return model
 
 
