@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # rtlkit importable without an install, notebook kernels included
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 case "${1:-bench}" in
