@@ -333,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     a.device = Runtime(a.device).device
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.model == "wrn-34-10" and not Runtime(a.device).is_cuda:
+        print("note: WRN-34-10 on the CPU takes hours; the CPU-sized run is\n"
+              "  python -m bench.throughput --model wrn-16-1-s2 --input 1x28x28 --classes 10 --batch 128 --eval-batch 256",
+              file=sys.stderr, flush=True)
     spec = parse_model(a.model)
     try:
         shape = tuple(int(v) for v in a.input.lower().split("x"))
