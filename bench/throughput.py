@@ -118,14 +118,10 @@ def workloads(a, spec: WRNSpec, shape, classes: int) -> dict:
             params = [p for p in m.parameters() if p.requires_grad]
             opt = make_optimizer(params, method, rt)
             x, y = batch(rt)
-            fwd = rt.compiled(m)
+            policy.set_modes(m) if policy is not None else m.train()  # once: attacks restore the modes
 
             def step():
-                if policy is not None:
-                    policy.set_modes(m)
-                else:
-                    m.train()
-                train_step(method, m, fwd, opt, x, y, rt)
+                train_step(method, m, m, opt, x, y, rt)
             return step, a.batch
         return make
 

@@ -194,7 +194,6 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
     of it), cached with a per-example CSV."""
     runtime = runtime or Runtime()
     path = eval_path(run, attacks, test_n)
-    folder, key = path.parent, path.stem[len("eval-"):]
     if path.is_file():
         return read_json(path)
     model = get_or_train(run, runtime, progress)
@@ -206,6 +205,6 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
     res = evaluate(model, test, attacks, runtime, batch_size, progress)
     out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
            "eval_seconds": time.time() - t0, "device": runtime.describe()}
-    atomic_write_csv(folder / f"eval-{key}.csv", res.examples)
+    atomic_write_csv(path.with_suffix(".csv"), res.examples)
     atomic_write_json(path, out)
     return out

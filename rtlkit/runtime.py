@@ -9,8 +9,8 @@ need gradients; compiled whole, the model would get a new graph for every k and 
 fall back to eager after torch's recompile limit). Compiled per block, each block shape has a
 handful of variants (attack: eval, input gradient; frozen: no gradient, eval or train BN;
 fine-tuned: train), all met in the first run or two of a sweep and reused by every later run,
-whatever its k, BN mode or seed. A graph break between blocks costs nothing measurable at
-WRN-34-10 sizes.
+whatever its k, BN mode or seed. The price is a graph break between blocks: 7-29 % on the tiny
+quick model on the CPU (BENCHMARKS.md); ``compile_scope="model"`` compiles one graph instead.
 """
 from __future__ import annotations
 
@@ -73,9 +73,7 @@ class Runtime:
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if self.compile:
-            compile_blocks(model, self.compile_backend, self.compile_scope, self.compile_mode)
-        return model
+        return self.compiled(model)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
