@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import check
+from .errors import check, check_int, check_real
 
 
 @contextlib.contextmanager
@@ -60,10 +60,10 @@ class PGD:
     random_start: bool = True
 
     def __post_init__(self):
-        check(self.eps >= 0, f"PGD eps must be >= 0, not {self.eps}")
-        check(self.steps >= 0, f"PGD steps must be >= 0, not {self.steps}")
-        check(self.step_size > 0, f"PGD step size must be > 0, not {self.step_size}")
         check(self.norm in ("linf", "l2"), f"PGD norm must be 'linf' or 'l2', not {self.norm!r}")
+        check_real("PGD eps", self.eps, 0, 1 if self.norm == "linf" else None)  # [0,1] pixels
+        check_int("PGD steps", self.steps, 0)
+        check_real("PGD step size", self.step_size, 0, low_open=True)
         check(self.loss in ("ce", "cw"), f"PGD loss must be 'ce' or 'cw', not {self.loss!r}")
 
     @property
@@ -126,8 +126,10 @@ class FoolboxPGD:
     norm: str = "linf"
 
     def __post_init__(self):
-        check(self.eps >= 0 and self.steps >= 1 and self.step_size > 0, f"bad foolbox PGD settings: {self}")
         check(self.norm in ("linf", "l2"), f"foolbox PGD norm must be 'linf' or 'l2', not {self.norm!r}")
+        check_real("foolbox PGD eps", self.eps, 0, 1 if self.norm == "linf" else None)
+        check_int("foolbox PGD steps", self.steps, 1)
+        check_real("foolbox PGD step size", self.step_size, 0, low_open=True)
 
     @property
     def label(self) -> str:

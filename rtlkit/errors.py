@@ -1,4 +1,7 @@
-"""The two errors a user sees instead of a traceback deep in torch."""
+"""The errors a user sees instead of a traceback deep in torch."""
+from __future__ import annotations
+
+import numbers
 
 
 class ConfigError(ValueError):
@@ -9,6 +12,32 @@ class DatasetNotFound(FileNotFoundError):
     """A dataset is not on this machine; the message names the ways to get it."""
 
 
+class NoSpace(OSError):
+    """The disk filled while an artefact was written; the message names the folder."""
+
+
 def check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
+
+
+def is_int(v) -> bool:
+    """A whole number that is not a bool (True is an int to Python, never a count here)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    """A real number that is not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_int(name: str, v, low: int | None = None) -> None:
+    check(is_int(v) and (low is None or v >= low),
+          f"{name} must be a whole number{f' >= {low}' if low is not None else ''}, not {v!r}")
+
+
+def check_real(name: str, v, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
+    ok = is_real(v) and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
+    rng = "" if low is None and high is None else \
+        f" in {'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+    check(ok, f"{name} must be a number{rng}, not {v!r}")

@@ -1,49 +1,161 @@
-"""Atomic artefact writes: a temp file in the same folder, then rename."""
+"""Artefact files: atomic writes (temp file, fsync, rename), content hashes, stale-temp sweeping,
+a full disk reported as such, and the fault points the reliability tests kill the process at.
+
+Every writer serialises to bytes first and returns the sha256 of what it wrote, so a completion
+marker can name each artefact with its hash without reading it back.
+"""
 from __future__ import annotations
 
+import errno
+import hashlib
+import io as _io
 import json
 import os
+import signal
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import NoSpace
 
-def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+# RTLKIT_FAULT="point:n[,point:n...]" kills this process (SIGKILL, like a power cut or the OOM
+# killer) the n-th time it reaches `point`: temp-written (temp file complete, not yet renamed),
+# renamed (artefact in place), marker-written (run complete), step (a training step done).
+# Used by tests/test_reliability.py; unset, each point costs one dict lookup.
+FAULT_ENV = "RTLKIT_FAULT"
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    for item in spec.split(","):
+        point, _, n = item.partition(":")
+        if point == name and n.isdigit() and _fault_counts[name] == int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos"
+    return isinstance(e, RuntimeError) and ("unexpected pos" in str(e) or "file write failed" in str(e))
+
+
+def _open_for_write(path: str):
+    return open(path, "wb")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically (readers see the old file or the new one, never a
+    part); returns its sha256. A full disk is raised as NoSpace naming the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        with _open_for_write(tmp) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        fault_point("temp-written")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_disk_full(e):
+            raise NoSpace(errno.ENOSPC, f"no space left on {path.parent} while writing {path.name} "
+                          f"({len(data):,} bytes): free space there (or point RTLKIT_RUNS / RTLKIT_FIGURES "
+                          f"elsewhere) and run again; finished artefacts are kept", str(path)) from e
         raise
-    return path
+    fault_point("renamed")
+    return sha256_bytes(data)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+def _atomic(path: str | Path, write: Callable[[Any], None]) -> str:
+    """``write(file_object)`` into memory, then :func:`atomic_write_bytes`."""
+    buf = _io.BytesIO()
+    write(buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory. Saving to a file object, not a path, keeps the bytes free of the
+    (random) temp-file name that torch would store inside the zip: identical states give identical files."""
     import torch
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    return _atomic(path, w)
+def atomic_torch_save(obj: Any, path: str | Path) -> str:
+    return atomic_write_bytes(path, torch_bytes(obj))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def atomic_write_csv(path: str | Path, df) -> Path:
-    return _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+def atomic_write_text(path: str | Path, text: str) -> str:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> str:
+    return atomic_write_text(path, json_text(obj))
+
+
+def csv_bytes(df) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+def atomic_write_csv(path: str | Path, df) -> str:
+    return atomic_write_bytes(path, csv_bytes(df))
 
 
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def sweep_tmp(folder: str | Path) -> list[Path]:
+    """Remove the temp files (``.*.tmp``) a killed writer left in ``folder``. Call it only while
+    holding the folder's lock: then no live writer owns any of them."""
+    folder = Path(folder)
+    gone = []
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            try:
+                p.unlink()
+                gone.append(p)
+            except FileNotFoundError:
+                pass
+    return gone
+
+
+def set_aside(path: str | Path, why: str) -> Path | None:
+    """Move a broken artefact out of the way as ``<name>.corrupt`` (kept for inspection), with a
+    warning naming the file and why; the caller rebuilds it."""
+    path = Path(path)
+    if not path.exists():
+        warnings.warn(f"rtlkit: {path}: {why}; rebuilding it", stacklevel=3)
+        return None
+    dest = path.with_name(path.name + ".corrupt")
+    os.replace(path, dest)
+    warnings.warn(f"rtlkit: {path}: {why}; moved aside to {dest.name} and rebuilding it", stacklevel=3)
+    return dest

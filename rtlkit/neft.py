@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .errors import check
+from .errors import check_int, check_real
 from .models import BasicBlock, WideResNet
 
 
@@ -33,9 +33,11 @@ class NEFT:
     beta: float = 1.0
     power_iterations: int = 1
 
+    cache_version = 2   # 2: spectral-norm vectors drawn from the run's seed (1 drew from the global RNG)
+
     def __post_init__(self):
-        check(0 < self.beta <= 1, f"NEFT beta must be in (0, 1], not {self.beta}")
-        check(self.power_iterations >= 1, f"NEFT needs >= 1 power iteration, not {self.power_iterations}")
+        check_real("NEFT beta", self.beta, 0, 1, low_open=True)
+        check_int("NEFT power iterations", self.power_iterations, 1)
 
 
 def normalised_layers(blocks: list[nn.Module]) -> list[nn.Module]:

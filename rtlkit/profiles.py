@@ -12,10 +12,12 @@ transferred models with no robustness to measure.
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
 from dataclasses import dataclass, replace
 
 from .attacks import PGD, FoolboxPGD
-from .errors import ConfigError, check
+from .errors import ConfigError, check, check_int, check_real, is_int, is_real
 from .models import WRNSpec
 from .runs import DataSpec, SourceRun, TransferRun
 from .training import AdversarialTraining, StandardTraining
@@ -61,23 +63,28 @@ class Profile:
     pairs: tuple = ()      # Table 4: extra (source DataSpec or None for the profile's source, target DataSpec)
 
     def __post_init__(self):
+        for name in _GRIDS:
+            check(len(getattr(self, name)) >= 1, f"{name} is empty: give at least one value")
+        for name in ("seeds", "source_seeds", "cartl_seeds"):
+            for v in getattr(self, name):
+                check_int(f"{name} entry", v, 0)
         n = self.model.n_blocks
         for k in tuple(self.ks) + tuple(self.bn_ks):
-            check(k == "all" or (isinstance(k, int) and 1 <= k <= n),
+            check(k == "all" or (is_int(k) and 1 <= k <= n),
                   f"k={k!r} is not a block count of {self.model.name} (1..{n} or 'all')")
         for k in self.cartl_ks:
-            check(isinstance(k, int) and 1 <= k < n,
+            check(is_int(k) and 1 <= k < n,
                   f"CARTL k={k!r} must leave a frozen part to FDM: 1..{n - 1} for {self.model.name}")
         check(all(0 < b <= 1 for b in self.cartl_betas + self.cartl_choice[1:]),
               f"NEFT beta must be in (0, 1]: {self.cartl_betas}, {self.cartl_choice}")
         check(all(v >= 0 for v in self.cartl_lams + self.lwf_lams + self.cartl_choice[:1]),
               "FDM lambda and LwF lambda_d must be >= 0")
         check(all(0 < f <= 1 for f in self.fractions), f"fractions must be in (0, 1]: {self.fractions}")
-        check(self.eps >= 0, f"eps must be >= 0, not {self.eps}")
+        check_real("eps", self.eps, 0, 1)   # an L-inf radius in [0, 1] pixel units
 
     def with_(self, **changes) -> "Profile":
         """A copy with notebook parameters applied (None leaves a field as it is)."""
-        changes = {k: v for k, v in changes.items() if v is not None}
+        changes = {k: parameter(k, v) for k, v in changes.items() if v is not None}
         if "eps" in changes:
             e = changes["eps"]
             sm = self.source_method
@@ -88,10 +95,6 @@ class Profile:
                                                epochs=changes.pop("source_epochs"))
         if "finetune_epochs" in changes:
             changes["finetune"] = replace(self.finetune, epochs=changes.pop("finetune_epochs"))
-        for key in ("ks", "bn_ks", "seeds", "source_seeds", "cartl_ks", "cartl_lams", "cartl_betas", "cartl_choice",
-                    "lwf_lams", "fractions", "cartl_seeds"):
-            if key in changes:
-                changes[key] = tuple(changes[key])
         if "source_name" in changes:
             changes["source"] = replace(self.source, name=changes.pop("source_name"))
         if "target_name" in changes:
@@ -108,6 +111,56 @@ class Profile:
         """Shafahi Fig. 1: re-initialise the last k blocks and retrain them on natural source data."""
         return self.transfer_run(TransferPolicy(k=k, bn_stats="reuse", bn_affine="train", reinit=True),
                                  seed, self.reinit_source)
+
+
+# Notebook parameters: the Profile fields that are grids, and the names that stand for part of a field.
+_GRIDS = ("ks", "bn_ks", "seeds", "source_seeds", "cartl_ks", "cartl_lams", "cartl_betas", "lwf_lams",
+          "fractions", "cartl_seeds")
+_ALIASES = ("source_name", "target_name", "source_epochs", "finetune_epochs")
+
+
+def _literal(value):
+    """papermill's ``-p ks "[1,2,4,8]"`` arrives as a string: read it as a Python literal (a string
+    that is no literal, such as ``all``, stays a string)."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+    return value
+
+
+def parameter(name: str, value):
+    """A notebook parameter parsed and checked: strings read as literals, a scalar grid as a
+    one-value grid, and each value's type checked, so a bad one is a ConfigError naming it before
+    any compute."""
+    known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES)
+    check(name in known, f"unknown parameter {name!r}; one of {', '.join(sorted(known))}")
+    value = _literal(value)
+    if name in _GRIDS:
+        values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        check(len(values) >= 1, f"{name} is empty: give at least one value")
+        for v in values:
+            if name == "ks":
+                check(v == "all" or is_int(v), f"ks entries are block counts or 'all', not {v!r}")
+            elif name in ("bn_ks", "cartl_ks"):
+                check_int(f"{name} entry", v, 1)
+            elif name.endswith("seeds"):
+                check_int(f"{name} entry", v, 0)
+            else:
+                check_real(f"{name} entry", v)
+        return values
+    if name == "cartl_choice":
+        check(isinstance(value, (list, tuple)) and len(value) == 2 and all(is_real(v) for v in value),
+              f"cartl_choice is a (lambda, beta) pair of numbers, not {value!r}")
+        return tuple(value)
+    if name == "eps":
+        check_real("eps", value, 0, 1)
+    elif name in ("source_epochs", "finetune_epochs"):
+        check_int(name, value, 1)
+    elif name in ("source_name", "target_name"):
+        check(isinstance(value, str), f"{name} must be a dataset name, not {value!r}")
+    return value
 
 
 def _rescale(attack: PGD | FoolboxPGD, eps: float) -> PGD | FoolboxPGD:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,12 +14,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import data as D
 from . import profiles
 from .data import REPO_ROOT
+from .errors import ConfigError
 from .io import _atomic, atomic_write_csv, atomic_write_json
 from .profiles import Profile
-from .runs import to_jsonable
-from .runtime import Runtime
+from .runs import runs_root, to_jsonable
+from .runtime import Runtime, configure_threads
 
 
 def git_commit() -> str:
@@ -55,7 +58,8 @@ class Session:
             "profile": self.profile.name, "device": self.runtime.describe(),
             "commit": git_commit(), "wall_seconds_since_notebook_start": round(time.time() - self.t0, 1),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "numerics": self.runtime.numerics(),
             "parameters": self.params, "settings": to_jsonable(self.profile), **(extra or {})})
         return png
 
@@ -63,13 +67,45 @@ class Session:
         return time.time() - self.t0
 
 
+def probe_folder(path: Path, what: str, env: str) -> None:
+    """Check that ``path`` is (or can be made) a writable folder, writing nothing that stays: a
+    ConfigError now instead of a failed write after the compute."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"the {what} {path} cannot be made: {existing} is a file, not a folder (set {env})")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".rtlkit-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"the {what} {path} is not writable ({e.strerror or e}); "
+                          f"make {existing} writable or set {env} to another folder") from e
+
+
+def probe_datasets(profile: Profile) -> None:
+    """Load every dataset the notebooks need (source, target, re-init source): a missing one is a
+    DatasetNotFound now, before the source trains. (Table 4's extra pairs are optional: a missing
+    pair is skipped with a message.)"""
+    for spec in (profile.source, profile.target, profile.reinit_source):
+        for split in ("train", "test"):
+            D.load(spec.name, split)
+
+
 def start(notebook: str, profile: str = "quick", figures_dir: str | None = None, device: str | None = None,
           progress: bool = True, **overrides) -> Session:
-    """Resolve the notebook's parameters into a profile and a runtime (errors come here, before compute)."""
+    """Resolve the notebook's parameters into a profile and a runtime, and probe every dataset and
+    folder they need: every error comes here, before compute and before any file is written."""
+    threads = configure_threads()
     runtime = Runtime(device=device)
     prof = profiles.get(profile, gpu=runtime.is_cuda, **overrides)
     fig_dir = Path(figures_dir) if figures_dir else Path(os.environ.get("RTLKIT_FIGURES", REPO_ROOT / "figures"))
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    probe_folder(fig_dir, "figures folder", "figures_dir or RTLKIT_FIGURES")
+    probe_folder(runs_root(), "run cache", "RTLKIT_RUNS")
+    probe_datasets(prof)
+    print(f"rtlkit: {threads} CPU thread(s) (RTLKIT_THREADS / OMP_NUM_THREADS); runs in {runs_root()}")
     return Session(notebook, prof, runtime, fig_dir,
                    {"profile": profile, "device": device, **{k: v for k, v in overrides.items()}},
                    progress=progress)

@@ -1,31 +1,47 @@
-"""Runs and the cache. A run is a frozen config dataclass; its stable hash names a folder
-under ``RTLKIT_RUNS`` (default ``runs/``) holding config.json, checkpoint.pt (resumable),
-model.pt, train.json, and for each evaluation eval-<hash>.json + eval-<hash>.csv (per example).
+"""Runs and the cache. A run is a frozen config dataclass; its stable hash (with the numerics,
+off the CPU's fp32 eager default) names a folder under ``RTLKIT_RUNS`` (default ``runs/``):
+
+    config.json                     the run's config
+    checkpoint-e0003-<sha16>.pt     the newest epoch checkpoint (resumable), named by its hash
+    model.pt, train.json            the trained weights and the training history
+    complete.json                   written last: every artefact above with its sha256
+    eval-<hash>.json / .csv         an evaluation, with the model sha256 it measured and the
+                                    sha256 of its per-example table
 
 ``get_or_train(run)`` returns the cached model or trains it; one robust source thus serves
-every k, every BN case and every notebook.
+every k, every BN case and every notebook. What the cache guarantees (README "Reliability"):
+a run counts as cached only once complete.json is written; every artefact is checked against
+its hash on load, and a broken one is set aside as ``*.corrupt`` and rebuilt (from the last
+checkpoint when there is one); a per-run lock (``runs/.locks``) makes a second process wait
+for the first and then load its result; a kill at any moment resumes to the same bits.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import data as D
 from .attacks import PGD, FoolboxPGD
-from .errors import check
+from .errors import check, check_int, check_real
 from .evaluate import evaluate
-from .io import atomic_torch_save, atomic_write_csv, atomic_write_json, read_json
+from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, csv_bytes, fault_point, read_json,
+                 set_aside, sha256_bytes, sweep_tmp)
 from .models import WideResNet, WRNSpec, build
 from .runtime import Runtime, seed_all
 from .neft import NEFT, settle
-from .training import AdversarialTraining, StandardTraining, train
+from .training import AdversarialTraining, Checkpoints, StandardTraining, train
 from .transfer import TransferPolicy, prepare_target
 
 
@@ -35,9 +51,11 @@ def runs_root() -> Path:
 
 def to_jsonable(obj):
     """JSON for a config. A field left at a None default is omitted, so adding an optional field
-    to a config class keeps every existing run's hash (and cache entry)."""
+    to a config class keeps every existing run's hash (and cache entry). A class attribute
+    ``cache_version`` enters the JSON as "_v": raising it invalidates every result of the class."""
     if dataclasses.is_dataclass(obj):
-        return {"_type": type(obj).__name__,
+        version = getattr(type(obj), "cache_version", None)
+        return {"_type": type(obj).__name__, **({"_v": version} if version is not None else {}),
                 **{f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                    if not (f.default is None and getattr(obj, f.name) is None)}}
     if isinstance(obj, (list, tuple)):
@@ -66,10 +84,14 @@ class DataSpec:
     seed: int = 0
 
     def __post_init__(self):
+        check(isinstance(self.name, str), f"dataset name must be a string, not {self.name!r}")
         D.check_name(self.name)
-        check(0 < self.fraction <= 1, f"fraction must be in (0, 1], not {self.fraction}")
-        check(self.train_n is None or self.train_n >= 1, f"train_n must be >= 1, not {self.train_n}")
-        check(self.test_n is None or self.test_n >= 1, f"test_n must be >= 1, not {self.test_n}")
+        check_real("fraction", self.fraction, 0, 1, low_open=True)
+        if self.train_n is not None:
+            check_int("train_n", self.train_n, 1)
+        if self.test_n is not None:
+            check_int("test_n", self.test_n, 1)
+        check_int("data seed", self.seed, 0)
 
     def _base(self, split: str) -> D.ImageData:
         d = D.load(self.name, split)
@@ -98,6 +120,7 @@ class SourceRun:
     kind = "source"
 
     def __post_init__(self):
+        check_int("seed", self.seed, 0)
         from .fdm import FDMTraining
         if isinstance(self.method, FDMTraining):
             self.method.check_model(self.model.n_blocks)
@@ -106,9 +129,12 @@ class SourceRun:
                 object.__setattr__(self, "method", AdversarialTraining(**plain))
 
     def build_model(self) -> WideResNet:
+        """The initial weights, drawn from the run's own seed (whatever the global RNG's state)."""
         d = self.data.train()
         mean, std = d.mean_std()
-        return build(self.model, d.info.num_classes, d.info.channels, mean, std)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return build(self.model, d.info.num_classes, d.info.channels, mean, std)
 
     def train_data(self) -> D.ImageData:
         return self.data.train()
@@ -129,6 +155,7 @@ class TransferRun:
     kind = "transfer"
 
     def __post_init__(self):
+        check_int("seed", self.seed, 0)
         self.policy.check_model(self.source.model.n_blocks)
 
     def _shape(self, d: D.ImageData) -> D.ImageData:
@@ -142,16 +169,92 @@ class TransferRun:
         return self._shape(self.data.test())
 
 
-def run_dir(run) -> Path:
-    return runs_root() / f"{run.kind}-{stable_hash(run)}"
+MARKER = "complete.json"
 
 
-def is_cached(run) -> bool:
-    return (run_dir(run) / "model.pt").is_file()
+def run_key(run, runtime: Runtime | None = None) -> str:
+    """The cache key of ``run`` computed under ``runtime``'s numerics (``Runtime.numerics``): the
+    config's hash alone for fp32 eager on the CPU, the config's and the numerics' otherwise, so a
+    bf16 or compiled result is never served for an fp32 request, nor the reverse."""
+    num = (runtime or Runtime()).numerics()
+    return stable_hash(run) if num is None else stable_hash({"run": run, "numerics": num})
+
+
+def run_dir(run, runtime: Runtime | None = None) -> Path:
+    return runs_root() / f"{run.kind}-{run_key(run, runtime)}"
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold the per-run lock of ``folder`` (reentrant in this process). A second process asking for
+    the same run waits here, then finds the first one's result. The lock is an OS file lock
+    (filelock: flock, or its soft lock where a file system has none), so a holder that dies,
+    even by kill -9, releases it: a dead holder's lock is broken by the kernel, not by guessing."""
+    from filelock import FileLock, Timeout
+    locks = folder.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(locks / f"{folder.name}.lock"), is_singleton=True, thread_local=False,
+                    preserve_lock_file=True)
+    try:
+        lock.acquire(timeout=2)
+    except Timeout:
+        print(f"rtlkit: waiting for {folder.name}: another process is training or evaluating it", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def read_marker(folder: Path, repair: bool = True) -> dict | None:
+    """The completion marker of a run folder, or None when the run is not complete. An unreadable
+    marker is set aside with ``repair`` (under the run's lock; the run is then rebuilt, from its
+    last checkpoint)."""
+    path = folder / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = read_json(path)
+        if not isinstance(marker.get("artefacts"), dict) or "model.pt" not in marker["artefacts"]:
+            raise ValueError("no artefact table")
+        return marker
+    except (OSError, ValueError, AttributeError) as e:
+        if repair:
+            set_aside(path, f"unreadable completion marker ({type(e).__name__})")
+        return None
+
+
+def is_cached(run, runtime: Runtime | None = None) -> bool:
+    return read_marker(run_dir(run, runtime), repair=False) is not None
+
+
+def _verified_state(folder: Path, marker: dict) -> dict | None:
+    """The weights of a complete run, after checking every artefact against the marker's sha256;
+    None (with the broken file and the marker set aside) on any mismatch."""
+    blobs = {}
+    for name, sha in marker["artefacts"].items():
+        path = folder / name
+        if not path.is_file():
+            why = f"listed in {MARKER} but missing"
+        else:
+            blobs[name] = path.read_bytes()
+            if sha256_bytes(blobs[name]) == sha:
+                continue
+            why = f"content does not match the sha256 recorded in {MARKER}"
+        set_aside(path, why)
+        set_aside(folder / MARKER, f"names a broken artefact ({name})")
+        return None
+    try:
+        return torch.load(io.BytesIO(blobs["model.pt"]), map_location="cpu", weights_only=True)
+    except Exception as e:  # whole by its hash, so it was written broken: never use it
+        set_aside(folder / "model.pt", f"unreadable weights ({type(e).__name__})")
+        set_aside(folder / MARKER, "names a broken artefact (model.pt)")
+        return None
 
 
 def _initial_model(run, runtime: Runtime, progress: bool) -> WideResNet:
-    seed_all(run.seed)
+    """The model before training: every random draw comes from the run's own seed, so it does
+    not depend on what ran before in this process (a source trained or loaded, other runs)."""
     if isinstance(run, SourceRun):
         return run.build_model()
     src = get_or_train(run.source, runtime, progress)
@@ -159,33 +262,84 @@ def _initial_model(run, runtime: Runtime, progress: bool) -> WideResNet:
 
 
 def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, progress: bool = True) -> WideResNet:
-    """The trained model of ``run``: from the cache, or trained now (resuming a checkpoint)."""
+    """The trained model of ``run``: from the cache (verified), or trained now (resuming a checkpoint)."""
     runtime = runtime or Runtime()
-    folder = run_dir(run)
-    model = _initial_model(run, runtime, progress)
-    if is_cached(run):
-        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-        return runtime.prepare(model).eval()
+    folder = run_dir(run, runtime)
+    with run_lock(folder):
+        model = _initial_model(run, runtime, progress)
+        marker = read_marker(folder)
+        state = _verified_state(folder, marker) if marker is not None else None
+        if state is not None:
+            model.load_state_dict(state)
+            return runtime.prepare(model).eval()
+        return _train(run, folder, model, runtime, progress)
+
+
+def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: bool) -> WideResNet:
+    sweep_tmp(folder)   # we hold the lock: any temp file here is a dead writer's
+    made = not folder.is_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "config.json", to_jsonable(run))
+    shas = {"config.json": atomic_write_json(folder / "config.json", to_jsonable(run))}
     t0 = time.time()
     policy = run.policy if isinstance(run, TransferRun) else None
     desc = f"{run.kind} {run.data.label}" + (f" k={run.policy.k}" if policy else "")
-    history = train(model, run.train_data(), run.method, runtime, policy=policy,
-                    checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)
+    try:
+        history = train(model, run.train_data(), run.method, runtime, policy=policy,
+                        checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)
+    except BaseException:
+        if made and not Checkpoints(folder / "checkpoint.pt").files():
+            shutil.rmtree(folder, ignore_errors=True)   # nothing worth keeping: leave no half-made run
+        raise
     if getattr(run, "neft", None) is not None:
         settle(model)
     model = model.eval()
-    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
-    atomic_write_json(folder / "train.json", {"history": history, "wall_seconds": time.time() - t0,
-                                              "device": runtime.describe(), "torch": torch.__version__})
+    shas["model.pt"] = atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                         folder / "model.pt")
+    shas["train.json"] = atomic_write_json(folder / "train.json", {
+        "history": history, "wall_seconds": time.time() - t0, "device": runtime.describe(),
+        "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "torch": torch.__version__})
+    atomic_write_json(folder / MARKER, {"run": folder.name, "artefacts": shas})
+    fault_point("marker-written")
     return model
 
 
-def eval_path(run: SourceRun | TransferRun, attacks, test_n: int | None = None) -> Path:
+def eval_path(run: SourceRun | TransferRun, attacks, test_n: int | None = None, runtime: Runtime | None = None) -> Path:
     """Where the metrics of evaluating ``run`` with ``attacks`` (on ``test_n`` test images) are cached."""
     spec = dataclasses.replace(run.data, test_n=test_n) if test_n else run.data
-    return run_dir(run) / f"eval-{stable_hash({'attacks': list(attacks), 'test': spec})}.json"
+    return run_dir(run, runtime) / f"eval-{stable_hash({'attacks': list(attacks), 'test': spec})}.json"
+
+
+def _cached_eval(path: Path, marker: dict) -> dict | None:
+    """A cached evaluation, if it measured the run's current model.pt and its per-example table is
+    whole and reproduces its accuracies; None otherwise (broken files set aside)."""
+    if not path.is_file():
+        return None
+    csv = path.with_suffix(".csv")
+    try:
+        m = read_json(path)
+        if m.get("model_sha256") != marker["artefacts"]["model.pt"]:
+            return None   # measured another model (or before integrity records): evaluate again
+        if not csv.is_file():
+            raise ValueError(f"its per-example table {csv.name} is missing")
+        data = csv.read_bytes()
+        if sha256_bytes(data) != m["csv_sha256"]:
+            raise ValueError(f"{csv.name} does not match the sha256 recorded in it")
+        df = pd.read_csv(io.BytesIO(data))
+        if len(df) != m["n_test"]:
+            raise ValueError(f"{csv.name} has {len(df)} rows, not n_test={m['n_test']}")
+        means = {"clean_acc": df["clean_correct"].mean(), "robust_acc": df["robust_correct"].mean(),
+                 **{f"robust_acc[{a}]": df[a].mean() for a in m["attacks"]}}
+        bad = [k for k, v in means.items() if abs(float(m[k]) - float(v)) > 1e-9]
+        if bad:
+            raise ValueError(f"its {', '.join(bad)} do not match the per-example table")
+        return m
+    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:
+        why = str(e) if isinstance(e, ValueError) and not isinstance(e, json.JSONDecodeError) else \
+            f"unreadable ({type(e).__name__}: {e})"
+        set_aside(path, why)
+        if csv.exists():
+            set_aside(csv, f"belongs to the broken {path.name}")
+        return None
 
 
 def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD], runtime: Runtime | None = None,
@@ -193,18 +347,26 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
     """Clean and robust accuracy of ``run``'s model on its test set (or a class-balanced ``test_n``
     of it), cached with a per-example CSV."""
     runtime = runtime or Runtime()
-    path = eval_path(run, attacks, test_n)
-    if path.is_file():
-        return read_json(path)
-    model = get_or_train(run, runtime, progress)
-    seed_all(run.seed)
-    t0 = time.time()
-    test = run.test_data()
-    if test_n:
-        test = D.subset(test, test_n, run.data.seed)
-    res = evaluate(model, test, attacks, runtime, batch_size, progress)
-    out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
-           "eval_seconds": time.time() - t0, "device": runtime.describe()}
-    atomic_write_csv(path.with_suffix(".csv"), res.examples)
-    atomic_write_json(path, out)
-    return out
+    attacks = list(attacks)
+    check(len(attacks) >= 1, "attacks: give at least one attack (with none, robust accuracy would be the clean accuracy)")
+    path = eval_path(run, attacks, test_n, runtime)
+    with run_lock(path.parent):
+        marker = read_marker(path.parent)
+        cached = _cached_eval(path, marker) if marker is not None else None
+        if cached is not None:
+            return cached
+        model = get_or_train(run, runtime, progress)
+        marker = read_marker(path.parent)
+        sweep_tmp(path.parent)
+        seed_all(run.seed)
+        t0 = time.time()
+        test = run.test_data()
+        if test_n:
+            test = D.subset(test, test_n, run.data.seed)
+        res = evaluate(model, test, attacks, runtime, batch_size, progress)
+        out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
+               "eval_seconds": time.time() - t0, "device": runtime.describe(), "numerics": runtime.numerics(),
+               "threads": torch.get_num_threads(), "model_sha256": marker["artefacts"]["model.pt"],
+               "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), csv_bytes(res.examples))}
+        atomic_write_json(path, out)
+        return json.loads(json.dumps(out))   # exactly what a later cache hit returns

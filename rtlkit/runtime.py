@@ -87,6 +87,17 @@ class Runtime:
             compile_blocks(model, self.compile_backend, self.compile_scope, self.compile_mode)
         return model
 
+    def numerics(self) -> dict | None:
+        """What a result's bits depend on beyond its config: device type, autocast dtype, memory
+        format and compilation. None for the CPU's fp32 eager default, whose cache keys are the
+        config's alone; anything else is part of every cache key (``rtlkit.runs.run_dir``)."""
+        dev = self.device.split(":")[0]
+        if dev == "cpu" and not (self.amp or self.channels_last or self.compile):
+            return None
+        comp = f"{self.compile_backend}/{self.compile_scope}" + (f"/{self.compile_mode}" if self.compile_mode else "")
+        return {"device": dev, "autocast": "bfloat16" if self.amp else None,
+                "channels_last": bool(self.channels_last), "compile": comp if self.compile else None}
+
     def describe(self) -> str:
         if self.is_cuda:
             name = torch.cuda.get_device_name(torch.device(self.device))
@@ -96,6 +107,17 @@ class Runtime:
             (f" {self.compile_mode}" if self.compile_mode else "")
         flags = [f for f, on in (("bf16", self.amp), ("channels_last", self.channels_last), (comp, self.compile)) if on]
         return f"{name}" + (f" [{', '.join(flags)}]" if flags else " [fp32 eager]")
+
+
+def configure_threads() -> int:
+    """Honour the user's thread setting: ``RTLKIT_THREADS`` if set, else ``OMP_NUM_THREADS`` (which
+    torch reads itself), else torch's default (one per physical core). Returns the count in force.
+    The count changes the bits of CPU results (reduction order), so manifests record it."""
+    env = os.environ.get("RTLKIT_THREADS")
+    if env is not None and env.strip():
+        check(env.strip().isdigit() and int(env) >= 1, f"RTLKIT_THREADS must be a whole number >= 1, not {env!r}")
+        torch.set_num_threads(int(env))
+    return torch.get_num_threads()
 
 
 def seed_all(seed: int) -> None:

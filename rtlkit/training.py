@@ -3,6 +3,7 @@ checkpoints every epoch and resumes after a kill.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,8 @@ from tqdm.auto import tqdm
 
 from .attacks import PGD, attack_mode
 from .data import ImageData, Loader
-from .errors import check
-from .io import atomic_torch_save
+from .errors import check, check_int, check_real, is_real
+from .io import atomic_write_bytes, fault_point, set_aside, sha256_bytes, torch_bytes
 from .runtime import Runtime, seed_all
 from .transfer import TransferPolicy
 
@@ -34,11 +35,14 @@ class StandardTraining:
     augment: bool = True  # the dataset's standard augmentation (DatasetInfo.augment)
 
     def __post_init__(self):
-        check(self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}")
-        check(self.lr > 0, f"learning rate must be > 0, not {self.lr}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, not {self.batch_size}")
-        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), not {self.momentum}")
-        check(all(0 < m <= 1 for m in self.milestones), f"milestones are fractions of the epochs in (0, 1]: {self.milestones}")
+        check_int("epochs", self.epochs, 1)
+        check_real("learning rate", self.lr, 0, low_open=True)
+        check_int("batch size", self.batch_size, 1)
+        check(is_real(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), not {self.momentum!r}")
+        check_real("weight decay", self.weight_decay, 0)
+        check_real("gamma", self.gamma, 0, low_open=True)
+        check(isinstance(self.milestones, tuple) and all(is_real(m) and 0 < m <= 1 for m in self.milestones),
+              f"milestones are a tuple of fractions of the epochs in (0, 1]: {self.milestones!r}")
 
     kind = "standard"
 
@@ -94,6 +98,53 @@ def train_step(method: StandardTraining, model, fwd, opt, x, y, runtime: Runtime
     return loss.detach(), logits.detach()
 
 
+class Checkpoints:
+    """Epoch checkpoints of one training run, each named by its content hash:
+    ``<stem>-e0003-<sha256[:16]>.pt`` beside ``path``. A new one is written (atomically) before the
+    older ones are deleted, so a kill at any moment leaves at least one whole checkpoint; one whose
+    bytes do not match its name is set aside as ``.corrupt`` and the next older one is used."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        self.folder, self.stem = path.parent, path.stem
+
+    def files(self) -> list[Path]:
+        """Checkpoint files, newest epoch first."""
+        def epoch(p: Path) -> int:
+            try:
+                return int(p.stem.split("-")[-2][1:])
+            except (IndexError, ValueError):
+                return -1
+        return sorted((p for p in self.folder.glob(f"{self.stem}-e*-*.pt") if epoch(p) >= 0), key=epoch, reverse=True)
+
+    def latest(self, map_location) -> dict | None:
+        """The newest whole checkpoint (older ones are then deleted), or None."""
+        files = self.files()
+        for i, p in enumerate(files):
+            data = p.read_bytes()
+            if sha256_bytes(data)[:16] != p.stem.split("-")[-1]:
+                set_aside(p, "checkpoint content does not match the hash in its name")
+                continue
+            try:
+                saved = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+            except Exception as e:  # whole by its hash, so written broken: never use it
+                set_aside(p, f"checkpoint unreadable ({type(e).__name__})")
+                continue
+            for old in files[i + 1:]:
+                old.unlink(missing_ok=True)
+            return saved
+        return None
+
+    def save(self, state: dict, epoch: int) -> Path:
+        data = torch_bytes(state)
+        path = self.folder / f"{self.stem}-e{epoch:04d}-{sha256_bytes(data)[:16]}.pt"
+        atomic_write_bytes(path, data)
+        for old in self.files():
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
+
 def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, runtime: Runtime | None = None,
           policy: TransferPolicy | None = None, checkpoint: str | Path | None = None, seed: int = 0,
           progress: bool = True, desc: str = "train",
@@ -101,8 +152,9 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     """Train ``model`` in place; returns the per-epoch history.
 
     With ``policy``, only its trainable parameters move and its BN modes hold. With
-    ``checkpoint``, state is saved atomically after every epoch and an interrupted run resumes
-    from it; per-epoch seeding makes the resumed run bit-identical on the CPU.
+    ``checkpoint`` (a path whose folder and stem name the :class:`Checkpoints`), state is saved
+    atomically after every epoch and an interrupted run resumes from the newest whole checkpoint;
+    per-epoch seeding makes the resumed run bit-identical on the CPU.
     """
     runtime = runtime or Runtime()
     model = runtime.prepare(model)
@@ -116,9 +168,9 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     state = method.setup(model, data, runtime)  # before a resume: it may read the starting weights
     history: list[dict] = []
     start = 0
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.is_file():
-        saved = torch.load(ckpt, map_location=runtime.device, weights_only=False)  # not `state`: that is the method's
+    ckpt = Checkpoints(checkpoint) if checkpoint else None
+    saved = ckpt.latest(runtime.device) if ckpt is not None else None  # not `state`: that is the method's
+    if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
@@ -142,14 +194,15 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
             tot_loss += loss * len(y)
             tot_correct += (logits.argmax(1) == y).sum()
             n += len(y)
+            fault_point("step")
         sched.step()
         rec = {"epoch": epoch + 1, "loss": float(tot_loss) / max(n, 1), "train_acc": float(tot_correct) / max(n, 1),
                "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "images": n}
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
         if ckpt is not None:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history}, ckpt)
+            ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history}, epoch + 1)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rec)
     model.eval()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
-from .errors import ConfigError, check
+from .errors import ConfigError, check, is_int
 from .models import WideResNet, reinit_blocks
 
 BN_CASES = {  # CARTL Table 1, in the order of its rows and columns
@@ -39,7 +40,7 @@ class TransferPolicy:
     reinit: bool = False
 
     def __post_init__(self):
-        check(self.k == "all" or (isinstance(self.k, int) and self.k >= 1),
+        check(self.k == "all" or (is_int(self.k) and self.k >= 1),
               f"k must be a positive number of blocks or 'all', not {self.k!r}")
         check(self.bn_stats in ("reuse", "update"), f"bn_stats must be 'reuse' or 'update', not {self.bn_stats!r}")
         check(self.bn_affine in ("train", "freeze"), f"bn_affine must be 'train' or 'freeze', not {self.bn_affine!r}")
@@ -102,6 +103,8 @@ def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy,
     model.replace_head(num_classes, seed)
     if neft is not None:
         from .neft import apply_neft
-        apply_neft(model, policy.split(model)[1], neft)
+        with torch.random.fork_rng(devices=[]):   # spectral_norm draws u, v: from the run's seed, not
+            torch.manual_seed(seed)               # whatever the global RNG holds after a source run
+            apply_neft(model, policy.split(model)[1], neft)
     policy.apply(model)
     return model

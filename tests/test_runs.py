@@ -1,6 +1,8 @@
 """The run cache (miss, hit, one source for every transfer), cached evaluations with per-example
 rows, resume after a kill, and atomic writes."""
 import dataclasses
+import errno
+import io
 import json
 import os
 import subprocess
@@ -10,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from rtlkit import io as rtlkit_io
 from rtlkit import runs
 from rtlkit.attacks import PGD
 from rtlkit.io import atomic_write_json, atomic_write_text
@@ -17,7 +20,7 @@ from rtlkit.models import WRNSpec
 from rtlkit.runs import (DataSpec, SourceRun, TransferRun, get_or_evaluate, get_or_train, is_cached, run_dir,
                          stable_hash, to_jsonable)
 from rtlkit.runtime import Runtime
-from rtlkit.training import AdversarialTraining, StandardTraining, train
+from rtlkit.training import AdversarialTraining, Checkpoints, StandardTraining, train
 from rtlkit.transfer import TransferPolicy
 
 from conftest import state_of, tiny_model
@@ -44,7 +47,9 @@ def test_cache_miss_then_hit(monkeypatch, runs_root):
     m1 = get_or_train(run, CPU, progress=False)
     assert is_cached(run)
     assert run_dir(run).parent == runs_root and run_dir(run).name.startswith("source-")
-    assert {"config.json", "checkpoint.pt", "model.pt", "train.json"} <= {p.name for p in run_dir(run).iterdir()}
+    names = {p.name for p in run_dir(run).iterdir()}
+    assert {"config.json", "model.pt", "train.json", "complete.json"} <= names
+    assert [n for n in names if n.startswith("checkpoint-e0001-")] == [n for n in names if n.startswith("checkpoint")]
     assert json.loads((run_dir(run) / "config.json").read_text()) == json.loads(json.dumps(to_jsonable(run)))
     assert [h["epoch"] for h in json.loads((run_dir(run) / "train.json").read_text())["history"]] == [1]
 
@@ -148,7 +153,7 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
     killed = tiny_model(seed=3)
     with pytest.raises(KeyboardInterrupt):
         train(killed, data, method, CPU, checkpoint=tmp_path / "b.pt", seed=7, progress=False, on_epoch_end=kill)
-    assert torch.load(tmp_path / "b.pt", weights_only=False)["epoch"] == 1
+    assert Checkpoints(tmp_path / "b.pt").latest("cpu")["epoch"] == 1
 
     resumed = tiny_model(seed=3)          # a fresh model built the same way
     epochs_run = []
@@ -203,7 +208,7 @@ def test_get_or_train_resumes_an_interrupted_run(monkeypatch, tmp_path, runs_roo
     monkeypatch.setattr(runs, "train", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         get_or_train(run, CPU, progress=False)
-    assert not is_cached(run) and (run_dir(run) / "checkpoint.pt").is_file()
+    assert not is_cached(run) and Checkpoints(run_dir(run) / "checkpoint.pt").files()
     monkeypatch.setattr(runs, "train", real_train)
     resumed = get_or_train(run, CPU, progress=False)
     history = json.loads((run_dir(run) / "train.json").read_text())["history"]
@@ -215,17 +220,21 @@ def test_get_or_train_resumes_an_interrupted_run(monkeypatch, tmp_path, runs_roo
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "x.json"
     atomic_write_json(path, {"a": 1})
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
 
-    class Boom:
-        pass
+    class BrokenFile(io.BytesIO):
+        def write(self, data):
+            super().write(data[:3])
+            raise OSError(errno.EIO, "input/output error")
 
-    with pytest.raises(TypeError):
-        atomic_write_text(path, Boom())           # fails while writing the temp file
+    monkeypatch.setattr(rtlkit_io, "_open_for_write", lambda tmp: BrokenFile())
+    with pytest.raises(OSError, match="input/output"):
+        atomic_write_json(path, {"a": 2})          # fails while writing the temp file
     assert json.loads(path.read_text()) == {"a": 1}
     assert not tmp_files(tmp_path)
+    monkeypatch.undo()
     atomic_write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2} and not tmp_files(tmp_path)
