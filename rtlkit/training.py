@@ -201,8 +201,11 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
         if ckpt is not None:
-            ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history}, epoch + 1)
+            # wall times stay out of the checkpoint, so that identical runs write identical bytes
+            # (a resumed run's train.json has "seconds" for the epochs it ran itself)
+            ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "epoch": epoch + 1, "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history]},
+                      epoch + 1)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rec)
     model.eval()
