@@ -22,20 +22,19 @@ from .errors import NoSpace
 # RTLKIT_FAULT="point:n[,point:n...]" kills this process (SIGKILL, like a power cut or the OOM
 # killer) the n-th time it reaches `point`: temp-written (temp file complete, not yet renamed),
 # renamed (artefact in place), marker-written (run complete), step (a training step done).
-# Used by tests/test_reliability.py; unset, each point costs one dict lookup.
+# Read once at import; used by tests/test_reliability.py. Unset, a point costs one dict lookup.
 FAULT_ENV = "RTLKIT_FAULT"
+_FAULTS: dict[str, int] = {p: int(n) for p, _, n in (item.partition(":") for item in
+                                                      os.environ.get(FAULT_ENV, "").split(",")) if n.isdigit()}
 _fault_counts: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    if name not in _FAULTS:
         return
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    for item in spec.split(","):
-        point, _, n = item.partition(":")
-        if point == name and n.isdigit() and _fault_counts[name] == int(n):
-            os.kill(os.getpid(), signal.SIGKILL)
+    if _fault_counts[name] == _FAULTS[name]:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_bytes(data: bytes) -> str:

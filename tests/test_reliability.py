@@ -170,7 +170,9 @@ def _numbers(m: dict) -> dict:
 
 def _damage(path: Path, how: str) -> None:
     data = path.read_bytes()
-    if how == "truncate":
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncate":
         path.write_bytes(data[: len(data) // 2])
     elif how == "zero":
         path.write_bytes(bytes(len(data)))
@@ -190,7 +192,7 @@ def _artefact(folder: Path, which: str) -> Path:
     return folder / which
 
 
-@pytest.mark.parametrize("how", ["truncate", "zero", "flip", "delete"])
+@pytest.mark.parametrize("how", ["empty", "truncate", "zero", "flip", "delete"])
 @pytest.mark.parametrize("which", ["model.pt", "train.json", "config.json", "complete.json", "checkpoint",
                                    "eval.json", "eval.csv"])
 @pytest.mark.parametrize("kind", ["source", "neft"])
