@@ -1,5 +1,7 @@
-"""The experiment steps the notebooks call, one per step; each returns a tidy DataFrame whose
-rows come from cached runs (so widgets can re-plot without recomputing)."""
+"""Notebook 03 · CARTL (Chen et al., ICML 2021): FDM source training + NEFT fine-tuning against
+plain fine-tuning, AT + NEFT and the LwF baseline. Tables 2-5 and Figs. 4-5: steps, plots and
+the widget panel. The methods themselves live in ``rtlkit.methods`` (fdm, neft, lwf).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,76 +9,17 @@ from dataclasses import replace
 
 import pandas as pd
 
-from .attacks import PGD
-from .errors import ConfigError
-from .fdm import FDMTraining
-from .lwf import LwFTraining
-from .neft import NEFT
-from .profiles import Profile, pgd
-from .runs import DataSpec, SourceRun, TransferRun, get_or_evaluate
-from .runtime import Runtime
-from .transfer import BN_CASES, TransferPolicy
+from .. import plots, widgets
+from ..attacks import PGD
+from ..errors import ConfigError, DatasetNotFound
+from ..methods.fdm import FDMTraining
+from ..methods.lwf import LwFTraining
+from ..methods.neft import NEFT
+from ..profiles import Profile, pgd
+from ..runs import DataSpec, SourceRun, TransferRun, get_or_evaluate
+from ..runtime import Runtime
+from ..transfer import TransferPolicy
 
-
-def _row(metrics: dict, **keys) -> dict:
-    return {**keys, "clean_acc": metrics["clean_acc"], "robust_acc": metrics["robust_acc"],
-            "attacks": "; ".join(metrics["attacks"]), "n_test": metrics["n_test"]}
-
-
-def source_robustness(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train (or load) the robust source and measure it on its own test set."""
-    rows = []
-    for seed in profile.source_seeds:
-        m = get_or_evaluate(profile.source_run(seed), profile.eval_attacks, runtime, progress)
-        rows.append(_row(m, model="source", dataset=profile.source.label, seed=seed))
-    return pd.DataFrame(rows)
-
-
-def layer_freezing(profile: Profile, runtime: Runtime | None = None, progress: bool = True,
-                   bn_stats: str = "reuse", bn_affine: str = "freeze") -> pd.DataFrame:
-    """CARTL Fig. 3: fine-tune the last k blocks on the target, for each k of the profile."""
-    rows = []
-    for seed in profile.seeds:
-        for k in profile.ks:
-            pol = TransferPolicy(k=k, bn_stats=bn_stats, bn_affine=bn_affine)
-            m = get_or_evaluate(profile.transfer_run(pol, seed), profile.eval_attacks, runtime, progress)
-            rows.append(_row(m, variant="fine-tune last k (target)", k=k, seed=seed, dataset=profile.target.label,
-                             bn_stats=bn_stats, bn_affine=bn_affine))
-    return pd.DataFrame(rows)
-
-
-def reinit_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
-    """Shafahi Fig. 1: re-initialise the last k blocks, retrain them on natural source images,
-    and measure robustness on the source test set."""
-    rows = []
-    for seed in profile.seeds:
-        for k in profile.ks:
-            m = get_or_evaluate(profile.reinit_run(k, seed), profile.eval_attacks, runtime, progress)
-            rows.append(_row(m, variant="re-init last k, retrain (source)", k=k, seed=seed,
-                             dataset=profile.reinit_source.label, bn_stats="reuse", bn_affine="train"))
-    return pd.DataFrame(rows)
-
-
-def bn_ablation(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
-    """CARTL Table 1: the four BN cases at each k of ``profile.bn_ks``."""
-    rows = []
-    for seed in profile.seeds:
-        for k in profile.bn_ks:
-            for case in BN_CASES:
-                pol = TransferPolicy.bn_case(case, k)
-                m = get_or_evaluate(profile.transfer_run(pol, seed), profile.eval_attacks, runtime, progress)
-                rows.append(_row(m, k=k, case=case, bn_stats=pol.bn_stats, bn_affine=pol.bn_affine, seed=seed,
-                                 dataset=profile.target.label))
-    return pd.DataFrame(rows)
-
-
-def bn_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Table 1's layout: rows (k, affine of the fine-tuned part), columns (extractor stats) x (acc, rob), in %."""
-    t = df.groupby(["k", "bn_affine", "bn_stats"])[["clean_acc", "robust_acc"]].mean().mul(100).round(2)
-    return t.unstack("bn_stats").swaplevel(0, 1, axis=1).sort_index(axis=1)
-
-
-# --------------------------------------------------------------------------- CARTL (notebook 03)
 
 def cartl_attacks(profile: Profile) -> tuple:
     """Every robustness in notebook 03 is the per-example minimum over PGD with cross-entropy and
@@ -166,7 +109,6 @@ def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = 
 
 def more_pairs(profile: Profile, runtime: Runtime | None = None, progress: bool = True, k: int | None = None) -> pd.DataFrame:
     """CARTL Table 4: the three methods on more source -> target pairs (skips pairs whose data are absent)."""
-    from .errors import DatasetNotFound
     k = k or profile.cartl_ks[-1]
     rows = []
     for src, tgt in ((None, profile.target),) + tuple(profile.pairs):
@@ -194,3 +136,107 @@ def summarise(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 def attack_disagreements(df: pd.DataFrame, points: float = 0.02) -> pd.DataFrame:
     """Models where CE-PGD and CW-PGD robustness differ by more than ``points``."""
     return df[df.ce_cw_gap > points]
+
+
+# --------------------------------------------------------------------------- plots
+
+METHOD_COLORS = {"vanilla": "tab:gray", "AT + NEFT": "tab:orange", "CARTL": "tab:red", "LwF": "tab:blue"}
+
+
+def plot_heatmaps(grid: pd.DataFrame, title: str = ""):
+    """CARTL Table 2 as heat maps: rows (k, lambda), columns beta; mean over seeds, in %."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(10, 0.6 * grid[["k", "lam"]].drop_duplicates().shape[0] + 2))
+    for ax, col, name in zip(axes, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
+        t = grid.groupby(["k", "lam", "beta"])[col].mean().mul(100).unstack("beta")
+        t.index = [f"k={k}, λ={lam:g}" for k, lam in t.index]
+        plots.sns.heatmap(t, annot=True, fmt=".1f", cmap="viridis", ax=ax, cbar=False)
+        ax.set_xlabel("NEFT β")
+        ax.set_title(f"target {name} %")
+    return plots.finish(fig, title)
+
+
+def plot_method_bars(df: pd.DataFrame, x: str, title: str = "", order: list[str] | None = None):
+    """Accuracy and robustness bars of the methods at each ``x`` (k or pair), sd over seeds."""
+    d = df.assign(accuracy=df.clean_acc * 100, robustness=df.robust_acc * 100, **{x: df[x].astype(str)})
+    long = d.melt(id_vars=[x, "method"], value_vars=["accuracy", "robustness"], var_name="metric", value_name="%")
+    hue_order = order or [m for m in METHOD_COLORS if m in set(df.method)]
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric in zip(axes, ["accuracy", "robustness"]):
+        plots.sns.barplot(data=long[long.metric == metric], x=x, y="%", hue="method", hue_order=hue_order, ax=ax,
+                    errorbar="sd", palette=METHOD_COLORS, capsize=0.1)
+        ax.set_title(f"target {metric}" + (" (min CE, CW)" if metric == "robustness" else ""))
+        ax.tick_params(axis="x", labelsize=8)
+        if metric == "accuracy":
+            ax.get_legend().remove()
+        else:
+            ax.legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+def plot_tradeoff(ablation: pd.DataFrame, lwf: pd.DataFrame, title: str = ""):
+    """CARTL Fig. 4: robustness against accuracy; vanilla and CARTL one point per k, LwF one per
+    lambda_d; error bars are the sd over fine-tuning seeds."""
+    fig, ax = plots.plt.subplots(figsize=(6.4, 4.8))
+    parts = [(ablation[ablation.method == m], m, "k") for m in ("vanilla", "CARTL")] + [(lwf, "LwF", "lam_d")]
+    for df, method, key in parts:
+        g = df.groupby(key)[["clean_acc", "robust_acc"]].agg(["mean", "std"]).fillna(0) * 100
+        ax.errorbar(g[("clean_acc", "mean")], g[("robust_acc", "mean")], xerr=g[("clean_acc", "std")],
+                    yerr=g[("robust_acc", "std")], fmt="o-" if method != "LwF" else "s--", capsize=3,
+                    color=METHOD_COLORS[method], label=method)
+        for v, row in g.iterrows():
+            ax.annotate(f"{'k' if key == 'k' else 'λd'}={v:g}" if key != "k" else f"k={v}",
+                        (row[("clean_acc", "mean")], row[("robust_acc", "mean")]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("target accuracy %")
+    ax.set_ylabel("target robustness % (min CE, CW)")
+    ax.legend()
+    ax.set_title(title or "accuracy-robustness trade-off", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_low_data(df: pd.DataFrame, title: str = ""):
+    """CARTL Fig. 5: accuracy and robustness against the fraction of target training data."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, col, name in zip(axes, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
+        for m, sub in df.groupby("method", sort=False):
+            g = sub.groupby("fraction")[col].agg(["mean", "std"]).fillna(0).sort_index() * 100
+            ax.errorbar([f"{f:.0%}" for f in g.index], g["mean"], yerr=g["std"], marker="o", capsize=3,
+                        color=METHOD_COLORS.get(m), label=m)
+        ax.set_xlabel("fraction of target training set (class-balanced)")
+        ax.set_ylabel("%")
+        ax.set_title(f"target {name}")
+        ax.legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+# --------------------------------------------------------------------------- panel
+
+def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interactive: bool = True):
+    """Pick lambda, beta, k and method; re-plot the trade-off and the grid from cached results."""
+    if not interactive:
+        return None
+    import ipywidgets as W
+    lam = W.SelectMultiple(options=sorted(grid.lam.unique()), value=tuple(sorted(grid.lam.unique())), description="λ")
+    beta = W.SelectMultiple(options=sorted(grid.beta.unique()), value=tuple(sorted(grid.beta.unique())), description="β")
+    ks = W.SelectMultiple(options=sorted(grid.k.unique()), value=tuple(sorted(grid.k.unique())), description="k")
+    methods = W.SelectMultiple(options=["vanilla", "AT + NEFT", "CARTL"], value=("vanilla", "AT + NEFT", "CARTL"),
+                               description="method")
+    out = W.Output()
+
+    def redraw(*_):
+        g = grid[grid.lam.isin(lam.value) & grid.beta.isin(beta.value) & grid.k.isin(ks.value)]
+        a = ablation[ablation.k.isin(ks.value) & ablation.method.isin(methods.value)]
+        with out:
+            out.clear_output(wait=True)
+            if len(g):
+                plot_heatmaps(g)
+            if len(a):
+                plot_method_bars(a, "k")
+                plot_tradeoff(a, lwf)
+            plots.plt.show()
+
+    for w in (lam, beta, ks, methods):
+        w.observe(redraw, "value")
+    redraw()
+    return widgets.display(W.VBox([W.HBox([lam, beta, ks, methods]), out]))

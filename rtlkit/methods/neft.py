@@ -14,8 +14,8 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .errors import check_int, check_real
-from .models import BasicBlock, WideResNet
+from ..errors import check_int, check_real
+from ..models import BasicBlock, WideResNet
 
 
 class BetaScale(nn.Module):
