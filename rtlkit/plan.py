@@ -69,7 +69,7 @@ class Plan:
         n = _n_train(run.data)
         m = run.method
         per_epoch = (n // m.batch_size) * m.batch_size if n >= m.batch_size else n
-        images = per_epoch * m.epochs
+        images = per_epoch * m.epochs if m.steps is None else m.steps * min(m.batch_size, n)
         steps = m.attack.steps if isinstance(m, AdversarialTraining) else 0
         t = images * (1.0 + (1 / 3 if isinstance(m, FDMTraining) and m.lam > 0 else 0.0))  # FDM: a clean forward
         self.trainings[name] = {"run": name, "kind": run.kind, "method": m.kind, "images": images,

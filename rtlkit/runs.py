@@ -170,6 +170,8 @@ class TransferRun:
 
 
 MARKER = "complete.json"
+# 2: every attack reports each example's first fooling iterate (1: the last iterate)
+EVAL_VERSION = 2
 
 
 @dataclass
@@ -338,7 +340,8 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
 def eval_path(run: SourceRun | TransferRun, attacks, test_n: int | None = None, runtime: Runtime | None = None) -> Path:
     """Where the metrics of evaluating ``run`` with ``attacks`` (on ``test_n`` test images) are cached."""
     spec = dataclasses.replace(run.data, test_n=test_n) if test_n else run.data
-    return run_dir(run, runtime) / f"eval-{stable_hash({'attacks': list(attacks), 'test': spec})}.json"
+    key = {"attacks": list(attacks), "test": spec, "v": EVAL_VERSION}
+    return run_dir(run, runtime) / f"eval-{stable_hash(key)}.json"
 
 
 def _cached_eval(path: Path, marker: dict) -> dict | None:

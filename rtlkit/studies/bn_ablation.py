@@ -25,7 +25,7 @@ def bn_ablation(profile: Profile, runtime: Runtime | None = None, progress: bool
                 pol = TransferPolicy.bn_case(case, k)
                 m = get_or_evaluate(profile.transfer_run(pol, seed), profile.eval_attacks, runtime, progress)
                 rows.append(row(m, k=k, case=case, bn_stats=pol.bn_stats, bn_affine=pol.bn_affine, seed=seed,
-                                 dataset=profile.target.label))
+                                dataset=profile.target.label))
     return pd.DataFrame(rows)
 
 

@@ -40,24 +40,27 @@ def _source(profile: Profile, method: str, lam: float = 0.0, k: int | None = Non
 
 def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | None = None,
               source: DataSpec | None = None, lam: float | None = None, beta: float | None = None,
-              lam_d: float | None = None) -> tuple[TransferRun, dict]:
-    """One of the methods of CARTL's comparison as a cached run, plus its describing keys."""
+              lam_d: float | None = None, steps: int | None = None) -> tuple[TransferRun, dict]:
+    """One of the methods of CARTL's comparison as a cached run, plus its describing keys.
+    ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs."""
     target = target or profile.target
+    finetune = profile.finetune if steps is None else replace(profile.finetune, steps=steps)
     lam = profile.cartl_choice[0] if lam is None else lam
     beta = profile.cartl_choice[1] if beta is None else beta
     policy = TransferPolicy(k=k, bn_stats="reuse", bn_affine="freeze")   # CARTL App. C
     if method == "vanilla":        # AT source, plain fine-tuning of the last k blocks
-        run = TransferRun(_source(profile, "at", data=source), target, policy, profile.finetune, seed)
+        run = TransferRun(_source(profile, "at", data=source), target, policy, finetune, seed)
         keys = dict(lam=0.0, beta=None)
     elif method == "AT + NEFT":
-        run = TransferRun(_source(profile, "at", data=source), target, policy, profile.finetune, seed, NEFT(beta))
+        run = TransferRun(_source(profile, "at", data=source), target, policy, finetune, seed, NEFT(beta))
         keys = dict(lam=0.0, beta=beta)
     elif method == "CARTL":        # FDM source for this k, NEFT fine-tuning
-        run = TransferRun(_source(profile, "fdm", lam, k, source), target, policy, profile.finetune, seed, NEFT(beta))
+        run = TransferRun(_source(profile, "fdm", lam, k, source), target, policy, finetune, seed, NEFT(beta))
         keys = dict(lam=lam, beta=beta)
     elif method == "LwF":          # AT source, end-to-end with feature distillation (k = all)
         lam_d = profile.lwf_lams[0] if lam_d is None else lam_d
-        lwf = LwFTraining(epochs=profile.finetune.epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d)
+        lwf = LwFTraining(epochs=profile.finetune.epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d,
+                          steps=steps)
         run = TransferRun(_source(profile, "at", data=source), target, TransferPolicy(k="all", bn_affine="freeze"),
                           lwf, seed)
         keys = dict(lam_d=lam_d)
@@ -67,9 +70,10 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
                  "target": target.label, **keys}
 
 
-def _measure(profile: Profile, runtime, progress, method: str, k, seed: int, **kw) -> dict:
+def _measure(profile: Profile, runtime, progress, method: str, k, seed: int, test_n: int | None = None,
+             **kw) -> dict:
     run, keys = _transfer(profile, method, k, seed, **kw)
-    m = get_or_evaluate(run, cartl_attacks(profile), runtime, progress, test_n=profile.cartl_test_n)
+    m = get_or_evaluate(run, cartl_attacks(profile), runtime, progress, test_n=test_n or profile.cartl_test_n)
     ce, cw = (m[f"robust_acc[{a.label}]"] for a in cartl_attacks(profile))
     return {**keys, "clean_acc": m["clean_acc"], "robust_acc": m["robust_acc"], "robust_ce": ce, "robust_cw": cw,
             "ce_cw_gap": abs(ce - cw), "n_test": m["n_test"]}
@@ -96,14 +100,20 @@ def lwf_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool =
 
 
 def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = True, k: int | None = None) -> pd.DataFrame:
-    """CARTL Fig. 5: class-balanced fractions of the target training set, CARTL vs vanilla vs LwF at one k."""
+    """CARTL Fig. 5: class-balanced fractions of the target training set, CARTL vs vanilla vs LwF at
+    one k. Every fraction gets the same number of optimizer steps (``Profile.finetune_steps``): the
+    100 % point is the profile's epoch-based fine-tune, each smaller fraction a step budget equal
+    to it, so a 10 % subset is not also given a tenth of the updates."""
     k = k or profile.cartl_ks[-1]
+    budget = profile.finetune_steps(profile.target)
     rows = []
     for frac in profile.fractions:
         tgt = replace(profile.target, fraction=frac)
+        steps = None if frac == 1 else budget
         for m in ("vanilla", "CARTL", "LwF"):
             for s in profile.cartl_seeds:
-                rows.append({**_measure(profile, runtime, progress, m, k, s, target=tgt), "fraction": frac})
+                rows.append({**_measure(profile, runtime, progress, m, k, s, target=tgt, steps=steps),
+                             "fraction": frac, "steps": budget})
     return pd.DataFrame(rows)
 
 
@@ -136,6 +146,82 @@ def summarise(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 def attack_disagreements(df: pd.DataFrame, points: float = 0.02) -> pd.DataFrame:
     """Models where CE-PGD and CW-PGD robustness differ by more than ``points``."""
     return df[df.ce_cw_gap > points]
+
+
+def budget_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool = True,
+                 budgets: tuple[int, ...] = (6, 24, 60), seeds: tuple[int, ...] = (0, 1, 2), test_n: int = 1000,
+                 k: int | None = None) -> pd.DataFrame:
+    """Does NEFT's advantage over plain fine-tuning appear once it has the budget? Vanilla, AT + NEFT
+    and CARTL at one k, on the profile's pair and its first extra pair, each fine-tuned for every
+    budget in epochs-equivalent optimizer steps (budget x the target's steps per epoch), over
+    ``seeds``, evaluated on ``test_n`` test images (robustness: per-example min over CE and CW)."""
+    k = k or profile.cartl_ks[-1]
+    rows = []
+    for src, tgt in ((None, profile.target),) + tuple(profile.pairs[:1]):
+        per_epoch = profile.finetune_steps(tgt) // profile.finetune.epochs
+        pair = f"{(src or profile.source).label} -> {tgt.label}"
+        for b in budgets:
+            for m in ("vanilla", "AT + NEFT", "CARTL"):
+                for s in seeds:
+                    rows.append({**_measure(profile, runtime, progress, m, k, s, test_n=test_n, target=tgt, source=src,
+                                            steps=b * per_epoch),
+                                 "pair": pair, "budget_epochs": b, "steps": b * per_epoch})
+    return pd.DataFrame(rows)
+
+
+def budget_verdicts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per pair and budget: each method's mean and sd over seeds (in %), and whether NEFT's and
+    CARTL's robustness gap over vanilla exceeds its seed-to-seed spread (the larger sd of the two)."""
+    g = df.groupby(["pair", "budget_epochs", "method"], sort=False)[["clean_acc", "robust_acc"]].agg(["mean", "std"])
+    g.columns = [f"{a}_{b}" for a, b in g.columns]
+    g = (g * 100).round(2).reset_index()
+    out = []
+    for (pair, b), sub in g.groupby(["pair", "budget_epochs"], sort=False):
+        van = sub[sub.method == "vanilla"].iloc[0]
+        for _, r in sub.iterrows():
+            gap = r.robust_acc_mean - van.robust_acc_mean
+            spread = max(r.robust_acc_std, van.robust_acc_std)
+            out.append({**r.to_dict(), "rob_gap_vs_vanilla": round(gap, 2), "seed_spread": round(spread, 2),
+                        "gap_exceeds_spread": bool(r.method != "vanilla" and abs(gap) > spread)})
+    return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+PAPER_SETTING = "paper: CIFAR-100 -> CIFAR-10, WRN-34-10, eps 8/255, PGD-100 (CARTL Sec. 7, App. B)"
+_P = dict(source="paper", setting=PAPER_SETTING)
+PAPER = {   # CARTL Tables 2-5, accuracy and robustness as fractions
+    "table2": [dict(k=k, lam=lam, beta=beta, method="CARTL", clean_acc=a / 100, robust_acc=r / 100)
+               for k, lam, row in ((4, 0.01, (86.09, 25.73, 86.08, 27.17, 85.64, 28.40)),
+                                   (4, 0.005, (85.41, 25.75, 85.47, 27.14, 85.51, 28.47)),
+                                   (6, 0.01, (87.78, 25.58, 87.92, 27.27, 87.96, 29.60)),
+                                   (6, 0.005, (87.66, 25.97, 88.07, 27.64, 87.79, 30.94)),
+                                   (8, 0.01, (91.85, 16.36, 91.63, 19.22, 91.55, 27.47)),
+                                   (8, 0.005, (91.71, 17.62, 91.10, 21.60, 91.30, 29.34)))
+               for beta, a, r in zip((1.0, 0.6, 0.4), row[0::2], row[1::2])],
+    "table3": [dict(k=k, method=m, clean_acc=a / 100, robust_acc=r / 100)
+               for m, row in (("vanilla", (83.22, 25.23, 86.92, 25.38, 90.82, 18.54)),
+                              ("AT + NEFT", (83.72, 26.29, 86.87, 27.95, 90.92, 29.97)),
+                              ("CARTL", (85.51, 28.47, 87.79, 30.94, 91.30, 29.34)))
+               for k, a, r in zip((4, 6, 8), row[0::2], row[1::2])],
+    "table4": [dict(pair=pair, k=6, method=m, clean_acc=a / 100, robust_acc=r / 100)
+               for pair, row in (("CIFAR-100 -> SVHN (WRN-34-10)", (85.90, 6.67, 92.83, 17.64, 93.96, 22.21)),
+                                 ("CIFAR-100 -> GTSRB (WRN-34-10)", (70.34, 15.85, 80.40, 30.25, 83.07, 47.34)),
+                                 ("CIFAR-10 -> SVHN (WRN-28-4)", (94.32, 4.68, 94.86, 11.52, 94.76, 21.65)),
+                                 ("GTSRB -> SVHN (WRN-28-4)", (81.80, 1.08, 93.91, 6.08, 94.07, 15.26)))
+               for m, a, r in zip(("LwF", "vanilla", "CARTL"), row[0::2], row[1::2])],
+    "table5": [dict(method="LwF", lam_d=ld, clean_acc=a / 100, robust_acc=r / 100)
+               for ld, a, r in ((0.1, 74.87, 17.59), (0.01, 81.45, 16.67), (0.005, 84.86, 8.59), (0.001, 89.87, 0.22))],
+}
+PAPER_FIG5 = ("CARTL Fig. 5 (plot only, no numbers): on 50/20/10 % of CIFAR-10, CARTL keeps the best accuracy "
+              "everywhere and the best robustness except at 10 %, where it still edges vanilla; LwF is lowest.")
+
+
+def with_paper(ours: pd.DataFrame, *tables: str, setting: str = "") -> pd.DataFrame:
+    """Our rows (source "rtlkit", with our setting) and the paper's rows of ``tables`` (source
+    "paper", its setting named) in one tidy table, so the numbers face each other in the CSV."""
+    paper = pd.DataFrame([{**r, **_P} for t in tables for r in PAPER[t]])
+    return pd.concat([ours.assign(source="rtlkit", setting=setting), paper], ignore_index=True)
 
 
 # --------------------------------------------------------------------------- plots
@@ -207,6 +293,25 @@ def plot_low_data(df: pd.DataFrame, title: str = ""):
         ax.set_ylabel("%")
         ax.set_title(f"target {name}")
         ax.legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+def plot_budget(df: pd.DataFrame, title: str = ""):
+    """Robustness and accuracy against the fine-tuning budget, one panel pair per source -> target
+    pair, mean and sd over seeds per method."""
+    pairs = list(dict.fromkeys(df.pair))
+    fig, axes = plots.plt.subplots(len(pairs), 2, figsize=(11, 3.8 * len(pairs)), squeeze=False)
+    for row, pair in zip(axes, pairs):
+        sub = df[df.pair == pair]
+        for ax, col, name in zip(row, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
+            for m, d in sub.groupby("method", sort=False):
+                g = d.groupby("budget_epochs")[col].agg(["mean", "std"]).fillna(0).sort_index() * 100
+                ax.errorbar([str(b) for b in g.index], g["mean"], yerr=g["std"], marker="o", capsize=3,
+                            color=METHOD_COLORS.get(m), label=m)
+            ax.set_xlabel("fine-tuning budget (epochs-equivalent steps)")
+            ax.set_ylabel("%")
+            ax.set_title(f"{pair}: target {name}", fontsize=9)
+            ax.legend(fontsize=8)
     return plots.finish(fig, title)
 
 

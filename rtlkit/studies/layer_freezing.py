@@ -27,7 +27,7 @@ def layer_freezing(profile: Profile, runtime: Runtime | None = None, progress: b
             pol = TransferPolicy(k=k, bn_stats=bn_stats, bn_affine=bn_affine)
             m = get_or_evaluate(profile.transfer_run(pol, seed), profile.eval_attacks, runtime, progress)
             rows.append(row(m, variant="fine-tune last k (target)", k=k, seed=seed, dataset=profile.target.label,
-                             bn_stats=bn_stats, bn_affine=bn_affine))
+                            bn_stats=bn_stats, bn_affine=bn_affine))
     return pd.DataFrame(rows)
 
 
@@ -39,7 +39,7 @@ def reinit_sweep(profile: Profile, runtime: Runtime | None = None, progress: boo
         for k in profile.ks:
             m = get_or_evaluate(profile.reinit_run(k, seed), profile.eval_attacks, runtime, progress)
             rows.append(row(m, variant="re-init last k, retrain (source)", k=k, seed=seed,
-                             dataset=profile.reinit_source.label, bn_stats="reuse", bn_affine="train"))
+                            dataset=profile.reinit_source.label, bn_stats="reuse", bn_affine="train"))
     return pd.DataFrame(rows)
 
 

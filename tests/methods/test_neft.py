@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rtlkit.attacks import PGD
-from rtlkit.methods.neft import NEFT, largest_singular_value, normalised_layers, settle
-from rtlkit.models import BasicBlock
+from rtlkit.methods.neft import NEFT, largest_singular_value, normalised_layers, settle, spectral_normed
+from rtlkit.models import BasicBlock, WRNSpec, build
 from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_train, run_dir
 from rtlkit.training import AdversarialTraining, StandardTraining, train
 from rtlkit.transfer import TransferPolicy, prepare_target
@@ -38,7 +38,7 @@ def test_neft_layers_have_spectral_norm_beta(syn, beta):
     for layer in layers:
         w = layer.weight
         sigma = float(torch.linalg.matrix_norm(w.detach().reshape(w.shape[0], -1), ord=2))
-        assert sigma == pytest.approx(beta, rel=0.05)
+        assert sigma == pytest.approx(beta, rel=0.005)
         assert largest_singular_value(layer) == pytest.approx(sigma)
     # frozen part bit-identical, with no parametrisation
     s0, s1 = sd(src), sd(model)
@@ -47,6 +47,27 @@ def test_neft_layers_have_spectral_norm_beta(syn, beta):
         if name.startswith("blocks.") and int(name.split(".")[1]) < n_frozen:
             assert torch.equal(s0[name], v), name
     assert not any(hasattr(m, "parametrizations") for b in frozen for m in b.modules())
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_settle_makes_every_layer_exactly_beta_even_a_fresh_wide_short_head(syn, trained):
+    """A fresh 4 x 128 classifier has nearly equal top singular values: power iteration converges
+    slowly there (30 iterations left it 2.3 % over beta); the SVD settle is exact."""
+    torch.manual_seed(0)
+    src = build(WRNSpec(10, 2, stem_stride=2), 4, 1, (0.5,), (0.25,)).eval()   # 128 features
+    pol = TransferPolicy(k=2)
+    model = prepare_target(src, 4, pol, seed=3, neft=NEFT(0.6))
+    if trained:
+        train(model, syn, StandardTraining(epochs=1, lr=0.05, batch_size=32), policy=pol, progress=False)
+    settle(model)
+    layers = [layer for layer, _ in spectral_normed(model)]
+    assert model.head.fc in layers and model.head.fc.weight.shape == (4, 128)
+    assert layers == normalised_layers(pol.split(model)[1])
+    for layer in layers:
+        for mode in (False, True):          # eval reads the settled vectors; a train-mode step keeps them
+            layer.train(mode)
+            assert largest_singular_value(layer) == pytest.approx(0.6, rel=0.005)
+        layer.eval()
 
 
 def test_neft_residual_sums_are_convex_only_in_the_tuned_blocks(syn):
