@@ -34,7 +34,7 @@ import torch
 from rtlkit.attacks import PGD, FoolboxPGD
 from rtlkit.data import DatasetInfo, ImageData
 from rtlkit.evaluate import evaluate
-from rtlkit.fdm import FDMTraining
+from rtlkit.methods.fdm import FDMTraining
 from rtlkit.models import WRNSpec, build
 from rtlkit.runtime import Runtime, seed_all
 from rtlkit.training import AdversarialTraining, StandardTraining, make_optimizer, train, train_step

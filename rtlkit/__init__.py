@@ -1,7 +1,9 @@
 """rtlkit: robust transfer learning study kit (CARTL, Shafahi et al., Vaishnavi et al., provable transfer).
 
-Modules, one job each: data, models, attacks, evaluate, training, transfer, runs (cache),
-profiles, experiments (notebook steps), plots, widgets, report (figures + manifests).
+Foundations: data, models, runtime, io, errors. Measuring: attacks, evaluate. The loop: training,
+transfer. Orchestration: runs (the cache), profiles, plan, report, figures. One module per paper
+method in ``rtlkit.methods``; one module per notebook (steps, plots, panel) in ``rtlkit.studies``;
+``plots`` and ``widgets`` hold only what the studies share.
 """
 from .errors import ConfigError, DatasetNotFound
 

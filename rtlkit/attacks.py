@@ -68,11 +68,18 @@ class PGD:
 
     @property
     def label(self) -> str:
-        return f"PGD-{self.steps} {self.norm} {self.loss} eps={self.eps:.4g}"
+        """Names every setting that changes the result (two attacks of one evaluation never collide)."""
+        return (f"PGD-{self.steps} {self.norm} {self.loss} eps={self.eps:.4g} step={self.step_size:.4g}"
+                + ("" if self.random_start else " no-restart"))
 
-    def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+    def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext,
+                worst: bool = True) -> torch.Tensor:
         """Adversarial examples for ``forward`` (a callable on [0,1] images). No host sync in the loop.
 
+        ``worst`` (evaluation): each example's first iterate that fooled the model, else the last
+        one; an example that a middle step fooled and a later step did not is not robust. The loop
+        already has each iterate's logits, so this costs a compare and a select per step.
+        ``worst=False`` (adversarial training, as in Madry et al.): the last iterate.
         The caller puts the model in :func:`attack_mode`; :meth:`__call__` does it for you.
         """
         if self.eps == 0 or self.steps == 0:
@@ -88,12 +95,15 @@ class PGD:
             x_adv = (x + delta).clamp_(0, 1)
         else:
             x_adv = x.clone()
+        keep = FirstFooling(y) if worst else None
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             with autocast():
                 logits = forward(x_adv)
             grad, = torch.autograd.grad(_loss(self.loss, logits, y), x_adv)
             with torch.no_grad():
+                if keep is not None:   # this iterate's logits are the ones above
+                    keep.update(x_adv, logits)
                 if self.norm == "linf":
                     x_adv = x_adv + self.step_size * grad.sign()
                     x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps)
@@ -103,7 +113,7 @@ class PGD:
                     delta = delta * (self.eps / _l2_norm(delta)).clamp(max=1.0)
                     x_adv = x + delta
                 x_adv = x_adv.clamp_(0, 1)
-        return x_adv.detach()
+        return keep.worst(x_adv.detach()) if keep is not None else x_adv.detach()
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with attack_mode(model):
@@ -133,7 +143,7 @@ class FoolboxPGD:
 
     @property
     def label(self) -> str:
-        return f"foolbox PGD-{self.steps} {self.norm} eps={self.eps:.4g}"
+        return f"foolbox PGD-{self.steps} {self.norm} eps={self.eps:.4g} step={self.step_size:.4g}"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         try:
@@ -142,7 +152,47 @@ class FoolboxPGD:
             raise ImportError("foolbox evaluation needs foolbox 3: pip install foolbox==3.3.4") from e
         cls = fb.attacks.LinfPGD if self.norm == "linf" else fb.attacks.L2PGD
         attack = cls(abs_stepsize=self.step_size, steps=self.steps, random_start=True)
+        keep = FirstFooling(y)   # foolbox returns its last iterate: keep each example's first fooling one
         with attack_mode(model):
-            fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+            fmodel = fb.PyTorchModel(_Watched(model, keep), bounds=(0, 1), device=x.device)
             _, clipped, _ = attack(fmodel, x, y, epsilons=self.eps)
-        return clipped.detach()
+        return keep.worst(clipped.detach())
+
+
+class FirstFooling:
+    """Per example, the first input seen that the model misclassified; no host sync."""
+
+    def __init__(self, y: torch.Tensor):
+        self.y = y
+        self.found: torch.Tensor | None = None
+        self.fooled: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+        wrong = logits.argmax(1) != self.y
+        if self.found is None:
+            self.found, self.fooled = x.detach().clone(), wrong
+        else:
+            new = (wrong & ~self.fooled).view(-1, *([1] * (x.ndim - 1)))
+            self.found = torch.where(new, x.detach(), self.found)
+            self.fooled = self.fooled | wrong
+
+    def worst(self, last: torch.Tensor) -> torch.Tensor:
+        """The first fooling input of each example, else ``last``."""
+        if self.fooled is None:
+            return last
+        return torch.where(self.fooled.view(-1, *([1] * (last.ndim - 1))), self.found, last)
+
+
+class _Watched(nn.Module):
+    """A model that shows every input an attack feeds it (foolbox's iterates) to a FirstFooling.
+    Each such input lies in the attack's threat model, so each is a valid adversarial example."""
+
+    def __init__(self, model: nn.Module, keep: FirstFooling):
+        super().__init__()
+        self.model, self.keep = model, keep
+
+    def forward(self, x):
+        logits = self.model(x)
+        self.keep.update(x, logits)
+        return logits

@@ -3,7 +3,8 @@
     python -m rtlkit.plan --profile full
     python -m rtlkit.plan --profile full --bench bench/results/<run>.json   # + a time estimate
 
-The notebooks' experiment steps run against a recorder in place of the run cache. It lists every
+The notebooks' experiment steps run with the run cache in recording mode (``runs.recording``):
+nothing trains, nothing is written. It lists every
 unique source training, fine-tune and evaluation, with its work in image passes:
 
 - A: one attack step on one image (forward + input gradient);
@@ -24,19 +25,21 @@ import json
 import sys
 from dataclasses import dataclass, field, replace
 
-from . import experiments as E
+import importlib
+
 from .attacks import FoolboxPGD
 from .errors import ConfigError, DatasetNotFound
-from .fdm import FDMTraining
+from .methods.fdm import FDMTraining
 from .profiles import PROFILES, Profile, default_name, get
-from .runs import DataSpec, TransferRun, eval_path, is_cached, run_dir
+from .runs import DataSpec, TransferRun, eval_path, is_cached, recording, run_dir
 from .training import AdversarialTraining
 
-# The experiment steps each notebook calls, in order (tests/test_plan.py checks them against the notebooks).
+# Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
+# checks them against the notebooks).
 NOTEBOOK_STEPS = {
-    "01_layer_freezing": ("source_robustness", "layer_freezing", "reinit_sweep"),
-    "02_bn_ablation": ("source_robustness", "bn_ablation"),
-    "03_cartl": ("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs"),
+    "01_layer_freezing": ("layer_freezing", ("source_robustness", "layer_freezing", "reinit_sweep")),
+    "02_bn_ablation": ("bn_ablation", ("source_robustness", "bn_ablation")),
+    "03_cartl": ("cartl", ("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs")),
 }
 
 
@@ -66,7 +69,7 @@ class Plan:
         n = _n_train(run.data)
         m = run.method
         per_epoch = (n // m.batch_size) * m.batch_size if n >= m.batch_size else n
-        images = per_epoch * m.epochs
+        images = per_epoch * m.epochs if m.steps is None else m.steps * min(m.batch_size, n)
         steps = m.attack.steps if isinstance(m, AdversarialTraining) else 0
         t = images * (1.0 + (1 / 3 if isinstance(m, FDMTraining) and m.lam > 0 else 0.0))  # FDM: a clean forward
         self.trainings[name] = {"run": name, "kind": run.kind, "method": m.kind, "images": images,
@@ -94,37 +97,23 @@ class Plan:
                 "A_eval_own": sum(r["A_own"] for r in ev), "A_eval_foolbox": sum(r["A_foolbox"] for r in ev)}
 
 
-def _fake_metrics(attacks, n: int) -> dict:
-    return {"clean_acc": 0.0, "robust_acc": 0.0, "attacks": [a.label for a in attacks], "n_test": n,
-            **{f"robust_acc[{a.label}]": 0.0 for a in attacks}}
-
-
-@contextlib.contextmanager
-def _recording(plan: Plan):
-    real = E.get_or_evaluate
-
-    def record(run, attacks, runtime=None, progress=True, batch_size=500, test_n=None):
-        plan.add_evaluation(run, list(attacks), test_n)
-        return _fake_metrics(attacks, test_n or 0)
-    E.get_or_evaluate = record
-    try:
-        yield plan
-    finally:
-        E.get_or_evaluate = real
-
-
 def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
     """Every unique training and evaluation the notebooks (all, or those named) would run."""
     p = Plan(profile.name)
-    with _recording(p), contextlib.redirect_stdout(sys.stderr):
-        for nb, steps in NOTEBOOK_STEPS.items():
+    with recording() as rec, contextlib.redirect_stdout(sys.stderr):
+        for nb, (study, steps) in NOTEBOOK_STEPS.items():
             if notebooks and not any(nb.startswith(n) for n in notebooks):
                 continue
+            module = importlib.import_module(f"rtlkit.studies.{study}")
             for step in steps:
                 try:
-                    getattr(E, step)(profile, None, False)
+                    getattr(module, step)(profile, None, False)
                 except DatasetNotFound as e:
                     p.skipped.append(f"{nb}: {step}: {str(e).splitlines()[0]}")
+    for run in rec.trainings:
+        p.add_training(run)
+    for run, attacks, test_n in rec.evaluations:
+        p.add_evaluation(run, attacks, test_n)
     return p
 
 

@@ -101,6 +101,13 @@ class Profile:
             changes["target"] = replace(self.target, name=changes.pop("target_name"))
         return replace(self, **changes)
 
+    def finetune_steps(self, target: DataSpec) -> int:
+        """The fine-tuning budget rule for data-fraction and N-per-class sweeps: every subset gets
+        the optimizer steps the whole target training set gets in ``finetune.epochs`` epochs."""
+        n = len(replace(target, fraction=1.0).train())
+        per_epoch = max(1, n // self.finetune.batch_size) if n >= self.finetune.batch_size else 1
+        return self.finetune.epochs * per_epoch
+
     def source_run(self, seed: int = 0) -> SourceRun:
         return SourceRun(self.source, self.model, self.source_method, seed)
 

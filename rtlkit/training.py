@@ -3,6 +3,7 @@ checkpoints every epoch and resumes after a kill.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -30,9 +31,11 @@ class StandardTraining:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
-    milestones: tuple[float, ...] = (0.4, 0.7, 0.9)  # fractions of `epochs`
+    milestones: tuple[float, ...] = (0.4, 0.7, 0.9)  # fractions of `epochs` (of `steps` when set)
     gamma: float = 0.2
     augment: bool = True  # the dataset's standard augmentation (DatasetInfo.augment)
+    steps: int | None = None  # a budget in optimizer steps instead of epochs: every data size gets the
+                              # same number of updates (epochs is then unused; None keeps old cache keys)
 
     def __post_init__(self):
         check_int("epochs", self.epochs, 1)
@@ -43,6 +46,8 @@ class StandardTraining:
         check_real("gamma", self.gamma, 0, low_open=True)
         check(isinstance(self.milestones, tuple) and all(is_real(m) and 0 < m <= 1 for m in self.milestones),
               f"milestones are a tuple of fractions of the epochs in (0, 1]: {self.milestones!r}")
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
 
     kind = "standard"
 
@@ -70,14 +75,16 @@ class AdversarialTraining(StandardTraining):
     def adversarial(self, model, fwd, x, y, runtime: Runtime):
         """The PGD examples of this batch (BN in eval mode, weights fixed)."""
         with attack_mode(model):
-            return runtime.inputs(self.attack.perturb(fwd, x, y, runtime.autocast))
+            return runtime.inputs(self.attack.perturb(fwd, x, y, runtime.autocast, worst=False))  # Madry: last iterate
 
     def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
         return super().batch_loss(model, fwd, self.adversarial(model, fwd, x, y, runtime), y, runtime)
 
 
 def _milestones(method: StandardTraining) -> list[int]:
-    return sorted({max(1, round(m * method.epochs)) for m in method.milestones})
+    """Milestones in epochs, or in steps for a step budget."""
+    total = method.epochs if method.steps is None else method.steps
+    return sorted({max(1, round(m * total)) for m in method.milestones})
 
 
 def make_optimizer(params, method: StandardTraining, runtime: Runtime) -> torch.optim.Optimizer:
@@ -165,6 +172,9 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     drop_last = len(data) >= method.batch_size
     loader = Loader(data, method.batch_size, shuffle=True, augment=data.info.augment if method.augment else None,
                     drop_last=drop_last, device=runtime.device, seed=seed)
+    budget = method.steps   # a step budget runs the epochs it spans, the last one cut short, and
+    if budget is not None:  # steps the learning rate per step; hooks see those epochs in method.epochs
+        method = dataclasses.replace(method, epochs=-(-budget // len(loader)))
     state = method.setup(model, data, runtime)  # before a resume: it may read the starting weights
     history: list[dict] = []
     start = 0
@@ -189,13 +199,18 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
         tot_loss = torch.zeros((), device=runtime.device)
         tot_correct = torch.zeros((), device=runtime.device)
         n = 0
-        for x, y, idx in loader:
+        for i, (x, y, idx) in enumerate(loader):
+            if budget is not None and epoch * len(loader) + i >= budget:
+                break
             loss, logits = train_step(method, model, fwd, opt, x, y, runtime, idx, state)
             tot_loss += loss * len(y)
             tot_correct += (logits.argmax(1) == y).sum()
             n += len(y)
+            if budget is not None:
+                sched.step()
             fault_point("step")
-        sched.step()
+        if budget is None:
+            sched.step()
         rec = {"epoch": epoch + 1, "loss": float(tot_loss) / max(n, 1), "train_acc": float(tot_correct) / max(n, 1),
                "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "images": n}
         history.append(rec)

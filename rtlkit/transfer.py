@@ -102,7 +102,7 @@ def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy,
         reinit_blocks(model, policy.split(model)[1], seed)
     model.replace_head(num_classes, seed)
     if neft is not None:
-        from .neft import apply_neft
+        from .methods.neft import apply_neft
         with torch.random.fork_rng(devices=[]):   # spectral_norm draws u, v: from the run's seed, not
             torch.manual_seed(seed)               # whatever the global RNG holds after a source run
             apply_neft(model, policy.split(model)[1], neft)

@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rtlkit import runs                                   # noqa: E402
 from rtlkit.attacks import PGD                            # noqa: E402
-from rtlkit.lwf import LwFTraining                        # noqa: E402
+from rtlkit.methods.lwf import LwFTraining                        # noqa: E402
 from rtlkit.models import WRNSpec                         # noqa: E402
-from rtlkit.neft import NEFT                              # noqa: E402
+from rtlkit.methods.neft import NEFT                              # noqa: E402
 from rtlkit.runs import DataSpec, SourceRun, TransferRun  # noqa: E402
 from rtlkit.runtime import Runtime, configure_threads     # noqa: E402
 from rtlkit.training import AdversarialTraining, StandardTraining  # noqa: E402

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from rtlkit import ConfigError
-from rtlkit.attacks import PGD, FoolboxPGD, attack_mode
+from rtlkit.attacks import PGD, FoolboxPGD, attack_mode, pgd_eval
 from rtlkit.data import DatasetInfo, ImageData, synthetic
 from rtlkit.evaluate import evaluate
 from rtlkit.models import build
@@ -180,3 +180,34 @@ def test_bad_pgd_settings_are_config_errors(kw):
 def test_bad_foolbox_settings_are_config_errors(kw):
     with pytest.raises(ConfigError):
         FoolboxPGD(**kw)
+
+
+class Island(torch.nn.Module):
+    """A 1-pixel model whose wrong class is an island: from x = 0.5 a step of 0.1 lands on it
+    (x = 0.6 is misclassified) and the next step, past its peak at 0.58, walks back off it."""
+
+    def forward(self, x):
+        z = x.flatten(1)[:, 0]
+        h = torch.exp(-((z - 0.58) / 0.05) ** 2) - 0.5
+        return torch.stack([torch.zeros_like(h), 10 * h], 1)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_an_example_fooled_by_a_middle_step_is_not_robust(loss):
+    model, x, y = Island(), torch.full((3, 1, 2, 2), 0.5), torch.zeros(3, dtype=torch.long)
+    attack = PGD(eps=0.15, steps=2, step_size=0.1, loss=loss, random_start=False)
+    last = attack.perturb(model, x, y, worst=False)           # step 1 at 0.6 (fooled), step 2 back at 0.5
+    assert torch.allclose(last[:, 0, 0, 0], torch.full((3,), 0.5)) and (model(last).argmax(1) == y).all()
+    worst = attack.perturb(model, x, y)                       # evaluation keeps the fooling iterate
+    assert torch.allclose(worst[:, 0, 0, 0], torch.full((3,), 0.6)) and (model(worst).argmax(1) != y).all()
+    data = ImageData(x=torch.full((3, 1, 2, 2), 128, dtype=torch.uint8), y=y,   # 128/255: just over 0.5
+                     info=DatasetInfo("island", ("right", "wrong"), 1, 2, "mnist"))
+    res = evaluate(model, data, [attack], Runtime("cpu"), progress=False)
+    assert res.clean_acc == 1.0 and res.robust_acc == 0.0
+
+
+def test_attack_labels_name_every_setting_that_changes_the_result():
+    from rtlkit import profiles
+    a, b = profiles.pgd(0.1, 20), pgd_eval(0.1, 20)
+    assert a != b and a.label != b.label
+    assert PGD(0.1, 5, 0.02).label != PGD(0.1, 5, 0.02, random_start=False).label

@@ -39,7 +39,7 @@ def _graphs() -> int:
 
 def _finetune(source, data, policy, seed, rt, neft=None, lwf=False):
     from rtlkit.attacks import PGD
-    from rtlkit.lwf import LwFTraining
+    from rtlkit.methods.lwf import LwFTraining
     from rtlkit.transfer import prepare_target
     model = prepare_target(source, 4, policy, seed=seed, neft=neft)
     method = LwFTraining(epochs=2, batch_size=64, lam_d=0.1) if lwf else \
@@ -110,8 +110,8 @@ def test_compiled_fdm_and_neft_match_eager_and_compile_once(syn):
     import copy
 
     from rtlkit.attacks import PGD
-    from rtlkit.fdm import FDMTraining
-    from rtlkit.neft import NEFT
+    from rtlkit.methods.fdm import FDMTraining
+    from rtlkit.methods.neft import NEFT
     from rtlkit.training import StandardTraining, make_optimizer, train_step
     from rtlkit.transfer import TransferPolicy, prepare_target
     x, y = syn.x[:32].float() / 255, syn.y[:32]

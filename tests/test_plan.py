@@ -18,8 +18,10 @@ NOT_STEPS = {"summarise", "bn_table", "attack_disagreements"}   # table helpers:
 @pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)
 def test_plan_knows_each_notebooks_steps(book):
     code = "\n".join(c.source for c in nbformat.read(book, as_version=4).cells if c.cell_type == "code")
-    calls = [f for f in re.findall(r"\bE\.(\w+)\(", code) if f not in NOT_STEPS]
-    assert tuple(dict.fromkeys(calls)) == plan.NOTEBOOK_STEPS[book.stem]
+    study, steps = plan.NOTEBOOK_STEPS[book.stem]
+    assert re.search(rf"from rtlkit\.studies import {study} as S\b", code)
+    calls = [f for f in re.findall(r"\bS\.(\w+)\(", code) if f not in NOT_STEPS and not f.startswith(("plot_", "panel"))]
+    assert tuple(dict.fromkeys(calls)) == steps
 
 
 def test_work_counts_in_closed_form():
@@ -63,3 +65,17 @@ def test_default_profile_is_full_on_a_gpu_and_quick_on_the_cpu():
     assert profiles.default_name("cpu") == "quick"
     full = profiles.get("full")
     assert full.model.name == "wrn-16-4" and full.eval_attacks[0].label.startswith("foolbox PGD-100")
+
+
+def test_recording_mode_sees_steps_that_imported_the_cache_functions_by_name(runs_root):
+    """The plan needs no monkeypatching: get_or_train / get_or_evaluate honour recording() themselves,
+    whichever module imported them."""
+    from rtlkit.runs import get_or_evaluate as imported, get_or_train as imported_train, recording
+    run = SourceRun(DataSpec("synthetic-a"), TINY, AdversarialTraining(epochs=1, attack=PGD(0.1, 2, 0.05)))
+    attacks = [PGD(0.1, 3, 0.05)]
+    with recording() as rec:
+        m = imported(run, attacks, test_n=8)
+        assert imported_train(run) is None
+    assert rec.evaluations == [(run, attacks, 8)] and rec.trainings == [run]
+    assert m["robust_acc"] == 0.0 and m[f"robust_acc[{attacks[0].label}]"] == 0.0 and m["n_test"] == 8
+    assert not runs_root.exists()                      # nothing trained, nothing written

@@ -15,7 +15,7 @@ import torch
 from rtlkit import io as rtlkit_io
 from rtlkit import runs
 from rtlkit.attacks import PGD
-from rtlkit.io import atomic_write_json, atomic_write_text
+from rtlkit.io import atomic_write_json
 from rtlkit.models import WRNSpec
 from rtlkit.runs import (DataSpec, SourceRun, TransferRun, get_or_evaluate, get_or_train, is_cached, run_dir,
                          stable_hash, to_jsonable)

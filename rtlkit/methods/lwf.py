@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attacks import attack_mode
-from .data import Loader, pad_rows
-from .errors import check
-from .runtime import Runtime
-from .training import StandardTraining
+from ..attacks import attack_mode
+from ..data import Loader, pad_rows
+from ..errors import check
+from ..runtime import Runtime
+from ..training import StandardTraining
 
 
 @dataclass(frozen=True)

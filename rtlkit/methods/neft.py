@@ -14,8 +14,8 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .errors import check_int, check_real
-from .models import BasicBlock, WideResNet
+from ..errors import check_int, check_real
+from ..models import BasicBlock, WideResNet
 
 
 class BetaScale(nn.Module):
@@ -33,7 +33,8 @@ class NEFT:
     beta: float = 1.0
     power_iterations: int = 1
 
-    cache_version = 2   # 2: spectral-norm vectors drawn from the run's seed (1 drew from the global RNG)
+    # 2: spectral-norm vectors drawn from the run's seed (1: from the global RNG); 3: exact SVD settle
+    cache_version = 3
 
     def __post_init__(self):
         check_real("NEFT beta", self.beta, 0, 1, low_open=True)
@@ -66,16 +67,29 @@ def largest_singular_value(layer: nn.Module) -> float:
         return float(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1).float(), ord=2))
 
 
-def settle(model: nn.Module, iterations: int = 30) -> None:
-    """Converge the power-iteration estimates for the final weights (no weight changes), so the
-    saved model is non-expansive at exactly beta: the last optimizer step moves W after the last
-    training-step iteration, and one iteration per step lags behind on short runs."""
+def spectral_normed(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(layer, its spectral-norm parametrisation) for every layer :func:`apply_neft` normalised:
+    those whose parametrisations end with our BetaScale, after torch's spectral norm."""
+    out = []
     for m in model.modules():
-        if parametrize.is_parametrized(m, "weight") and any(
-                type(p).__name__ == "_SpectralNorm" for p in m.parametrizations["weight"]):
-            mode = m.training
-            m.train()
-            with torch.no_grad():
-                for _ in range(iterations):
-                    m.weight
-            m.train(mode)
+        if parametrize.is_parametrized(m, "weight"):
+            chain = list(m.parametrizations["weight"])
+            if len(chain) == 2 and isinstance(chain[1], BetaScale):
+                out.append((m, chain[0]))
+    return out
+
+
+def settle(model: nn.Module) -> None:
+    """Set each normalised layer's power-iteration vectors to the exact top singular pair of its
+    weight (an SVD), so the saved model is non-expansive at exactly beta: sigma = u^T W v is then
+    sigma_max(W). The last optimizer step moves W after the last training-step iteration, and one
+    iteration per step converges slowly where the top singular values are close (a fresh, wide
+    and short head). Training keeps the paper's one power iteration per step; this runs once,
+    before saving, and changes no weight."""
+    with torch.no_grad():
+        for layer, sn in spectral_normed(model):
+            w = layer.parametrizations["weight"].original
+            mat = w.flatten(1).double() if sn.dim == 0 else torch.movedim(w, sn.dim, 0).flatten(1).double()
+            u, _, vh = torch.linalg.svd(mat, full_matrices=False)
+            sn._u.copy_(u[:, 0].to(sn._u.dtype))
+            sn._v.copy_(vh[0].to(sn._v.dtype))

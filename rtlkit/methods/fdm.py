@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import check
-from .runtime import Runtime
-from .training import AdversarialTraining
+from ..errors import check
+from ..runtime import Runtime
+from ..training import AdversarialTraining
 
 
 def fdm_penalty(f_clean: torch.Tensor, f_adv: torch.Tensor, lam: float) -> torch.Tensor:

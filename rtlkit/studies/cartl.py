@@ -1,0 +1,347 @@
+"""Notebook 03 · CARTL (Chen et al., ICML 2021): FDM source training + NEFT fine-tuning against
+plain fine-tuning, AT + NEFT and the LwF baseline. Tables 2-5 and Figs. 4-5: steps, plots and
+the widget panel. The methods themselves live in ``rtlkit.methods`` (fdm, neft, lwf).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import replace
+
+import pandas as pd
+
+from .. import plots, widgets
+from ..attacks import PGD
+from ..errors import ConfigError, DatasetNotFound
+from ..methods.fdm import FDMTraining
+from ..methods.lwf import LwFTraining
+from ..methods.neft import NEFT
+from ..profiles import Profile, pgd
+from ..runs import DataSpec, SourceRun, TransferRun, get_or_evaluate
+from ..runtime import Runtime
+from ..transfer import TransferPolicy
+
+
+def cartl_attacks(profile: Profile) -> tuple:
+    """Every robustness in notebook 03 is the per-example minimum over PGD with cross-entropy and
+    PGD with the CW margin: NEFT shrinks logits, and CE-PGD alone can under-report through
+    softmax saturation and bf16 rounding."""
+    base = profile.eval_attacks[0]
+    return (replace(base, loss="ce"), replace(base, loss="cw")) if isinstance(base, PGD) else \
+        (base, pgd(profile.eps, base.steps, "cw"))
+
+
+def _source(profile: Profile, method: str, lam: float = 0.0, k: int | None = None, data: DataSpec | None = None,
+            seed: int = 0) -> SourceRun:
+    at = profile.source_method
+    if method == "fdm":
+        at = FDMTraining(**{f.name: getattr(at, f.name) for f in dataclasses.fields(at)}, lam=lam, k=k)
+    return SourceRun(data or profile.source, profile.model, at, seed)
+
+
+def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | None = None,
+              source: DataSpec | None = None, lam: float | None = None, beta: float | None = None,
+              lam_d: float | None = None, steps: int | None = None) -> tuple[TransferRun, dict]:
+    """One of the methods of CARTL's comparison as a cached run, plus its describing keys.
+    ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs."""
+    target = target or profile.target
+    finetune = profile.finetune if steps is None else replace(profile.finetune, steps=steps)
+    lam = profile.cartl_choice[0] if lam is None else lam
+    beta = profile.cartl_choice[1] if beta is None else beta
+    policy = TransferPolicy(k=k, bn_stats="reuse", bn_affine="freeze")   # CARTL App. C
+    if method == "vanilla":        # AT source, plain fine-tuning of the last k blocks
+        run = TransferRun(_source(profile, "at", data=source), target, policy, finetune, seed)
+        keys = dict(lam=0.0, beta=None)
+    elif method == "AT + NEFT":
+        run = TransferRun(_source(profile, "at", data=source), target, policy, finetune, seed, NEFT(beta))
+        keys = dict(lam=0.0, beta=beta)
+    elif method == "CARTL":        # FDM source for this k, NEFT fine-tuning
+        run = TransferRun(_source(profile, "fdm", lam, k, source), target, policy, finetune, seed, NEFT(beta))
+        keys = dict(lam=lam, beta=beta)
+    elif method == "LwF":          # AT source, end-to-end with feature distillation (k = all)
+        lam_d = profile.lwf_lams[0] if lam_d is None else lam_d
+        lwf = LwFTraining(epochs=profile.finetune.epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d,
+                          steps=steps)
+        run = TransferRun(_source(profile, "at", data=source), target, TransferPolicy(k="all", bn_affine="freeze"),
+                          lwf, seed)
+        keys = dict(lam_d=lam_d)
+    else:
+        raise ConfigError(f"unknown method {method!r}: vanilla, AT + NEFT, CARTL or LwF")
+    return run, {"method": method, "k": k if method != "LwF" else "all", "seed": seed,
+                 "target": target.label, **keys}
+
+
+def _measure(profile: Profile, runtime, progress, method: str, k, seed: int, test_n: int | None = None,
+             **kw) -> dict:
+    run, keys = _transfer(profile, method, k, seed, **kw)
+    m = get_or_evaluate(run, cartl_attacks(profile), runtime, progress, test_n=test_n or profile.cartl_test_n)
+    ce, cw = (m[f"robust_acc[{a.label}]"] for a in cartl_attacks(profile))
+    return {**keys, "clean_acc": m["clean_acc"], "robust_acc": m["robust_acc"], "robust_ce": ce, "robust_cw": cw,
+            "ce_cw_gap": abs(ce - cw), "n_test": m["n_test"]}
+
+
+def cartl_grid(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """CARTL Table 2: lambda x beta x k, FDM source + NEFT fine-tuning."""
+    return pd.DataFrame([_measure(profile, runtime, progress, "CARTL", k, s, lam=lam, beta=b)
+                         for s in profile.cartl_seeds for k in profile.cartl_ks
+                         for lam in profile.cartl_lams for b in profile.cartl_betas])
+
+
+def cartl_ablation(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """CARTL Table 3 at each k: AT + plain fine-tuning, AT + NEFT, FDM + NEFT (CARTL)."""
+    return pd.DataFrame([_measure(profile, runtime, progress, m, k, s)
+                         for s in profile.cartl_seeds for k in profile.cartl_ks
+                         for m in ("vanilla", "AT + NEFT", "CARTL")])
+
+
+def lwf_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """CARTL Table 5: LwF for each lambda_d."""
+    return pd.DataFrame([_measure(profile, runtime, progress, "LwF", "all", s, lam_d=ld)
+                         for s in profile.cartl_seeds for ld in profile.lwf_lams])
+
+
+def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = True, k: int | None = None) -> pd.DataFrame:
+    """CARTL Fig. 5: class-balanced fractions of the target training set, CARTL vs vanilla vs LwF at
+    one k. Every fraction gets the same number of optimizer steps (``Profile.finetune_steps``): the
+    100 % point is the profile's epoch-based fine-tune, each smaller fraction a step budget equal
+    to it, so a 10 % subset is not also given a tenth of the updates."""
+    k = k or profile.cartl_ks[-1]
+    budget = profile.finetune_steps(profile.target)
+    rows = []
+    for frac in profile.fractions:
+        tgt = replace(profile.target, fraction=frac)
+        steps = None if frac == 1 else budget
+        for m in ("vanilla", "CARTL", "LwF"):
+            for s in profile.cartl_seeds:
+                rows.append({**_measure(profile, runtime, progress, m, k, s, target=tgt, steps=steps),
+                             "fraction": frac, "steps": budget})
+    return pd.DataFrame(rows)
+
+
+def more_pairs(profile: Profile, runtime: Runtime | None = None, progress: bool = True, k: int | None = None) -> pd.DataFrame:
+    """CARTL Table 4: the three methods on more source -> target pairs (skips pairs whose data are absent)."""
+    k = k or profile.cartl_ks[-1]
+    rows = []
+    for src, tgt in ((None, profile.target),) + tuple(profile.pairs):
+        src_spec = src or profile.source
+        try:
+            src_spec.train(), tgt.train()
+        except DatasetNotFound as e:
+            print(f"skipping {src_spec.label} -> {tgt.label}: {str(e).splitlines()[0]}")
+            continue
+        for m in ("vanilla", "CARTL", "LwF"):
+            for s in profile.cartl_seeds:
+                rows.append({**_measure(profile, runtime, progress, m, k, s, target=tgt, source=src),
+                             "pair": f"{src_spec.label} -> {tgt.label}"})
+    return pd.DataFrame(rows)
+
+
+def summarise(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds, in %, of accuracy and (min-over-attacks) robustness."""
+    cols = ["clean_acc", "robust_acc", "robust_ce", "robust_cw"]
+    g = df.groupby(by, dropna=False, sort=False)[cols].agg(["mean", "std"]).mul(100).round(2)
+    g.columns = [f"{a}_{b}" for a, b in g.columns]
+    return g.reset_index()
+
+
+def attack_disagreements(df: pd.DataFrame, points: float = 0.02) -> pd.DataFrame:
+    """Models where CE-PGD and CW-PGD robustness differ by more than ``points``."""
+    return df[df.ce_cw_gap > points]
+
+
+def budget_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool = True,
+                 budgets: tuple[int, ...] = (6, 24, 60), seeds: tuple[int, ...] = (0, 1, 2), test_n: int = 1000,
+                 k: int | None = None) -> pd.DataFrame:
+    """Does NEFT's advantage over plain fine-tuning appear once it has the budget? Vanilla, AT + NEFT
+    and CARTL at one k, on the profile's pair and its first extra pair, each fine-tuned for every
+    budget in epochs-equivalent optimizer steps (budget x the target's steps per epoch), over
+    ``seeds``, evaluated on ``test_n`` test images (robustness: per-example min over CE and CW)."""
+    k = k or profile.cartl_ks[-1]
+    rows = []
+    for src, tgt in ((None, profile.target),) + tuple(profile.pairs[:1]):
+        per_epoch = profile.finetune_steps(tgt) // profile.finetune.epochs
+        pair = f"{(src or profile.source).label} -> {tgt.label}"
+        for b in budgets:
+            for m in ("vanilla", "AT + NEFT", "CARTL"):
+                for s in seeds:
+                    rows.append({**_measure(profile, runtime, progress, m, k, s, test_n=test_n, target=tgt, source=src,
+                                            steps=b * per_epoch),
+                                 "pair": pair, "budget_epochs": b, "steps": b * per_epoch})
+    return pd.DataFrame(rows)
+
+
+def budget_verdicts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per pair and budget: each method's mean and sd over seeds (in %), and whether NEFT's and
+    CARTL's robustness gap over vanilla exceeds its seed-to-seed spread (the larger sd of the two)."""
+    g = df.groupby(["pair", "budget_epochs", "method"], sort=False)[["clean_acc", "robust_acc"]].agg(["mean", "std"])
+    g.columns = [f"{a}_{b}" for a, b in g.columns]
+    g = (g * 100).round(2).reset_index()
+    out = []
+    for (pair, b), sub in g.groupby(["pair", "budget_epochs"], sort=False):
+        van = sub[sub.method == "vanilla"].iloc[0]
+        for _, r in sub.iterrows():
+            gap = r.robust_acc_mean - van.robust_acc_mean
+            spread = max(r.robust_acc_std, van.robust_acc_std)
+            out.append({**r.to_dict(), "rob_gap_vs_vanilla": round(gap, 2), "seed_spread": round(spread, 2),
+                        "gap_exceeds_spread": bool(r.method != "vanilla" and abs(gap) > spread)})
+    return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+PAPER_SETTING = "paper: CIFAR-100 -> CIFAR-10, WRN-34-10, eps 8/255, PGD-100 (CARTL Sec. 7, App. B)"
+_P = dict(source="paper", setting=PAPER_SETTING)
+PAPER = {   # CARTL Tables 2-5, accuracy and robustness as fractions
+    "table2": [dict(k=k, lam=lam, beta=beta, method="CARTL", clean_acc=a / 100, robust_acc=r / 100)
+               for k, lam, row in ((4, 0.01, (86.09, 25.73, 86.08, 27.17, 85.64, 28.40)),
+                                   (4, 0.005, (85.41, 25.75, 85.47, 27.14, 85.51, 28.47)),
+                                   (6, 0.01, (87.78, 25.58, 87.92, 27.27, 87.96, 29.60)),
+                                   (6, 0.005, (87.66, 25.97, 88.07, 27.64, 87.79, 30.94)),
+                                   (8, 0.01, (91.85, 16.36, 91.63, 19.22, 91.55, 27.47)),
+                                   (8, 0.005, (91.71, 17.62, 91.10, 21.60, 91.30, 29.34)))
+               for beta, a, r in zip((1.0, 0.6, 0.4), row[0::2], row[1::2])],
+    "table3": [dict(k=k, method=m, clean_acc=a / 100, robust_acc=r / 100)
+               for m, row in (("vanilla", (83.22, 25.23, 86.92, 25.38, 90.82, 18.54)),
+                              ("AT + NEFT", (83.72, 26.29, 86.87, 27.95, 90.92, 29.97)),
+                              ("CARTL", (85.51, 28.47, 87.79, 30.94, 91.30, 29.34)))
+               for k, a, r in zip((4, 6, 8), row[0::2], row[1::2])],
+    "table4": [dict(pair=pair, k=6, method=m, clean_acc=a / 100, robust_acc=r / 100)
+               for pair, row in (("CIFAR-100 -> SVHN (WRN-34-10)", (85.90, 6.67, 92.83, 17.64, 93.96, 22.21)),
+                                 ("CIFAR-100 -> GTSRB (WRN-34-10)", (70.34, 15.85, 80.40, 30.25, 83.07, 47.34)),
+                                 ("CIFAR-10 -> SVHN (WRN-28-4)", (94.32, 4.68, 94.86, 11.52, 94.76, 21.65)),
+                                 ("GTSRB -> SVHN (WRN-28-4)", (81.80, 1.08, 93.91, 6.08, 94.07, 15.26)))
+               for m, a, r in zip(("LwF", "vanilla", "CARTL"), row[0::2], row[1::2])],
+    "table5": [dict(method="LwF", lam_d=ld, clean_acc=a / 100, robust_acc=r / 100)
+               for ld, a, r in ((0.1, 74.87, 17.59), (0.01, 81.45, 16.67), (0.005, 84.86, 8.59), (0.001, 89.87, 0.22))],
+}
+PAPER_FIG5 = ("CARTL Fig. 5 (plot only, no numbers): on 50/20/10 % of CIFAR-10, CARTL keeps the best accuracy "
+              "everywhere and the best robustness except at 10 %, where it still edges vanilla; LwF is lowest.")
+
+
+def with_paper(ours: pd.DataFrame, *tables: str, setting: str = "") -> pd.DataFrame:
+    """Our rows (source "rtlkit", with our setting) and the paper's rows of ``tables`` (source
+    "paper", its setting named) in one tidy table, so the numbers face each other in the CSV."""
+    paper = pd.DataFrame([{**r, **_P} for t in tables for r in PAPER[t]])
+    return pd.concat([ours.assign(source="rtlkit", setting=setting), paper], ignore_index=True)
+
+
+# --------------------------------------------------------------------------- plots
+
+METHOD_COLORS = {"vanilla": "tab:gray", "AT + NEFT": "tab:orange", "CARTL": "tab:red", "LwF": "tab:blue"}
+
+
+def plot_heatmaps(grid: pd.DataFrame, title: str = ""):
+    """CARTL Table 2 as heat maps: rows (k, lambda), columns beta; mean over seeds, in %."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(10, 0.6 * grid[["k", "lam"]].drop_duplicates().shape[0] + 2))
+    for ax, col, name in zip(axes, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
+        t = grid.groupby(["k", "lam", "beta"])[col].mean().mul(100).unstack("beta")
+        t.index = [f"k={k}, λ={lam:g}" for k, lam in t.index]
+        plots.sns.heatmap(t, annot=True, fmt=".1f", cmap="viridis", ax=ax, cbar=False)
+        ax.set_xlabel("NEFT β")
+        ax.set_title(f"target {name} %")
+    return plots.finish(fig, title)
+
+
+def plot_method_bars(df: pd.DataFrame, x: str, title: str = "", order: list[str] | None = None):
+    """Accuracy and robustness bars of the methods at each ``x`` (k or pair), sd over seeds."""
+    d = df.assign(accuracy=df.clean_acc * 100, robustness=df.robust_acc * 100, **{x: df[x].astype(str)})
+    long = d.melt(id_vars=[x, "method"], value_vars=["accuracy", "robustness"], var_name="metric", value_name="%")
+    hue_order = order or [m for m in METHOD_COLORS if m in set(df.method)]
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric in zip(axes, ["accuracy", "robustness"]):
+        plots.sns.barplot(data=long[long.metric == metric], x=x, y="%", hue="method", hue_order=hue_order, ax=ax,
+                    errorbar="sd", palette=METHOD_COLORS, capsize=0.1)
+        ax.set_title(f"target {metric}" + (" (min CE, CW)" if metric == "robustness" else ""))
+        ax.tick_params(axis="x", labelsize=8)
+        if metric == "accuracy":
+            ax.get_legend().remove()
+        else:
+            ax.legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+def plot_tradeoff(ablation: pd.DataFrame, lwf: pd.DataFrame, title: str = ""):
+    """CARTL Fig. 4: robustness against accuracy; vanilla and CARTL one point per k, LwF one per
+    lambda_d; error bars are the sd over fine-tuning seeds."""
+    fig, ax = plots.plt.subplots(figsize=(6.4, 4.8))
+    parts = [(ablation[ablation.method == m], m, "k") for m in ("vanilla", "CARTL")] + [(lwf, "LwF", "lam_d")]
+    for df, method, key in parts:
+        g = df.groupby(key)[["clean_acc", "robust_acc"]].agg(["mean", "std"]).fillna(0) * 100
+        ax.errorbar(g[("clean_acc", "mean")], g[("robust_acc", "mean")], xerr=g[("clean_acc", "std")],
+                    yerr=g[("robust_acc", "std")], fmt="o-" if method != "LwF" else "s--", capsize=3,
+                    color=METHOD_COLORS[method], label=method)
+        for v, row in g.iterrows():
+            ax.annotate(f"{'k' if key == 'k' else 'λd'}={v:g}" if key != "k" else f"k={v}",
+                        (row[("clean_acc", "mean")], row[("robust_acc", "mean")]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("target accuracy %")
+    ax.set_ylabel("target robustness % (min CE, CW)")
+    ax.legend()
+    ax.set_title(title or "accuracy-robustness trade-off", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_low_data(df: pd.DataFrame, title: str = ""):
+    """CARTL Fig. 5: accuracy and robustness against the fraction of target training data."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, col, name in zip(axes, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
+        for m, sub in df.groupby("method", sort=False):
+            g = sub.groupby("fraction")[col].agg(["mean", "std"]).fillna(0).sort_index() * 100
+            ax.errorbar([f"{f:.0%}" for f in g.index], g["mean"], yerr=g["std"], marker="o", capsize=3,
+                        color=METHOD_COLORS.get(m), label=m)
+        ax.set_xlabel("fraction of target training set (class-balanced)")
+        ax.set_ylabel("%")
+        ax.set_title(f"target {name}")
+        ax.legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+def plot_budget(df: pd.DataFrame, title: str = ""):
+    """Robustness and accuracy against the fine-tuning budget, one panel pair per source -> target
+    pair, mean and sd over seeds per method."""
+    pairs = list(dict.fromkeys(df.pair))
+    fig, axes = plots.plt.subplots(len(pairs), 2, figsize=(11, 3.8 * len(pairs)), squeeze=False)
+    for row, pair in zip(axes, pairs):
+        sub = df[df.pair == pair]
+        for ax, col, name in zip(row, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
+            for m, d in sub.groupby("method", sort=False):
+                g = d.groupby("budget_epochs")[col].agg(["mean", "std"]).fillna(0).sort_index() * 100
+                ax.errorbar([str(b) for b in g.index], g["mean"], yerr=g["std"], marker="o", capsize=3,
+                            color=METHOD_COLORS.get(m), label=m)
+            ax.set_xlabel("fine-tuning budget (epochs-equivalent steps)")
+            ax.set_ylabel("%")
+            ax.set_title(f"{pair}: target {name}", fontsize=9)
+            ax.legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+# --------------------------------------------------------------------------- panel
+
+def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interactive: bool = True):
+    """Pick lambda, beta, k and method; re-plot the trade-off and the grid from cached results."""
+    if not interactive:
+        return None
+    import ipywidgets as W
+    lam = W.SelectMultiple(options=sorted(grid.lam.unique()), value=tuple(sorted(grid.lam.unique())), description="λ")
+    beta = W.SelectMultiple(options=sorted(grid.beta.unique()), value=tuple(sorted(grid.beta.unique())), description="β")
+    ks = W.SelectMultiple(options=sorted(grid.k.unique()), value=tuple(sorted(grid.k.unique())), description="k")
+    methods = W.SelectMultiple(options=["vanilla", "AT + NEFT", "CARTL"], value=("vanilla", "AT + NEFT", "CARTL"),
+                               description="method")
+    out = W.Output()
+
+    def redraw(*_):
+        g = grid[grid.lam.isin(lam.value) & grid.beta.isin(beta.value) & grid.k.isin(ks.value)]
+        a = ablation[ablation.k.isin(ks.value) & ablation.method.isin(methods.value)]
+        with out:
+            out.clear_output(wait=True)
+            if len(g):
+                plot_heatmaps(g)
+            if len(a):
+                plot_method_bars(a, "k")
+                plot_tradeoff(a, lwf)
+            plots.plt.show()
+
+    for w in (lam, beta, ks, methods):
+        w.observe(redraw, "value")
+    redraw()
+    return widgets.display(W.VBox([W.HBox([lam, beta, ks, methods]), out]))

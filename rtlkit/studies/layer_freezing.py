@@ -1,0 +1,90 @@
+"""Notebook 01 · layer freezing: how much robustness survives fine-tuning the last k blocks.
+
+CARTL Fig. 3 (Chen et al. 2021, Sec. 4): fine-tune the last k blocks of a robust source on the
+target. Shafahi et al. Fig. 1 (2020, Sec. 3): re-initialise the last k blocks and retrain them on
+natural source images. Steps (one per notebook section), the figure, and the widget panel.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import plots, widgets
+from ..profiles import Profile
+from ..runs import get_or_evaluate
+from ..runtime import Runtime
+from ..transfer import TransferPolicy
+from .common import row, source_robustness
+
+__all__ = ["source_robustness", "layer_freezing", "reinit_sweep", "plot_layer_freezing", "panel"]
+
+
+def layer_freezing(profile: Profile, runtime: Runtime | None = None, progress: bool = True,
+                   bn_stats: str = "reuse", bn_affine: str = "freeze") -> pd.DataFrame:
+    """CARTL Fig. 3: fine-tune the last k blocks on the target, for each k of the profile."""
+    rows = []
+    for seed in profile.seeds:
+        for k in profile.ks:
+            pol = TransferPolicy(k=k, bn_stats=bn_stats, bn_affine=bn_affine)
+            m = get_or_evaluate(profile.transfer_run(pol, seed), profile.eval_attacks, runtime, progress)
+            rows.append(row(m, variant="fine-tune last k (target)", k=k, seed=seed, dataset=profile.target.label,
+                            bn_stats=bn_stats, bn_affine=bn_affine))
+    return pd.DataFrame(rows)
+
+
+def reinit_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Shafahi Fig. 1: re-initialise the last k blocks, retrain them on natural source images,
+    and measure robustness on the source test set."""
+    rows = []
+    for seed in profile.seeds:
+        for k in profile.ks:
+            m = get_or_evaluate(profile.reinit_run(k, seed), profile.eval_attacks, runtime, progress)
+            rows.append(row(m, variant="re-init last k, retrain (source)", k=k, seed=seed,
+                            dataset=profile.reinit_source.label, bn_stats="reuse", bn_affine="train"))
+    return pd.DataFrame(rows)
+
+
+def plot_layer_freezing(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataFrame | None = None, title: str = ""):
+    """CARTL Fig. 3 (target accuracy and robustness against k, source robustness dashed) and,
+    beside it, Shafahi Fig. 1 (re-initialised last k retrained on the source)."""
+    panels = [(ft, "Fine-tune last k blocks on target (CARTL Fig. 3)")]
+    if reinit is not None and len(reinit):
+        panels.append((reinit, "Re-init last k, retrain on source (Shafahi Fig. 1)"))
+    fig, axes = plots.plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
+    src_rob = source["robust_acc"].mean() * 100
+    for ax, (df, name) in zip(axes[0], panels):
+        g = plots.by_k(df)
+        xs = [str(k) for k in g.index]
+        for col, color, lab in (("clean_acc", "tab:blue", "accuracy"), ("robust_acc", "tab:red", "robustness")):
+            ax.errorbar(xs, g[(col, "mean")], yerr=g[(col, "std")], marker="o", color=color, label=lab, capsize=3)
+        ax.axhline(src_rob, ls="--", color="tab:red", alpha=0.6, label="source robustness")
+        ax.set_xlabel("k (number of last blocks trained)")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{name}\n{df['dataset'].iloc[0]}", fontsize=10)
+        ax.legend(fontsize=8, loc="best")
+    return plots.finish(fig, title)
+
+
+def panel(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataFrame | None = None,
+          interactive: bool = True):
+    """Pick which k to show and whether to show the re-initialised variant."""
+    if not interactive:
+        return None
+    import ipywidgets as W
+    ks = [str(k) for k in ft["k"].unique()]
+    pick = W.SelectMultiple(options=ks, value=tuple(ks), description="k", rows=min(len(ks), 8))
+    show_reinit = W.Checkbox(value=reinit is not None, description="Shafahi re-init", disabled=reinit is None)
+    out = W.Output()
+
+    def redraw(*_):
+        sel = set(pick.value)
+        with out:
+            out.clear_output(wait=True)
+            r = reinit[reinit.k.astype(str).isin(sel)] if (reinit is not None and show_reinit.value) else None
+            plot_layer_freezing(ft[ft.k.astype(str).isin(sel)], source, r)
+            plots.plt.show()
+
+    pick.observe(redraw, "value")
+    show_reinit.observe(redraw, "value")
+    redraw()
+    return widgets.display(W.HBox([W.VBox([pick, show_reinit]), out]))
