@@ -12,7 +12,7 @@ from rtlkit.transfer import TransferPolicy
 
 from conftest import TINY
 
-NOT_STEPS = {"summarise", "bn_table", "attack_disagreements"}   # table helpers: they run nothing
+NOT_STEPS = {"summarise", "bn_table", "attack_disagreements", "with_paper"}   # table helpers: they run nothing
 
 
 @pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)
