@@ -44,15 +44,15 @@ def test_a_step_budget_resumes_to_the_same_bits(syn, tmp_path):
 
 
 def test_every_data_fraction_gets_the_same_number_of_updates():
-    p = profiles.get("smoke")
-    budget = p.finetune_steps(p.target)
-    assert budget == p.finetune.epochs * (256 // p.finetune.batch_size)
+    p = profiles.get("smoke", cartl_finetune_epochs=3)
+    budget = p.finetune_steps(p.target, 3)
+    assert budget == 3 * (256 // p.finetune.batch_size)
     with recording() as rec:
         df = cartl.low_data(p, None, False)
     assert set(df.steps) == {budget}
     for run, _, _ in rec.evaluations:
         frac = run.data.fraction
         if frac == 1:
-            assert run.method.steps is None and run.method.epochs == p.finetune.epochs
+            assert run.method.steps is None and run.method.epochs == 3
         else:
             assert run.method.steps == budget

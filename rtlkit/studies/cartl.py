@@ -44,7 +44,9 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
     """One of the methods of CARTL's comparison as a cached run, plus its describing keys.
     ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs."""
     target = target or profile.target
-    finetune = profile.finetune if steps is None else replace(profile.finetune, steps=steps)
+    epochs = profile.cartl_finetune_epochs or profile.finetune.epochs
+    finetune = replace(profile.finetune, steps=steps) if steps is not None else \
+        replace(profile.finetune, epochs=epochs)
     lam = profile.cartl_choice[0] if lam is None else lam
     beta = profile.cartl_choice[1] if beta is None else beta
     policy = TransferPolicy(k=k, bn_stats="reuse", bn_affine="freeze")   # CARTL App. C
@@ -59,8 +61,7 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
         keys = dict(lam=lam, beta=beta)
     elif method == "LwF":          # AT source, end-to-end with feature distillation (k = all)
         lam_d = profile.lwf_lams[0] if lam_d is None else lam_d
-        lwf = LwFTraining(epochs=profile.finetune.epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d,
-                          steps=steps)
+        lwf = LwFTraining(epochs=epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d, steps=steps)
         run = TransferRun(_source(profile, "at", data=source), target, TransferPolicy(k="all", bn_affine="freeze"),
                           lwf, seed)
         keys = dict(lam_d=lam_d)
@@ -101,11 +102,12 @@ def lwf_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool =
 
 def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = True, k: int | None = None) -> pd.DataFrame:
     """CARTL Fig. 5: class-balanced fractions of the target training set, CARTL vs vanilla vs LwF at
-    one k. Every fraction gets the same number of optimizer steps (``Profile.finetune_steps``): the
-    100 % point is the profile's epoch-based fine-tune, each smaller fraction a step budget equal
-    to it, so a 10 % subset is not also given a tenth of the updates."""
+    one k. Every fraction gets the same number of optimizer steps (``Profile.finetune_steps`` at
+    notebook 03's epochs): the 100 % point is the epoch-based fine-tune the other figures share,
+    each smaller fraction a step budget equal to it, so a 10 % subset is not also given a tenth of
+    the updates."""
     k = k or profile.cartl_ks[-1]
-    budget = profile.finetune_steps(profile.target)
+    budget = profile.finetune_steps(profile.target, profile.cartl_finetune_epochs)
     rows = []
     for frac in profile.fractions:
         tgt = replace(profile.target, fraction=frac)
