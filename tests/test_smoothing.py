@@ -1,0 +1,113 @@
+"""Randomized smoothing against closed forms: a linear binary classifier's exact radius
+|w.x + b| / ||w||, a constant classifier's largest certifiable radius sigma * Phi^-1(alpha^(1/N)),
+and a point on the decision boundary, where certify and predict abstain."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from rtlkit import ConfigError
+from rtlkit.smoothing import ABSTAIN, Smoothing, certified_curve, certify, lower_confidence_bound, predict, summary
+
+SIGMA = 0.5
+
+
+class Linear(torch.nn.Module):
+    """Class 1 where w.x + b > 0: the smoothed classifier's exact radius is |w.x + b| / ||w||."""
+
+    def __init__(self, d=16, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.nn.Parameter(torch.randn(d, generator=g))
+        self.b = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def points(model, margins):
+    """Images at signed distance ``margins`` from the hyperplane through the all-0.5 image."""
+    u = (model.w / model.w.norm()).detach()
+    x0 = torch.full((16,), 0.5)
+    with torch.no_grad():
+        model.b.fill_(-float(model.w @ x0))
+    return torch.stack([x0 + m * u for m in margins]).view(-1, 1, 4, 4)
+
+
+MARGINS = np.array([0.25, 0.5, 1.0, 2.0]) * SIGMA
+
+
+def test_the_certified_radius_never_exceeds_the_exact_one_and_nears_it_with_many_draws():
+    model = Linear()
+    x = points(model, MARGINS)
+    gaps = {}
+    for n in (1_000, 10_000, 100_000):
+        for seed in range(3):
+            c = certify(model, x, Smoothing(SIGMA, 100, n, 0.001, seed), 2)
+            assert (c["predict"] == 1).all()
+            assert (c["radius"] <= MARGINS + 1e-9).all(), (n, seed, c["radius"], MARGINS)
+            gaps.setdefault(n, []).append(float((MARGINS - c["radius"]).mean()))
+        if n == 100_000:
+            assert (c["radius"] >= 0.9 * MARGINS).all(), c["radius"] / MARGINS
+    assert np.mean(gaps[1_000]) > np.mean(gaps[10_000]) > np.mean(gaps[100_000]) > 0
+
+
+def test_a_constant_classifier_gets_the_largest_radius_n_draws_can_certify():
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], 1) + 0 * x.flatten(1)[:, :1]
+    for n, alpha in ((1_000, 0.001), (5_000, 0.01)):
+        s = Smoothing(SIGMA, 10, n, alpha)
+        c = certify(Constant(), torch.rand(3, 1, 4, 4), s, 2)
+        exact = SIGMA * norm.ppf(alpha ** (1 / n))
+        assert c["radius"] == pytest.approx([exact] * 3, rel=1e-9) and s.max_radius == pytest.approx(exact)
+        assert (c["count"] == n).all() and (c["predict"] == 0).all()
+
+
+def test_a_point_on_the_boundary_makes_certify_and_predict_abstain():
+    model = Linear(seed=1)
+    x = points(model, [0.0, 0.0])
+    s = Smoothing(SIGMA, 100, 20_000, 0.001)
+    c = certify(model, x, s, 2)
+    assert (c["predict"] == ABSTAIN).all() and (c["radius"] == 0).all()
+    assert (predict(model, x, s, 2) == ABSTAIN).all()
+    far = points(model, [SIGMA])                       # and a clear point is predicted
+    assert predict(model, far, s, 2).tolist() == [1]
+
+
+def test_clopper_pearson_lower_bound_closed_forms():
+    assert lower_confidence_bound([0], 100, 0.001)[0] == 0.0
+    assert lower_confidence_bound([100], 100, 0.001)[0] == pytest.approx(0.001 ** (1 / 100))
+    # one-sided: P(Bin(n, p_lower) >= na) = alpha at the bound
+    from scipy.stats import binom
+    p = lower_confidence_bound([60], 100, 0.05)[0]
+    assert binom.sf(59, 100, p) == pytest.approx(0.05, rel=1e-6)
+
+
+def test_certify_restores_modes_and_leaves_the_global_rng_alone():
+    model = Linear()
+    model.train()
+    x = points(model, MARGINS)
+    state = torch.random.get_rng_state()
+    a = certify(model, x, Smoothing(SIGMA, 10, 500), 2)
+    assert model.training and model.w.requires_grad
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = certify(model, x, Smoothing(SIGMA, 10, 500), 2)          # seeded: the same numbers again
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_sa_ra_ct_acr_and_the_curve_by_hand():
+    label = np.array([0, 1, 1, 0])
+    pred = np.array([0, 1, ABSTAIN, 1])
+    rad = np.array([0.6, 0.2, 0.0, 0.9])
+    s = summary(label, pred, rad, eps=0.5)
+    assert s == {"smoothed_acc": 0.5, "certified_acc": 0.25, "acr": pytest.approx(0.2), "abstain": 0.25}
+    assert certified_curve(label, pred, rad, [0, 0.5, 1.0]).tolist() == [0.5, 0.25, 0.0]
+
+
+@pytest.mark.parametrize("bad", [dict(sigma=0), dict(sigma=-1), dict(n0=0), dict(n=0), dict(n0=200, n=100),
+                                 dict(alpha=0), dict(alpha=1), dict(alpha=1.5), dict(n=2.5)])
+def test_bad_smoothing_settings_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        Smoothing(**bad)
