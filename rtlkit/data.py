@@ -289,6 +289,15 @@ def n_per_class(data: ImageData, n: int, seed: int = 0) -> ImageData:
     return data.take(_per_class(data, lambda m: min(m, n), seed))
 
 
+def evenly_spaced(data: ImageData, n: int | None) -> ImageData:
+    """``n`` examples at even steps through the split (the certification subsets of Cohen et al.
+    and Vaishnavi et al. Table 8); all of them when n is None or >= len."""
+    if n is None or n >= len(data):
+        return data
+    check(n >= 1, f"n must be >= 1, not {n}")
+    return data.take(torch.arange(n) * len(data) // n)
+
+
 def subset(data: ImageData, n: int | None, seed: int = 0) -> ImageData:
     """A class-balanced subset of about ``n`` examples (all of them when n is None or >= len)."""
     if n is None or n >= len(data):

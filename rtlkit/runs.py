@@ -408,3 +408,90 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
                "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), csv_bytes(res.examples))}
         atomic_write_json(path, out)
         return json.loads(json.dumps(out))   # exactly what a later cache hit returns
+
+
+# --------------------------------------------------------------------------- certificates
+
+def cert_path(run: SourceRun | TransferRun, smoothing, test_n: int | None = None,
+              runtime: Runtime | None = None) -> Path:
+    """Where the randomized-smoothing certificates of ``run`` (on ``test_n`` evenly spaced test
+    images) are cached: cert-<hash>.json and a per-example cert-<hash>.tsv."""
+    return run_dir(run, runtime) / f"cert-{stable_hash({'smoothing': smoothing, 'test_n': test_n, 'v': 1})}.json"
+
+
+def _cert_table(path: Path, marker: dict) -> pd.DataFrame | None:
+    """The cached per-example certificates, if they belong to the run's current model.pt and the
+    TSV is whole and reproduces the JSON's summary; None otherwise (broken files set aside)."""
+    from .smoothing import summary
+    if not path.is_file():
+        return None
+    tsv = path.with_suffix(".tsv")
+    try:
+        m = read_json(path)
+        if m.get("model_sha256") != marker["artefacts"]["model.pt"]:
+            return None
+        if not tsv.is_file():
+            raise ValueError(f"its per-example table {tsv.name} is missing")
+        data = tsv.read_bytes()
+        if sha256_bytes(data) != m["tsv_sha256"]:
+            raise ValueError(f"{tsv.name} does not match the sha256 recorded in it")
+        df = pd.read_csv(io.BytesIO(data), sep="\t")
+        if len(df) != m["n_test"]:
+            raise ValueError(f"{tsv.name} has {len(df)} rows, not n_test={m['n_test']}")
+        s = summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), 0.0)
+        if any(abs(s[k] - m[k]) > 1e-12 for k in ("smoothed_acc", "acr", "abstain")):
+            raise ValueError("its smoothed accuracy, ACR or abstention rate do not match the per-example table")
+        return df
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, pd.errors.ParserError) as e:
+        set_aside(path, str(e) if type(e) is ValueError else f"unreadable ({type(e).__name__}: {e})")
+        if tsv.exists():
+            set_aside(tsv, f"belongs to the broken {path.name}")
+        return None
+
+
+def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime: Runtime | None = None,
+                   progress: bool = True, test_n: int | None = None, images_per_call: int = 50) -> dict:
+    """Cohen's CERTIFY on ``test_n`` evenly spaced test images of ``run`` (all when None), cached
+    with a per-example TSV (index, label, predict (-1 abstain), count, p_lower, radius, correct,
+    seconds). Returns the summary at radius ``eps`` (SA, RA-CT, ACR, abstention) with the
+    per-example table under "table"; ``eps`` is read-time only, so one certificate serves every eps."""
+    from tqdm.auto import tqdm
+
+    from .smoothing import certify, summary
+    if _RECORDING:
+        _RECORDING[-1].evaluations.append((run, [smoothing], test_n))
+        return {"smoothed_acc": 0.0, "certified_acc": 0.0, "acr": 0.0, "abstain": 0.0, "n_test": test_n or 0,
+                "table": pd.DataFrame()}
+    runtime = runtime or Runtime()
+    path = cert_path(run, smoothing, test_n, runtime)
+    with run_lock(path.parent):
+        marker = read_marker(path.parent)
+        df = _cert_table(path, marker) if marker is not None else None
+        if df is None:
+            model = get_or_train(run, runtime, progress)
+            marker = read_marker(path.parent)
+            sweep_tmp(path.parent)
+            test = D.evenly_spaced(run.test_data(), test_n)
+            classes = test.info.num_classes
+            parts, t_start = [], time.time()
+            for start in tqdm(range(0, len(test), images_per_call), desc="certify", leave=False, disable=not progress):
+                sl = slice(start, start + images_per_call)
+                x = runtime.inputs(test.x[sl].float().div(255).to(runtime.device))
+                t0 = time.time()
+                c = certify(model, x, smoothing, classes, runtime.autocast)
+                parts.append(pd.DataFrame({"index": test.index[sl].numpy(), "label": test.y[sl].numpy(), **c,
+                                           "seconds": (time.time() - t0) / len(x)}))
+            df = pd.concat(parts, ignore_index=True)
+            df["correct"] = (df.predict == df.label) & (df.predict >= 0)
+            df = df[["index", "label", "predict", "count", "p_lower", "radius", "correct", "seconds"]]
+            s = summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), 0.0)
+            tsv = df.to_csv(sep="\t", index=False, float_format="%.17g").encode()
+            atomic_write_json(path, {
+                **{k: s[k] for k in ("smoothed_acc", "acr", "abstain")}, "n_test": len(df),
+                "smoothing": to_jsonable(smoothing), "certify_seconds": time.time() - t_start,
+                "device": runtime.describe(), "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
+                "model_sha256": marker["artefacts"]["model.pt"],
+                "tsv_sha256": atomic_write_bytes(path.with_suffix(".tsv"), tsv)})
+            df = pd.read_csv(io.BytesIO(tsv), sep="\t")   # exactly what a later cache hit reads
+    return {**summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), eps),
+            "n_test": len(df), "eps": eps, "table": df}

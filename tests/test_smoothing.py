@@ -111,3 +111,36 @@ def test_sa_ra_ct_acr_and_the_curve_by_hand():
 def test_bad_smoothing_settings_are_config_errors(bad):
     with pytest.raises(ConfigError):
         Smoothing(**bad)
+
+
+# --------------------------------------------------------------------------- cached certificates
+
+def test_certificates_are_cached_with_a_per_example_tsv_that_recomputes_the_summary(monkeypatch, runs_root):
+    import pandas as pd
+
+    import fault_child as FC
+    from rtlkit import runs
+    from rtlkit.runtime import Runtime
+    cpu, s = Runtime("cpu"), Smoothing(SIGMA, 10, 200, 0.01)
+    run = FC.source()
+    m = runs.get_or_certify(run, s, eps=0.25, runtime=cpu, progress=False, test_n=20)
+    path = runs.cert_path(run, s, 20, cpu)
+    tsv = pd.read_csv(path.with_suffix(".tsv"), sep="\t")
+    assert list(tsv.columns) == ["index", "label", "predict", "count", "p_lower", "radius", "correct", "seconds"]
+    assert len(tsv) == m["n_test"] == 20 and tsv["index"].is_monotonic_increasing
+    again = summary(tsv.label.to_numpy(), tsv.predict.to_numpy(), tsv.radius.to_numpy(), 0.25)
+    assert {k: m[k] for k in again} == again
+    assert (tsv.radius[tsv.predict == ABSTAIN] == 0).all() and (tsv.radius <= s.max_radius + 1e-12).all()
+
+    real = runs.get_or_train
+    monkeypatch.setattr(runs, "get_or_train", lambda *a, **k: pytest.fail("certified again"))
+    for eps in (0.0, 0.25, 1.0):                  # one certificate serves every eps
+        hit = runs.get_or_certify(run, s, eps=eps, runtime=cpu, progress=False, test_n=20)
+        assert hit["certified_acc"] == summary(tsv.label.to_numpy(), tsv.predict.to_numpy(),
+                                               tsv.radius.to_numpy(), eps)["certified_acc"]
+    monkeypatch.setattr(runs, "get_or_train", real)
+    path.with_suffix(".tsv").write_text("index\tlabel\n1\t2\n")        # a broken table is rebuilt, not served
+    with pytest.warns(UserWarning, match="tsv"):
+        rebuilt = runs.get_or_certify(run, s, eps=0.25, runtime=cpu, progress=False, test_n=20)
+    cols = ["index", "label", "predict", "count", "p_lower", "radius", "correct"]   # not the timings
+    assert rebuilt["table"][cols].equals(m["table"][cols])
