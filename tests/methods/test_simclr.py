@@ -1,0 +1,33 @@
+"""SimCLR's NT-Xent (rtlkit.methods.simclr) against a hand computation."""
+import math
+
+import pytest
+import torch
+
+from rtlkit.methods.simclr import nt_xent
+
+
+def test_nt_xent_by_hand():
+    # image 0 has views a = (1, 0) and b = (0, 1); image 1 has c = (1, 0) and d = (-1, 0).
+    z1 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])     # a, c
+    z2 = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])    # b, d
+    tau = 0.5
+    # views in the order a, c, b, d; each row: cosines to the other three in that order, and the
+    # slot of its partner. a: c 1, b 0, d -1 (b); c: a 1, b 0, d -1 (d); b: a 0, c 0, d 0 (a);
+    # d: a -1, c -1, b 0 (c)
+    rows = [([1, 0, -1], 1), ([1, 0, -1], 2), ([0, 0, 0], 0), ([-1, -1, 0], 1)]
+    expect = 0.0
+    for cos, pos in rows:
+        logits = [c / tau for c in cos]
+        expect += -logits[pos] + math.log(sum(math.exp(v) for v in logits))
+    loss, acc = nt_xent(z1, z2, tau)
+    assert float(loss) == pytest.approx(expect / 4)
+    assert float(acc) == pytest.approx(1 / 4)       # only b picks its partner (a: a three-way tie, first wins)
+
+
+def test_nt_xent_is_small_for_matching_views_and_scale_invariant():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 16, generator=g)
+    loss_same, acc = nt_xent(z, 3 * z)                           # partners identical up to scale
+    loss_rand, _ = nt_xent(z, torch.randn(8, 16, generator=g))
+    assert float(acc) == 1.0 and float(loss_same) < float(loss_rand)
