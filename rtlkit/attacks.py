@@ -154,7 +154,7 @@ class FoolboxPGD:
         attack = cls(abs_stepsize=self.step_size, steps=self.steps, random_start=True)
         keep = FirstFooling(y)   # foolbox returns its last iterate: keep each example's first fooling one
         with attack_mode(model):
-            fmodel = fb.PyTorchModel(_Watched(model, keep), bounds=(0, 1), device=x.device)
+            fmodel = fb.PyTorchModel(_Watched(model, keep).eval(), bounds=(0, 1), device=x.device)
             _, clipped, _ = attack(fmodel, x, y, epsilons=self.eps)
         return keep.worst(clipped.detach())
 
@@ -196,3 +196,100 @@ class _Watched(nn.Module):
         logits = self.model(x)
         self.keep.update(x, logits)
         return logits
+
+
+# --------------------------------------------------------------------------- AutoAttack's APGD and Square
+
+_AA_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+def _aa_predict(forward, autocast):
+    """The float32-logit callable pyautoattack expects."""
+    def predict(x):
+        with autocast():
+            return forward(x).float()
+    return predict
+
+
+def _aa_run(make, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Run a pyautoattack attack on clones of the inputs, 1-d long labels, inside fork_rng (its
+    perturb reseeds the global CPU and CUDA RNGs, which must not leak into the caller's)."""
+    devices = [x.device.index or 0] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        attack = make()
+        return attack.perturb(x.detach().clone(), y.detach().clone().long().view(-1)).detach()
+
+
+@dataclass(frozen=True)
+class APGD:
+    """APGD-CE (Croce & Hein, ICML 2020) through pyautoattack 0.2.0's ``APGDAttack``. Vaishnavi et
+    al. Sec. 4.1: the white-box attack (RA-WB), L2, eps = the training eps; 100 iterations and 5
+    restarts (AutoAttack's standard). Restarts attack only the survivors; the result holds each
+    example's first fooling point, else the clean image."""
+    eps: float = 0.5
+    n_iter: int = 100
+    n_restarts: int = 5
+    norm: str = "l2"
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.norm in _AA_NORM, f"APGD norm must be 'linf' or 'l2', not {self.norm!r}")
+        check_real("APGD eps", self.eps, 0, 1 if self.norm == "linf" else None, low_open=True)
+        check_int("APGD iterations", self.n_iter, 1)
+        check_int("APGD restarts", self.n_restarts, 1)
+        check_int("APGD seed", self.seed, 0)
+
+    @property
+    def label(self) -> str:
+        return f"APGD-CE {self.norm} eps={self.eps:.4g} iters={self.n_iter} restarts={self.n_restarts} seed={self.seed}"
+
+    def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+        from pyautoattack.autopgd_base import APGDAttack
+        return _aa_run(lambda: APGDAttack(_aa_predict(forward, autocast), n_iter=self.n_iter, norm=_AA_NORM[self.norm],
+                                          n_restarts=self.n_restarts, eps=self.eps, seed=self.seed, loss="ce",
+                                          device=x.device), x, y)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with attack_mode(model):
+            return self.perturb(model, x, y)
+
+
+@dataclass(frozen=True)
+class Square:
+    """Square Attack (Andriushchenko et al., ECCV 2020) through pyautoattack 0.2.0's
+    ``SquareAttack``: the black-box attack of Vaishnavi et al. (RA-BB), L2, eps = the training
+    eps; 5,000 queries, 1 restart, p_init 0.8 (AutoAttack's standard)."""
+    eps: float = 0.5
+    n_queries: int = 5000
+    n_restarts: int = 1
+    p_init: float = 0.8
+    norm: str = "l2"
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.norm in _AA_NORM, f"Square norm must be 'linf' or 'l2', not {self.norm!r}")
+        check_real("Square eps", self.eps, 0, 1 if self.norm == "linf" else None, low_open=True)
+        check_int("Square queries", self.n_queries, 1)
+        check_int("Square restarts", self.n_restarts, 1)
+        check_real("Square p_init", self.p_init, 0, 1, low_open=True)
+        check_int("Square seed", self.seed, 0)
+
+    @property
+    def label(self) -> str:
+        return (f"Square {self.norm} eps={self.eps:.4g} queries={self.n_queries} restarts={self.n_restarts} "
+                f"p_init={self.p_init:g} seed={self.seed}")
+
+    def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+        from pyautoattack.square import SquareAttack
+        predict = _aa_predict(forward, autocast)
+
+        def no_grad_predict(z):
+            with torch.no_grad():
+                return predict(z)
+        return _aa_run(lambda: SquareAttack(no_grad_predict, norm=_AA_NORM[self.norm], n_queries=self.n_queries,
+                                            eps=self.eps, p_init=self.p_init, n_restarts=self.n_restarts,
+                                            seed=self.seed, loss="margin", device=x.device), x, y)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with attack_mode(model):
+            return self.perturb(model, x, y)

@@ -29,7 +29,7 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
     """Clean accuracy and robust accuracy (an example counts as robust only if it survives every
     attack given) on all of ``data``."""
     runtime = runtime or Runtime()
-    attacks = [attacks] if isinstance(attacks, (PGD, FoolboxPGD)) else list(attacks)
+    attacks = [attacks] if hasattr(attacks, "label") else list(attacks)   # one attack, or several
     names = [a.label for a in attacks]
     loader = Loader(data, batch_size, device=runtime.device)
     rows: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "clean_correct": []}

@@ -211,3 +211,53 @@ def test_attack_labels_name_every_setting_that_changes_the_result():
     a, b = profiles.pgd(0.1, 20), pgd_eval(0.1, 20)
     assert a != b and a.label != b.label
     assert PGD(0.1, 5, 0.02).label != PGD(0.1, 5, 0.02, random_start=False).label
+
+
+# --------------------------------------------------------------------------- APGD and Square (pyautoattack)
+
+@pytest.fixture(scope="module")
+def trained_tiny():
+    torch.manual_seed(0)
+    data = synthetic("train", seed=3, n_train=256, size=12, noise=0.3)
+    model = tiny_model(seed=2)
+    train(model, data, StandardTraining(epochs=2, lr=0.05, batch_size=64), progress=False)
+    return model.eval(), synthetic("test", seed=3, n_test=64, size=12, noise=0.3)
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_on_the_same_points(trained_tiny):
+    from rtlkit.attacks import APGD
+    model, test = trained_tiny
+    pgd = PGD(eps=1.0, steps=10, step_size=0.25, norm="l2")
+    apgd = APGD(eps=1.0, n_iter=50, n_restarts=1)
+    res = evaluate(model, test, [pgd, apgd], Runtime("cpu"), progress=False)
+    assert 0 < res.per_attack[pgd.label] < res.clean_acc      # the attack has something to do
+    assert res.per_attack[apgd.label] <= res.per_attack[pgd.label]
+
+
+def test_the_autoattack_adapter_leaves_modes_grads_and_the_rng_alone(trained_tiny):
+    from rtlkit.attacks import APGD, Square
+    model, test = trained_tiny
+    model.train()
+    model.blocks[0].eval()
+    model.head.fc.weight.requires_grad_(False)
+    modes = [m.training for m in model.modules()]
+    grads = [p.requires_grad for p in model.parameters()]
+    x = torch.nn.functional.interpolate(test.x[:16].float() / 255, size=28)   # Square's L2 squares need >= ~28 px
+    y = test.y[:16]
+    state = torch.random.get_rng_state()
+    for attack in (APGD(eps=1.0, n_iter=5, n_restarts=2), Square(eps=1.0, n_queries=20)):
+        adv = attack(model, x, y)
+        assert adv.shape == x.shape and ((adv - x).flatten(1).norm(dim=1) <= 1.0 + 1e-4).all()
+        assert [m.training for m in model.modules()] == modes and [p.requires_grad for p in model.parameters()] == grads
+        assert torch.equal(torch.random.get_rng_state(), state)
+    model.head.fc.weight.requires_grad_(True)
+    model.eval()
+
+
+def test_square_and_apgd_labels_name_every_setting():
+    from rtlkit.attacks import APGD, Square
+    assert APGD().label == "APGD-CE l2 eps=0.5 iters=100 restarts=5 seed=0"
+    assert Square(n_queries=1000).label == "Square l2 eps=0.5 queries=1000 restarts=1 p_init=0.8 seed=0"
+    for bad in (lambda: APGD(eps=0), lambda: APGD(norm="l1"), lambda: Square(n_queries=0), lambda: Square(p_init=0)):
+        with pytest.raises(ConfigError):
+            bad()
