@@ -173,8 +173,19 @@ class WideResNet(nn.Module):
     def forward(self, x):
         return self.forward_from(self.normalize(x), 0)
 
+    def add_projection(self, out_dim: int = 128) -> "WideResNet":
+        """A 2-layer MLP projection head on the penultimate feature (SimCLR pre-training; Chen et
+        al. App. B.9: feature_dim -> feature_dim -> out_dim). It is part of the model, so the
+        optimiser and checkpoints carry it; :meth:`replace_head` drops it."""
+        d = self.feature_dim
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, out_dim))
+        return self
+
     def replace_head(self, num_classes: int, seed: int | None = None) -> "WideResNet":
-        """A fresh linear classifier for ``num_classes`` classes (in place; returns self)."""
+        """A fresh linear classifier for ``num_classes`` classes (in place; returns self); a
+        pre-training projection head, if any, is dropped."""
+        if "projection" in self._modules:
+            del self.projection
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         old = self.head.fc
         fc = nn.Linear(old.in_features, num_classes).to(old.weight.device)

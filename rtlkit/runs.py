@@ -134,7 +134,7 @@ class SourceRun:
         mean, std = d.mean_std()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return build(self.model, d.info.num_classes, d.info.channels, mean, std)
+            return self.method.prepare_model(build(self.model, d.info.num_classes, d.info.channels, mean, std))
 
     def train_data(self) -> D.ImageData:
         return self.data.train()

@@ -58,6 +58,15 @@ class StandardTraining:
     def on_epoch_start(self, model, epoch: int, state) -> None:
         pass
 
+    def prepare_model(self, model):
+        """Called once when a source model is built, before training (under the run's seed): a
+        method that needs extra modules (SimCLR's projection head) adds them here."""
+        return model
+
+    def correct(self, logits, y) -> torch.Tensor:
+        """How many of the batch the step got right (the history's train_acc)."""
+        return (logits.argmax(1) == y).sum()
+
     def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
         with runtime.autocast():
             logits = fwd(x)
@@ -204,7 +213,7 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
                 break
             loss, logits = train_step(method, model, fwd, opt, x, y, runtime, idx, state)
             tot_loss += loss * len(y)
-            tot_correct += (logits.argmax(1) == y).sum()
+            tot_correct += method.correct(logits, y)
             n += len(y)
             if budget is not None:
                 sched.step()

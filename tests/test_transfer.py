@@ -190,3 +190,20 @@ def test_bad_policies_are_config_errors(kw):
 def test_unknown_bn_case_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown BN case"):
         TransferPolicy.bn_case("reuse everything", 2)
+
+
+def test_random_init_keeps_no_source_weight():
+    """Vaishnavi et al.'s Random baseline: TransferPolicy(k="all", reinit=True) re-draws every
+    parameter and BN statistic; only the input normalisation (data statistics) carries over."""
+    from rtlkit.transfer import TransferPolicy, prepare_target
+    src = tiny_model(seed=5)
+    with torch.no_grad():
+        for t in list(src.parameters()) + [b for n, b in src.named_buffers() if "running" in n]:
+            t.add_(0.123)
+    fresh = prepare_target(src, 4, TransferPolicy(k="all", reinit=True, bn_affine="train"), seed=1)
+    s0 = src.state_dict()
+    for name, v in fresh.state_dict().items():
+        if name.startswith("normalize.") or name.endswith("num_batches_tracked"):
+            continue
+        assert v.shape != s0[name].shape or not torch.equal(v, s0[name]), f"{name} survived the re-init"
+    assert all(p.requires_grad for p in fresh.parameters())

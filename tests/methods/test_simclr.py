@@ -1,10 +1,16 @@
 """SimCLR's NT-Xent (rtlkit.methods.simclr) against a hand computation."""
+import json
 import math
 
 import pytest
 import torch
 
-from rtlkit.methods.simclr import nt_xent
+from rtlkit.methods.simclr import SimCLRTraining, nt_xent, random_resized_crop
+from rtlkit.models import WRNSpec
+from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_train, run_dir
+from rtlkit.runtime import Runtime
+from rtlkit.training import StandardTraining
+from rtlkit.transfer import TransferPolicy
 
 
 def test_nt_xent_by_hand():
@@ -31,3 +37,21 @@ def test_nt_xent_is_small_for_matching_views_and_scale_invariant():
     loss_same, acc = nt_xent(z, 3 * z)                           # partners identical up to scale
     loss_rand, _ = nt_xent(z, torch.randn(8, 16, generator=g))
     assert float(acc) == 1.0 and float(loss_same) < float(loss_rand)
+
+
+def test_simclr_pretrains_with_a_projection_head_that_transfer_drops(runs_root):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    v = random_resized_crop(x)
+    assert v.shape == x.shape and 0 <= float(v.min()) and float(v.max()) <= 1
+    src = SourceRun(DataSpec("synthetic-a", train_n=128), WRNSpec(10, 1, stem_stride=2),
+                    SimCLRTraining(epochs=1, batch_size=32, lr=0.05))
+    model = get_or_train(src, Runtime("cpu"), progress=False)
+    assert any(k.startswith("projection.") for k in model.state_dict())
+    hist = json.loads((run_dir(src) / "train.json").read_text())["history"]
+    assert 0 <= hist[0]["train_acc"] <= 1 and math.isfinite(hist[0]["loss"])
+    t = TransferRun(src, DataSpec("synthetic-b", train_n=64), TransferPolicy(k="all", bn_affine="train"),
+                    StandardTraining(epochs=1, batch_size=32))
+    tuned = get_or_train(t, Runtime("cpu"), progress=False)
+    assert not any(k.startswith("projection.") for k in tuned.state_dict())
+    assert tuned.head.fc.in_features == tuned.feature_dim
