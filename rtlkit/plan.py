@@ -8,7 +8,8 @@ nothing trains, nothing is written. It lists every
 unique source training, fine-tune and evaluation, with its work in image passes:
 
 - A: one attack step on one image (forward + input gradient);
-- T: one training step on one image (forward + backward + SGD).
+- T: one training step on one image (forward + backward + SGD);
+- F: one forward pass on one image (Square's queries, randomized smoothing's noisy samples).
 
 With a benchmark JSON from ``python -m bench.throughput`` on the profile's model and input, these
 counts become seconds. T = 1 / (fine-tune k=all img/s). A = (1 / PGD-7 AT img/s - T) / 7. The
@@ -27,11 +28,11 @@ from dataclasses import dataclass, field, replace
 
 import importlib
 
-from .attacks import FoolboxPGD
+from .attacks import APGD, FoolboxPGD, Square
 from .errors import ConfigError, DatasetNotFound
 from .methods.fdm import FDMTraining
 from .profiles import PROFILES, Profile, default_name, get
-from .runs import DataSpec, TransferRun, eval_path, is_cached, recording, run_dir
+from .runs import DataSpec, TransferRun, cert_path, eval_path, is_cached, recording, run_dir
 from .training import AdversarialTraining
 
 # Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
@@ -51,6 +52,16 @@ def _n_train(spec: DataSpec) -> int:
 @functools.lru_cache(maxsize=None)
 def _n_test(spec: DataSpec) -> int:
     return len(spec.test())
+
+
+def _attack_steps(a) -> int:
+    """Gradient steps per image of one of our attacks (APGD: every restart, an upper bound, since
+    restarts attack only the survivors); Square's queries are forward passes, counted apart."""
+    if isinstance(a, APGD):
+        return a.n_iter * a.n_restarts
+    if isinstance(a, Square):
+        return 0
+    return a.steps
 
 
 @dataclass
@@ -77,16 +88,26 @@ class Plan:
                                 "what": f"{run.data.label}" + (f" k={run.policy.k}" if isinstance(run, TransferRun) else "")}
 
     def add_evaluation(self, run, attacks, test_n: int | None) -> None:
+        """An evaluation by attacks (``runs.get_or_evaluate``) or a certification by one smoothing
+        (``runs.get_or_certify``, recorded with ``[smoothing]``)."""
+        from .smoothing import Smoothing
         self.add_training(run)
         key = (run_dir(run).name, tuple(a.label for a in attacks), test_n)
         if key in self.evaluations:
             return
+        if attacks and isinstance(attacks[0], Smoothing):
+            n = min(test_n or _n_test(run.data), _n_test(run.data))
+            s = attacks[0]
+            self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": 0, "A_foolbox": 0,
+                                     "F": (s.n0 + s.n) * n, "cached": cert_path(run, s, test_n).is_file()}
+            return
         spec = replace(run.data, test_n=test_n) if test_n else run.data
         n = _n_test(spec)
-        own = sum(a.steps for a in attacks if not isinstance(a, FoolboxPGD)) * n
+        own = sum(_attack_steps(a) for a in attacks if not isinstance(a, FoolboxPGD)) * n
         fb = sum(a.steps for a in attacks if isinstance(a, FoolboxPGD)) * n
+        fwd = sum(a.n_queries * a.n_restarts for a in attacks if isinstance(a, Square)) * n
         self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": own, "A_foolbox": fb,
-                                 "cached": eval_path(run, attacks, test_n).is_file()}
+                                 "F": fwd, "cached": eval_path(run, attacks, test_n).is_file()}
 
     def totals(self, include_cached: bool = True) -> dict:
         tr = [r for r in self.trainings.values() if include_cached or not r["cached"]]
@@ -94,7 +115,8 @@ class Plan:
         return {"sources": sum(r["kind"] == "source" for r in tr),
                 "transfers": sum(r["kind"] == "transfer" for r in tr), "evaluations": len(ev),
                 "A_train": sum(r["A"] for r in tr), "T": sum(r["T"] for r in tr),
-                "A_eval_own": sum(r["A_own"] for r in ev), "A_eval_foolbox": sum(r["A_foolbox"] for r in ev)}
+                "A_eval_own": sum(r["A_own"] for r in ev), "A_eval_foolbox": sum(r["A_foolbox"] for r in ev),
+                "F_eval": sum(r.get("F", 0) for r in ev)}
 
 
 def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
@@ -157,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               f"not cached: {todo['sources'] + todo['transfers']} trainings, {todo['evaluations']} evaluations")
         print(f"  work: {tot['A_train'] / 1e6:.1f}M attack steps + {tot['T'] / 1e6:.1f}M training steps in training; "
               f"{tot['A_eval_own'] / 1e6:.1f}M own-PGD and {tot['A_eval_foolbox'] / 1e6:.1f}M foolbox steps in "
-              "evaluation (image passes)")
+              f"evaluation; {tot['F_eval'] / 1e6:.1f}M forward passes (Square, certification) (image passes)")
         for s in p.skipped:
             print("  skipped (data absent):", s)
         out = {"profile": prof.name, "model": prof.model.name, "totals": tot, "not_cached": todo,

@@ -79,3 +79,20 @@ def test_recording_mode_sees_steps_that_imported_the_cache_functions_by_name(run
     assert rec.evaluations == [(run, attacks, 8)] and rec.trainings == [run]
     assert m["robust_acc"] == 0.0 and m[f"robust_acc[{attacks[0].label}]"] == 0.0 and m["n_test"] == 8
     assert not runs_root.exists()                      # nothing trained, nothing written
+
+
+def test_work_counts_of_apgd_square_and_certification_in_closed_form(runs_root):
+    from rtlkit.attacks import APGD, Square
+    from rtlkit.runs import get_or_certify, get_or_evaluate, recording
+    from rtlkit.smoothing import Smoothing
+    src = SourceRun(DataSpec("synthetic-a"), TINY, AdversarialTraining(epochs=1, attack=PGD(0.1, 2, 0.05)))
+    with recording() as rec:
+        get_or_evaluate(src, [APGD(eps=0.5, n_iter=10, n_restarts=3), Square(eps=0.5, n_queries=50)], test_n=16)
+        get_or_certify(src, Smoothing(0.5, 10, 90), eps=0.5, test_n=20)
+    p = plan.Plan("t")
+    for run, attacks, test_n in rec.evaluations:
+        p.add_evaluation(run, attacks, test_n)
+    t = p.totals()
+    assert t["evaluations"] == 2 and t["A_eval_own"] == 16 * 30          # APGD: iterations x restarts
+    assert t["F_eval"] == 16 * 50 + 20 * (10 + 90)                        # Square queries + noisy samples
+    assert not runs_root.exists()
