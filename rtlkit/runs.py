@@ -344,37 +344,50 @@ def eval_path(run: SourceRun | TransferRun, attacks, test_n: int | None = None, 
     return run_dir(run, runtime) / f"eval-{stable_hash(key)}.json"
 
 
-def _cached_eval(path: Path, marker: dict) -> dict | None:
-    """A cached evaluation, if it measured the run's current model.pt and its per-example table is
-    whole and reproduces its accuracies; None otherwise (broken files set aside)."""
+def _cached_result(path: Path, marker: dict, table_suffix: str, sep: str, mismatches) -> tuple[dict, pd.DataFrame] | None:
+    """A cached result (``path``, a JSON) and its per-example table (same stem, ``table_suffix``),
+    if the JSON measured the run's current model.pt and the table matches the sha256 recorded in
+    the JSON (key "<suffix>_sha256"), has its n_test rows, and ``mismatches(json, table)`` names
+    no summary it fails to reproduce; None otherwise (broken files set aside, with a warning)."""
     if not path.is_file():
         return None
-    csv = path.with_suffix(".csv")
+    table = path.with_suffix(table_suffix)
     try:
         m = read_json(path)
         if m.get("model_sha256") != marker["artefacts"]["model.pt"]:
-            return None   # measured another model (or before integrity records): evaluate again
-        if not csv.is_file():
-            raise ValueError(f"its per-example table {csv.name} is missing")
-        data = csv.read_bytes()
-        if sha256_bytes(data) != m["csv_sha256"]:
-            raise ValueError(f"{csv.name} does not match the sha256 recorded in it")
-        df = pd.read_csv(io.BytesIO(data))
+            return None   # measured another model (or before integrity records): compute again
+        if not table.is_file():
+            raise ValueError(f"its per-example table {table.name} is missing")
+        data = table.read_bytes()
+        if sha256_bytes(data) != m[f"{table_suffix[1:]}_sha256"]:
+            raise ValueError(f"{table.name} does not match the sha256 recorded in it")
+        df = pd.read_csv(io.BytesIO(data), sep=sep)
         if len(df) != m["n_test"]:
-            raise ValueError(f"{csv.name} has {len(df)} rows, not n_test={m['n_test']}")
-        means = {"clean_acc": df["clean_correct"].mean(), "robust_acc": df["robust_correct"].mean(),
-                 **{f"robust_acc[{a}]": df[a].mean() for a in m["attacks"]}}
-        bad = [k for k, v in means.items() if abs(float(m[k]) - float(v)) > 1e-9]
+            raise ValueError(f"{table.name} has {len(df)} rows, not n_test={m['n_test']}")
+        bad = mismatches(m, df)
         if bad:
             raise ValueError(f"its {', '.join(bad)} do not match the per-example table")
-        return m
-    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:
-        why = str(e) if isinstance(e, ValueError) and not isinstance(e, json.JSONDecodeError) else \
-            f"unreadable ({type(e).__name__}: {e})"
+        return m, df
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, pd.errors.ParserError) as e:
+        why = str(e) if type(e) is ValueError else f"unreadable ({type(e).__name__}: {e})"
         set_aside(path, why)
-        if csv.exists():
-            set_aside(csv, f"belongs to the broken {path.name}")
+        if table.exists():
+            set_aside(table, f"belongs to the broken {path.name}")
         return None
+
+
+def _eval_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
+    means = {"clean_acc": df["clean_correct"].mean(), "robust_acc": df["robust_correct"].mean(),
+             **{f"robust_acc[{a}]": df[a].mean() for a in m["attacks"]}}
+    return [k for k, v in means.items() if abs(float(m[k]) - float(v)) > 1e-9]
+
+
+def _model_for(run, folder: Path, runtime: Runtime, progress: bool) -> tuple[WideResNet, str]:
+    """The run's model (cached or trained now) and the sha256 of its model.pt, with the folder's
+    stale temp files swept (the caller holds the run's lock)."""
+    model = get_or_train(run, runtime, progress)
+    sweep_tmp(folder)
+    return model, read_marker(folder)["artefacts"]["model.pt"]
 
 
 def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD], runtime: Runtime | None = None,
@@ -390,12 +403,10 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
     path = eval_path(run, attacks, test_n, runtime)
     with run_lock(path.parent):
         marker = read_marker(path.parent)
-        cached = _cached_eval(path, marker) if marker is not None else None
+        cached = _cached_result(path, marker, ".csv", ",", _eval_mismatches) if marker is not None else None
         if cached is not None:
-            return cached
-        model = get_or_train(run, runtime, progress)
-        marker = read_marker(path.parent)
-        sweep_tmp(path.parent)
+            return cached[0]
+        model, model_sha = _model_for(run, path.parent, runtime, progress)
         seed_all(run.seed)
         t0 = time.time()
         test = run.test_data()
@@ -404,7 +415,7 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
         res = evaluate(model, test, attacks, runtime, batch_size, progress)
         out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
                "eval_seconds": time.time() - t0, "device": runtime.describe(), "numerics": runtime.numerics(),
-               "threads": torch.get_num_threads(), "model_sha256": marker["artefacts"]["model.pt"],
+               "threads": torch.get_num_threads(), "model_sha256": model_sha,
                "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), csv_bytes(res.examples))}
         atomic_write_json(path, out)
         return json.loads(json.dumps(out))   # exactly what a later cache hit returns
@@ -419,34 +430,10 @@ def cert_path(run: SourceRun | TransferRun, smoothing, test_n: int | None = None
     return run_dir(run, runtime) / f"cert-{stable_hash({'smoothing': smoothing, 'test_n': test_n, 'v': 1})}.json"
 
 
-def _cert_table(path: Path, marker: dict) -> pd.DataFrame | None:
-    """The cached per-example certificates, if they belong to the run's current model.pt and the
-    TSV is whole and reproduces the JSON's summary; None otherwise (broken files set aside)."""
+def _cert_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
     from .smoothing import summary
-    if not path.is_file():
-        return None
-    tsv = path.with_suffix(".tsv")
-    try:
-        m = read_json(path)
-        if m.get("model_sha256") != marker["artefacts"]["model.pt"]:
-            return None
-        if not tsv.is_file():
-            raise ValueError(f"its per-example table {tsv.name} is missing")
-        data = tsv.read_bytes()
-        if sha256_bytes(data) != m["tsv_sha256"]:
-            raise ValueError(f"{tsv.name} does not match the sha256 recorded in it")
-        df = pd.read_csv(io.BytesIO(data), sep="\t")
-        if len(df) != m["n_test"]:
-            raise ValueError(f"{tsv.name} has {len(df)} rows, not n_test={m['n_test']}")
-        s = summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), 0.0)
-        if any(abs(s[k] - m[k]) > 1e-12 for k in ("smoothed_acc", "acr", "abstain")):
-            raise ValueError("its smoothed accuracy, ACR or abstention rate do not match the per-example table")
-        return df
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, pd.errors.ParserError) as e:
-        set_aside(path, str(e) if type(e) is ValueError else f"unreadable ({type(e).__name__}: {e})")
-        if tsv.exists():
-            set_aside(tsv, f"belongs to the broken {path.name}")
-        return None
+    s = summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), 0.0)
+    return [k for k in ("smoothed_acc", "acr", "abstain") if abs(s[k] - m[k]) > 1e-12]
 
 
 def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime: Runtime | None = None,
@@ -466,11 +453,10 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
     path = cert_path(run, smoothing, test_n, runtime)
     with run_lock(path.parent):
         marker = read_marker(path.parent)
-        df = _cert_table(path, marker) if marker is not None else None
+        cached = _cached_result(path, marker, ".tsv", "\t", _cert_mismatches) if marker is not None else None
+        df = cached[1] if cached is not None else None
         if df is None:
-            model = get_or_train(run, runtime, progress)
-            marker = read_marker(path.parent)
-            sweep_tmp(path.parent)
+            model, model_sha = _model_for(run, path.parent, runtime, progress)
             test = D.evenly_spaced(run.test_data(), test_n)
             classes = test.info.num_classes
             parts, t_start = [], time.time()
@@ -490,7 +476,7 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
                 **{k: s[k] for k in ("smoothed_acc", "acr", "abstain")}, "n_test": len(df),
                 "smoothing": to_jsonable(smoothing), "certify_seconds": time.time() - t_start,
                 "device": runtime.describe(), "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
-                "model_sha256": marker["artefacts"]["model.pt"],
+                "model_sha256": model_sha,
                 "tsv_sha256": atomic_write_bytes(path.with_suffix(".tsv"), tsv)})
             df = pd.read_csv(io.BytesIO(tsv), sep="\t")   # exactly what a later cache hit reads
     return {**summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), eps),
