@@ -220,8 +220,21 @@ def _aa_run(make, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return attack.perturb(x.detach().clone(), y.detach().clone().long().view(-1)).detach()
 
 
+class _AutoAttackAdapter:
+    """What APGD and Square share: the checks of norm, eps and seed, and ``__call__``."""
+
+    def _check(self, name: str) -> None:
+        check(self.norm in _AA_NORM, f"{name} norm must be 'linf' or 'l2', not {self.norm!r}")
+        check_real(f"{name} eps", self.eps, 0, 1 if self.norm == "linf" else None, low_open=True)
+        check_int(f"{name} seed", self.seed, 0)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with attack_mode(model):
+            return self.perturb(model, x, y)
+
+
 @dataclass(frozen=True)
-class APGD:
+class APGD(_AutoAttackAdapter):
     """APGD-CE (Croce & Hein, ICML 2020) through pyautoattack 0.2.0's ``APGDAttack``. Vaishnavi et
     al. Sec. 4.1: the white-box attack (RA-WB), L2, eps = the training eps; 100 iterations and 5
     restarts (AutoAttack's standard). Restarts attack only the survivors; the result holds each
@@ -233,11 +246,9 @@ class APGD:
     seed: int = 0
 
     def __post_init__(self):
-        check(self.norm in _AA_NORM, f"APGD norm must be 'linf' or 'l2', not {self.norm!r}")
-        check_real("APGD eps", self.eps, 0, 1 if self.norm == "linf" else None, low_open=True)
+        self._check("APGD")
         check_int("APGD iterations", self.n_iter, 1)
         check_int("APGD restarts", self.n_restarts, 1)
-        check_int("APGD seed", self.seed, 0)
 
     @property
     def label(self) -> str:
@@ -249,13 +260,9 @@ class APGD:
                                           n_restarts=self.n_restarts, eps=self.eps, seed=self.seed, loss="ce",
                                           device=x.device), x, y)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with attack_mode(model):
-            return self.perturb(model, x, y)
-
 
 @dataclass(frozen=True)
-class Square:
+class Square(_AutoAttackAdapter):
     """Square Attack (Andriushchenko et al., ECCV 2020) through pyautoattack 0.2.0's
     ``SquareAttack``: the black-box attack of Vaishnavi et al. (RA-BB), L2, eps = the training
     eps; 5,000 queries, 1 restart, p_init 0.8 (AutoAttack's standard)."""
@@ -267,12 +274,10 @@ class Square:
     seed: int = 0
 
     def __post_init__(self):
-        check(self.norm in _AA_NORM, f"Square norm must be 'linf' or 'l2', not {self.norm!r}")
-        check_real("Square eps", self.eps, 0, 1 if self.norm == "linf" else None, low_open=True)
+        self._check("Square")
         check_int("Square queries", self.n_queries, 1)
         check_int("Square restarts", self.n_restarts, 1)
         check_real("Square p_init", self.p_init, 0, 1, low_open=True)
-        check_int("Square seed", self.seed, 0)
 
     @property
     def label(self) -> str:
@@ -289,7 +294,3 @@ class Square:
         return _aa_run(lambda: SquareAttack(no_grad_predict, norm=_AA_NORM[self.norm], n_queries=self.n_queries,
                                             eps=self.eps, p_init=self.p_init, n_restarts=self.n_restarts,
                                             seed=self.seed, loss="margin", device=x.device), x, y)
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with attack_mode(model):
-            return self.perturb(model, x, y)
