@@ -107,8 +107,7 @@ class Profile:
         the optimizer steps the whole target training set gets in ``epochs`` (default
         ``finetune.epochs``) epochs."""
         n = len(replace(target, fraction=1.0).train())
-        per_epoch = max(1, n // self.finetune.batch_size) if n >= self.finetune.batch_size else 1
-        return (epochs or self.finetune.epochs) * per_epoch
+        return (epochs or self.finetune.epochs) * max(1, n // self.finetune.batch_size)
 
     def source_run(self, seed: int = 0) -> SourceRun:
         return SourceRun(self.source, self.model, self.source_method, seed)
