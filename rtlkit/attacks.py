@@ -286,6 +286,12 @@ class Square(_AutoAttackAdapter):
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
         from pyautoattack.square import SquareAttack
+        if self.norm == "l2":   # its L2 start tiles squares of side h // 5 from (h - 5 s) // 2: past the edge
+            h = x.shape[-1]     # for some sizes (12 x 12: a shape error deep inside); say so plainly
+            s = max(h // 5, 1)
+            check((h - 5 * s) // 2 + s * (h // s) <= h,
+                  f"pyautoattack 0.2.0's L2 Square cannot start on {h}x{h} images (its square tiling runs past the "
+                  f"edge); use images of 16, 20, 28 or 32 pixels")
         predict = _aa_predict(forward, autocast)
 
         def no_grad_predict(z):

@@ -227,6 +227,9 @@ SOURCES: dict[str, Callable[[str, bool | None], ImageData]] = {
     "digits-8x8": _sklearn_digits,
     "synthetic-a": lambda split, dl: synthetic(split, seed=0, name="synthetic-a"),
     "synthetic-b": lambda split, dl: synthetic(split, seed=1, name="synthetic-b"),
+    # 16 x 16: notebook 04's smoke run (pyautoattack's L2 Square cannot start on 12 x 12)
+    "synthetic-c": lambda split, dl: synthetic(split, seed=2, size=16, name="synthetic-c"),
+    "synthetic-d": lambda split, dl: synthetic(split, seed=3, size=16, name="synthetic-d"),
 }
 for _name in _TV:
     if _name != "FashionMNIST":

@@ -9,6 +9,12 @@
 Epsilon by family: 8/255 for CIFAR-like images (CARTL/Madry); 0.1 for the near-binary
 28x28 MNIST family, where 8/255 barely moves a pixel of ink and Madry's 0.3 leaves small
 transferred models with no robustness to measure.
+
+Notebook 04 (Vaishnavi et al.) is L2 only, with one rule for every L2 number (the AT and
+attack eps, the smoothing sigma, the RA-CT radius, Table 3's radii, Table 2's noise): the
+paper's [0,1]-pixel values, eps = sigma = 0.5, kept at 28x28 (:data:`L2_EPS`). Smoothing
+papers use sigma = 0.5 at 32 and 224 px alike; scaling by sqrt(d) (0.5 * sqrt(784/150528)
+= 0.036) would leave RA ~ SA, and so R^2 ~ 1 trivially.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from .training import AdversarialTraining, StandardTraining
 from .transfer import TransferPolicy
 
 EPS = {"mnist": 0.1, "cifar": 8 / 255}
+L2_EPS = 0.5   # notebook 04: eps = sigma = 0.5 in [0,1] pixels at every input size (module docstring)
 
 
 def step_size(eps: float, steps: int) -> float:
@@ -33,6 +40,57 @@ def step_size(eps: float, steps: int) -> float:
 
 def pgd(eps: float, steps: int, loss: str = "ce") -> PGD:
     return PGD(eps=eps, steps=steps, step_size=step_size(eps, steps), loss=loss)
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """Notebook 04 (Vaishnavi et al., TMLR): pre-training x robust fine-tuning, at one scale.
+    Defaults are the paper's settings (Sec. 4.1, App. A): L2 eps = sigma = 0.5, APGD-CE 100
+    iterations x 5 restarts, Square 5,000 queries, Cohen's N0 = 100, N = 100,000, alpha = 0.001
+    on ~500 evenly spaced test images. Each field is also a notebook parameter."""
+    pt_source: DataSpec                       # all four pre-trainings (AT, CR, SimCLR, ST) use it
+    pt_targets: tuple[DataSpec, ...]          # Tables 4-5, Figs. 2-3
+    table6_targets: tuple[int, ...] = (0, 1)  # Tables 6-7: indices into pt_targets
+    pt_model: WRNSpec | None = None           # None: the profile's model
+    l2_eps: float = L2_EPS
+    pretrain_epochs: int = 100
+    pt_finetune_steps: int = 10_000           # every target, every method: the same optimizer steps
+    pt_lr: float = 0.05                       # fine-tuning lr (pre-training: the method's 0.1)
+    attack_images: int | None = None          # class-balanced test subset for APGD / Square (None: all)
+    apgd_iters: int = 100
+    apgd_restarts: int = 5
+    square_queries: int = 5000
+    cert_images: int = 500                    # evenly spaced test images certified (Table 8)
+    smoothing_n0: int = 100
+    smoothing_n: int = 100_000
+    smoothing_alpha: float = 0.001
+    noise_sigmas: tuple[float, ...] = (0.001, 0.01, 0.1, 0.5)   # Table 2
+    noise_images: int = 1000
+    radii: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)             # Table 3
+    at_sigma: float = 0.01                    # Table 3: the AT source is smoothed at sigma = 0.01
+    pt_seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        check(len(self.pt_targets) >= 2, "pt_targets: give at least two targets (Figs. 2-3 fit a line)")
+        check(all(is_int(i) and 0 <= i < len(self.pt_targets) for i in self.table6_targets),
+              f"table6_targets are indices into pt_targets (0..{len(self.pt_targets) - 1}): {self.table6_targets}")
+        check_real("l2_eps", self.l2_eps, 0, low_open=True)
+        for name in ("pretrain_epochs", "pt_finetune_steps", "apgd_iters", "apgd_restarts", "square_queries",
+                     "cert_images", "smoothing_n0", "smoothing_n", "noise_images"):
+            check_int(name, getattr(self, name), 1)
+        if self.attack_images is not None:
+            check_int("attack_images", self.attack_images, 1)
+        check(self.smoothing_n0 <= self.smoothing_n, f"smoothing_n0 ({self.smoothing_n0}) must not exceed "
+              f"smoothing_n ({self.smoothing_n})")
+        check_real("pt_lr", self.pt_lr, 0, low_open=True)
+        check(0 < self.smoothing_alpha < 1, f"smoothing_alpha must be in (0, 1), not {self.smoothing_alpha!r}")
+        check_real("at_sigma", self.at_sigma, 0, low_open=True)
+        for name in ("noise_sigmas", "radii", "pt_seeds"):
+            check(len(getattr(self, name)) >= 1, f"{name} is empty: give at least one value")
+        check(all(is_real(v) and v > 0 for v in self.noise_sigmas), f"noise_sigmas must be > 0: {self.noise_sigmas}")
+        check(all(is_real(v) and v >= 0 for v in self.radii), f"radii must be >= 0: {self.radii}")
+        for v in self.pt_seeds:
+            check_int("pt_seeds entry", v, 0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +120,7 @@ class Profile:
     cartl_test_n: int | None = None                      # evaluate notebook 03 on a class-balanced subset
     cartl_finetune_epochs: int | None = None             # notebook 03's fine-tuning budget (None: finetune.epochs)
     pairs: tuple = ()      # Table 4: extra (source DataSpec or None for the profile's source, target DataSpec)
+    pretraining: Pretraining | None = None   # notebook 04 (Vaishnavi et al.)
 
     def __post_init__(self):
         for name in _GRIDS:
@@ -100,6 +159,10 @@ class Profile:
             changes["source"] = replace(self.source, name=changes.pop("source_name"))
         if "target_name" in changes:
             changes["target"] = replace(self.target, name=changes.pop("target_name"))
+        pt = {k: changes.pop(k) for k in list(changes) if k in _PT_FIELDS}
+        if pt:
+            check(self.pretraining is not None, f"profile {self.name} has no notebook-04 settings for {sorted(pt)}")
+            changes["pretraining"] = replace(self.pretraining, **pt)
         return replace(self, **changes)
 
     def finetune_steps(self, target: DataSpec, epochs: int | None = None) -> int:
@@ -125,6 +188,9 @@ class Profile:
 _GRIDS = ("ks", "bn_ks", "seeds", "source_seeds", "cartl_ks", "cartl_lams", "cartl_betas", "lwf_lams",
           "fractions", "cartl_seeds")
 _ALIASES = ("source_name", "target_name", "source_epochs", "finetune_epochs")
+# notebook 04's settings: every field of Pretraining is a parameter of its own name
+_PT_FIELDS = tuple(f.name for f in dataclasses.fields(Pretraining) if f.name not in ("pt_source", "pt_targets", "pt_model"))
+_PT_GRIDS = ("noise_sigmas", "radii", "pt_seeds", "table6_targets")
 
 
 def _literal(value):
@@ -142,9 +208,26 @@ def parameter(name: str, value):
     """A notebook parameter parsed and checked: strings read as literals, a scalar grid as a
     one-value grid, and each value's type checked, so a bad one is a ConfigError naming it before
     any compute."""
-    known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES)
+    known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES) | set(_PT_FIELDS)
     check(name in known, f"unknown parameter {name!r}; one of {', '.join(sorted(known))}")
     value = _literal(value)
+    if name in _PT_GRIDS:
+        values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        check(len(values) >= 1, f"{name} is empty: give at least one value")
+        for v in values:
+            if name in ("pt_seeds", "table6_targets"):
+                check_int(f"{name} entry", v, 0)
+            else:
+                check_real(f"{name} entry", v, 0)
+        return values
+    if name in _PT_FIELDS:
+        if name in ("l2_eps", "pt_lr", "smoothing_alpha", "at_sigma"):
+            check_real(name, value, 0, low_open=True)
+        elif name == "attack_images" and value is None:
+            pass
+        else:
+            check_int(name, value, 1)
+        return value
     if name in _GRIDS:
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         check(len(values) >= 1, f"{name} is empty: give at least one value")
@@ -182,6 +265,23 @@ def _offline_pairs(source_n: int | None) -> tuple:
             (None, DataSpec("digits-8x8")))  # None: the profile's own source
 
 
+def _offline_pretraining(gpu: bool, quick: bool) -> Pretraining:
+    """Notebook 04 offline: every pre-training on Fashion-MNIST 0-4 (a full one would contain the
+    5-9 target); targets Fashion-MNIST 5-9, MNIST-5k at several fractions, sklearn's 8x8 digits."""
+    source = DataSpec("fashion-mnist", classes=(0, 1, 2, 3, 4), train_n=None if gpu else 6000, test_n=1000)
+    f59 = DataSpec("fashion-mnist", classes=(5, 6, 7, 8, 9), train_n=2000)
+    if quick:   # 2-core CPU: ~25 min (README): one seed, 200 attacked images, N = 1,000 on 100 images
+        return Pretraining(
+            pt_source=source, pt_targets=(f59, DataSpec("mnist-5k"), DataSpec("mnist-5k", fraction=0.2),
+                                           DataSpec("digits-8x8")),
+            table6_targets=(1, 0), pretrain_epochs=15 if gpu else 8, pt_finetune_steps=400,
+            attack_images=200, apgd_restarts=1, square_queries=1000, cert_images=100, smoothing_n=1000)
+    return Pretraining(
+        pt_source=source, pt_targets=(f59,) + tuple(DataSpec("mnist-5k", fraction=f) for f in (1.0, 0.5, 0.2, 0.1))
+        + (DataSpec("digits-8x8"),),
+        table6_targets=(1, 0), pretrain_epochs=30, pt_finetune_steps=1500, attack_images=1000, cert_images=100)
+
+
 def _smoke() -> Profile:
     eps = 0.1
     return Profile(
@@ -196,7 +296,12 @@ def _smoke() -> Profile:
         reinit_source=DataSpec("synthetic-a", train_n=256),
         cartl_ks=(2, 3), cartl_lams=(0.01,), cartl_betas=(1.0, 0.4), cartl_choice=(0.01, 0.4),
         lwf_lams=(0.1, 0.001), fractions=(1.0, 0.5), cartl_seeds=(0, 1),
-        pairs=((DataSpec("synthetic-a", classes=(0, 1)), DataSpec("synthetic-a", classes=(2, 3))),))
+        pairs=((DataSpec("synthetic-a", classes=(0, 1)), DataSpec("synthetic-a", classes=(2, 3))),),
+        pretraining=Pretraining(
+            pt_source=DataSpec("synthetic-c", classes=(0, 1)),
+            pt_targets=(DataSpec("synthetic-c", classes=(2, 3)), DataSpec("synthetic-d", train_n=256)),
+            pretrain_epochs=2, pt_finetune_steps=8, attack_images=32, apgd_iters=5, apgd_restarts=1,
+            square_queries=20, cert_images=16, smoothing_n0=10, smoothing_n=100, noise_images=64))
 
 
 def _quick(gpu: bool) -> Profile:
@@ -219,7 +324,8 @@ def _quick(gpu: bool) -> Profile:
         cartl_test_n=500, pairs=_offline_pairs(None if gpu else 6000),
         # bench/budget.py (figures/03_budget): at 6 epochs NEFT underfits and loses 11-14 points of
         # robustness to plain fine-tuning; from 24 the paper's order shows (CARTL > AT + NEFT > vanilla)
-        cartl_finetune_epochs=24)
+        cartl_finetune_epochs=24,
+        pretraining=_offline_pretraining(gpu, quick=True))
 
 
 def _full() -> Profile:
@@ -238,7 +344,7 @@ def _full() -> Profile:
         eval_attacks=(FoolboxPGD(eps=eps, steps=100, step_size=step_size(eps, 100)),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
         reinit_source=DataSpec("fashion-mnist", train_n=10000, test_n=1000),
-        seeds=(0, 1, 2), pairs=_offline_pairs(None))
+        seeds=(0, 1, 2), pairs=_offline_pairs(None), pretraining=_offline_pretraining(True, quick=False))
 
 
 def _paper() -> Profile:
@@ -255,7 +361,13 @@ def _paper() -> Profile:
         reinit_source=DataSpec("cifar100"),
         seeds=(0, 1, 2), cartl_ks=(4, 6, 8),
         pairs=((DataSpec("cifar100"), DataSpec("svhn")), (DataSpec("cifar100"), DataSpec("gtsrb")),
-               (DataSpec("cifar10"), DataSpec("svhn")), (DataSpec("gtsrb"), DataSpec("svhn"))))
+               (DataSpec("cifar10"), DataSpec("svhn")), (DataSpec("gtsrb"), DataSpec("svhn"))),
+        # Vaishnavi et al. pre-train a ResNet-50 on ImageNet for 12 targets at 224 px; offline of that,
+        # CIFAR-100 -> the 32x32 sets torchvision has, WRN-28-4 (targets missing on disk are skipped)
+        pretraining=Pretraining(
+            pt_source=DataSpec("cifar100"),
+            pt_targets=(DataSpec("cifar10"), DataSpec("svhn"), DataSpec("gtsrb"), DataSpec("stl10")),
+            table6_targets=(0, 1), pt_model=WRNSpec(28, 4), attack_images=1000))
 
 
 PROFILES = ("smoke", "quick", "full", "paper")

@@ -89,7 +89,10 @@ def probe_datasets(profile: Profile) -> None:
     """Load every dataset the notebooks need (source, target, re-init source): a missing one is a
     DatasetNotFound now, before the source trains. (Table 4's extra pairs are optional: a missing
     pair is skipped with a message.)"""
-    for spec in (profile.source, profile.target, profile.reinit_source):
+    specs = [profile.source, profile.target, profile.reinit_source]
+    if profile.pretraining is not None:   # notebook 04's source (its targets are optional, as Table 4's pairs)
+        specs.append(profile.pretraining.pt_source)
+    for spec in specs:
         for split in ("train", "test"):
             D.load(spec.name, split)
 

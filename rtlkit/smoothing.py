@@ -137,3 +137,20 @@ def certified_curve(label: np.ndarray, predict: np.ndarray, rad: np.ndarray, rad
     """Certified accuracy at each radius r: the share certified correct with R >= r."""
     correct = (predict == label) & (predict != ABSTAIN)
     return np.array([float((correct & (rad >= r)).mean()) for r in radii])
+
+
+def noisy_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, seed: int = 0,
+                  batch: int = 1000, autocast=contextlib.nullcontext) -> np.ndarray:
+    """Per example, whether the base classifier is right on one draw of x + sigma * N(0, I)
+    (unclipped; a generator of its own, seeded): Vaishnavi et al. Table 2's accuracy under
+    Gaussian noise. The model runs in eval mode (restored afterwards)."""
+    check_real("noise sigma", sigma, 0)
+    g = _generator(x, seed)
+    out = []
+    with attack_mode(model), torch.no_grad():
+        for start in range(0, len(x), batch):
+            xb = x[start:start + batch]
+            noise = torch.randn(xb.shape, generator=g, device=x.device, dtype=xb.dtype)
+            with autocast():
+                out.append((model(xb + sigma * noise).argmax(1) == y[start:start + batch].to(x.device)).cpu())
+    return torch.cat(out).numpy()

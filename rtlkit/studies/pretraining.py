@@ -1,0 +1,545 @@
+"""Notebook 04 · Vaishnavi et al. (TMLR): pre-training (standard, adversarial, SimCLR, consistency
+regularisation) x robust fine-tuning, measured empirically (APGD-CE, Square) and with
+randomized-smoothing certificates. Tables 2-7 and Figs. 2-3: steps, plots and the widget panel.
+
+Every L2 number (AT and attack eps, sigma, the RA-CT radius, Table 3's radii, Table 2's noise)
+follows one rule: the paper's [0,1]-pixel values, eps = sigma = 0.5 (``profiles.L2_EPS``).
+The methods live in ``rtlkit.methods`` (consistency, simclr) and ``rtlkit.training``; attacks in
+``rtlkit.attacks`` (APGD, Square); certificates in ``rtlkit.smoothing``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import data as D
+from .. import plots, widgets
+from ..attacks import APGD, PGD, Square
+from ..errors import ConfigError, DatasetNotFound
+from ..methods.consistency import ConsistencyTraining
+from ..methods.simclr import SimCLRTraining
+from ..profiles import Pretraining, Profile
+from ..runs import SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train
+from ..runtime import Runtime
+from ..smoothing import Smoothing, certified_curve, noisy_correct
+from ..training import AdversarialTraining, StandardTraining
+from ..transfer import TransferPolicy
+
+__all__ = ["noise_table", "certified_sources", "empirical_transfer", "certified_transfer", "certified_curves",
+           "pretraining_ablation", "robust_finetuning_needed", "relative_change", "regressions", "panel"]
+
+PRETRAININGS = ("Random", "AT", "CR", "SimCLR", "ST")
+FINE_TUNE_ALL = TransferPolicy(k="all", bn_affine="train")             # Tables 4-6: the whole network
+RANDOM_INIT = TransferPolicy(k="all", reinit=True, bn_affine="train")  # same adapted inputs, no source weight
+LAST_LAYER = TransferPolicy(k=1)                                       # Table 7: the classifier alone
+
+
+def _pt(profile: Profile) -> Pretraining:
+    if profile.pretraining is None:
+        raise ConfigError(f"profile {profile.name} has no notebook-04 settings (Profile.pretraining)")
+    return profile.pretraining
+
+
+def l2_pgd(eps: float) -> PGD:
+    """Sec. 4.1's training attack: L2 PGD, 3 steps of 2 eps / 3 (not ``profiles.pgd``'s step rule)."""
+    return PGD(eps=eps, steps=3, step_size=2 * eps / 3, norm="l2")
+
+
+def pretrain_method(pt: Pretraining, name: str) -> StandardTraining:
+    """The source-training method of a pre-training (Sec. 4.1; SimCLR: Chen et al. App. B.9)."""
+    kw = dict(epochs=pt.pretrain_epochs)
+    methods = {"AT": lambda: AdversarialTraining(attack=l2_pgd(pt.l2_eps), **kw),
+               "CR": lambda: ConsistencyTraining(sigma=pt.l2_eps, **kw),
+               "SimCLR": lambda: SimCLRTraining(**kw),
+               "ST": lambda: StandardTraining(**kw)}
+    if name not in methods:
+        raise ConfigError(f"unknown pre-training {name!r}; one of {', '.join(methods)} (or Random)")
+    return methods[name]()
+
+
+def finetune_method(pt: Pretraining, name: str) -> StandardTraining:
+    """Robust fine-tuning by AT or CR, or standard (ST, Table 7), for ``pt_finetune_steps`` SGD
+    steps on every target (App. A's grid search and plateau decay are not reproduced)."""
+    kw = dict(steps=pt.pt_finetune_steps, lr=pt.pt_lr)
+    methods = {"AT": lambda: AdversarialTraining(attack=l2_pgd(pt.l2_eps), **kw),
+               "CR": lambda: ConsistencyTraining(sigma=pt.l2_eps, **kw),
+               "ST": lambda: StandardTraining(**kw)}
+    if name not in methods:
+        raise ConfigError(f"unknown fine-tuning {name!r}; one of {', '.join(methods)}")
+    return methods[name]()
+
+
+def source_run(profile: Profile, pretraining: str, seed: int = 0) -> SourceRun:
+    pt = _pt(profile)
+    return SourceRun(pt.pt_source, pt.pt_model or profile.model, pretrain_method(pt, pretraining), seed)
+
+
+def transfer_run(profile: Profile, pretraining: str, finetune: str, target, seed: int = 0) -> TransferRun:
+    """Fine-tune a pre-trained source on ``target``: the whole network (Tables 4-6), or the last
+    layer for ``finetune="ST"`` (Table 7). "Random" re-initialises every block of the ST source
+    (the same model and adapted inputs, no source weight)."""
+    pt = _pt(profile)
+    if pretraining == "Random":
+        src, policy = source_run(profile, "ST", seed), RANDOM_INIT
+    else:
+        src, policy = source_run(profile, pretraining, seed), (LAST_LAYER if finetune == "ST" else FINE_TUNE_ALL)
+    return TransferRun(src, target, policy, finetune_method(pt, finetune), seed)
+
+
+def attacks(pt: Pretraining) -> tuple[APGD, Square]:
+    """RA-WB and RA-BB (Sec. 4.1): APGD-CE and Square, L2, at the training eps."""
+    return (APGD(eps=pt.l2_eps, n_iter=pt.apgd_iters, n_restarts=pt.apgd_restarts),
+            Square(eps=pt.l2_eps, n_queries=pt.square_queries))
+
+
+def smoothing(pt: Pretraining, sigma: float | None = None) -> Smoothing:
+    return Smoothing(sigma=pt.l2_eps if sigma is None else sigma, n0=pt.smoothing_n0, n=pt.smoothing_n,
+                     alpha=pt.smoothing_alpha)
+
+
+def record(profile: Profile) -> dict:
+    """What a manifest records of notebook 04's measurement settings."""
+    pt = _pt(profile)
+    s = smoothing(pt)
+    return {"eps_rule": f"L2 eps = sigma = {pt.l2_eps:g} in [0,1] pixels at every input size (profiles.L2_EPS)",
+            "N0": s.n0, "N": s.n, "alpha": s.alpha, "sigma": s.sigma, "max_certifiable_radius": s.max_radius,
+            "apgd_iters": pt.apgd_iters, "apgd_restarts": pt.apgd_restarts, "square_queries": pt.square_queries,
+            "attack_images": pt.attack_images, "cert_images": pt.cert_images, "noise_images": pt.noise_images,
+            "pretrain_epochs": pt.pretrain_epochs, "finetune_steps": pt.pt_finetune_steps, "seeds": list(pt.pt_seeds)}
+
+
+def setting(profile: Profile) -> str:
+    pt = _pt(profile)
+    s = smoothing(pt)
+    return (f"{pt.pt_source.label} -> {len(pt.pt_targets)} targets, {(pt.pt_model or profile.model).name}, "
+            f"L2 eps = sigma = {pt.l2_eps:g}, N={s.n} on {pt.cert_images} images, {len(pt.pt_seeds)} seed(s) "
+            f"({profile.name})")
+
+
+def targets(pt: Pretraining) -> list:
+    """The targets whose data is on disk (a missing one is skipped with a line, as Table 4 pairs)."""
+    out = []
+    for t in pt.pt_targets:
+        try:
+            D.load(t.name, "train")
+            out.append(t)
+        except DatasetNotFound as e:
+            print(f"skipped target {t.label}: {str(e).splitlines()[0]}")
+    return out
+
+
+def _images(run, n: int | None, runtime: Runtime):
+    test = D.evenly_spaced(run.test_data(), n)
+    return runtime.inputs(test.x.float().div(255).to(runtime.device)), test.y.to(runtime.device)
+
+
+# --------------------------------------------------------------------------- steps (one per table)
+
+def noise_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 2: the AT and CR sources' accuracy on x + N(0, sigma^2 I) (one seeded draw per image)."""
+    pt, runtime = _pt(profile), runtime or Runtime()
+    rows = []
+    for seed in pt.pt_seeds:
+        for name in ("AT", "CR"):
+            run = source_run(profile, name, seed)
+            model = get_or_train(run, runtime, progress)
+            if model is None:   # rtlkit.plan's recording mode: nothing runs
+                continue
+            x, y = _images(run, pt.noise_images, runtime)
+            clean = noisy_correct(model, x, y, 0.0, seed, autocast=runtime.autocast).mean()
+            for sigma in pt.noise_sigmas:
+                acc = noisy_correct(model, x, y, sigma, seed, autocast=runtime.autocast).mean()
+                rows.append(dict(pretraining=name, sigma=sigma, seed=seed, clean_acc=float(clean),
+                                 robust_acc=float(acc), n_test=len(y), dataset=run.data.label))
+    return pd.DataFrame(rows)
+
+
+def certified_sources(profile: Profile, runtime: Runtime | None = None, progress: bool = True,
+                      grid: int = 41) -> pd.DataFrame:
+    """Table 3: certified accuracy of the smoothed AT source (sigma = at_sigma) and CR source (sigma =
+    eps) at the table's radii (``table3`` rows) and on a grid for the curve. A radius above
+    sigma * Phi^-1(alpha^(1/N)) cannot be certified with N draws: ``certifiable`` is False there."""
+    pt = _pt(profile)
+    rows = []
+    for seed in pt.pt_seeds:
+        for name, sigma in (("AT", pt.at_sigma), ("CR", pt.l2_eps)):
+            s = smoothing(pt, sigma)
+            m = get_or_certify(source_run(profile, name, seed), s, pt.l2_eps, runtime, progress, test_n=pt.cert_images)
+            rows += _curve_rows(m, s, pt.radii, grid, pretraining=name, seed=seed)
+    return pd.DataFrame(rows)
+
+
+def _curve_rows(m: dict, s: Smoothing, radii, grid: int, **keys) -> list[dict]:
+    t = m["table"]
+    top = max(max(radii), s.max_radius * 1.05)
+    rs = sorted(set(float(r) for r in radii) | set(np.linspace(0, top, grid).round(4).tolist()))
+    acc = certified_curve(t.label.to_numpy(), t.predict.to_numpy(), t.radius.to_numpy(), rs) if len(t) else \
+        np.zeros(len(rs))
+    return [dict(**keys, sigma=s.sigma, r=r, table3=r in radii, certifiable=r <= s.max_radius,
+                 clean_acc=m["smoothed_acc"], robust_acc=float(a), acr=m["acr"], abstain=m["abstain"],
+                 n_test=m["n_test"], N=s.n) for r, a in zip(rs, acc)]
+
+
+def _empirical_row(profile, runtime, progress, pretraining: str, target, seed: int) -> dict:
+    pt = _pt(profile)
+    wb, bb = attacks(pt)
+    m = get_or_evaluate(transfer_run(profile, pretraining, "AT", target, seed), [wb, bb], runtime, progress,
+                        test_n=pt.attack_images)
+    ra_wb, ra_bb = m[f"robust_acc[{wb.label}]"], m[f"robust_acc[{bb.label}]"]
+    return dict(target=target.label, pretraining=pretraining, finetune="AT", seed=seed, sa=m["clean_acc"],
+                ra_wb=ra_wb, ra_bb=ra_bb, clean_acc=m["clean_acc"], robust_acc=ra_wb, ra_min=m["robust_acc"],
+                n_test=m["n_test"])
+
+
+def _certified_row(profile, runtime, progress, pretraining: str, finetune: str, target, seed: int) -> dict:
+    pt = _pt(profile)
+    m = get_or_certify(transfer_run(profile, pretraining, finetune, target, seed), smoothing(pt), pt.l2_eps,
+                       runtime, progress, test_n=pt.cert_images)
+    return dict(target=target.label, pretraining=pretraining, finetune=finetune, seed=seed, sigma=pt.l2_eps,
+                sa=m["smoothed_acc"], ra_ct=m["certified_acc"], acr=m["acr"], abstain=m["abstain"],
+                clean_acc=m["smoothed_acc"], robust_acc=m["certified_acc"], n_test=m["n_test"])
+
+
+def empirical_transfer(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 4: Random / AT / SimCLR pre-training, whole network fine-tuned by AT; SA, RA-WB
+    (APGD-CE), RA-BB (Square), each attack's own column (``ra_min``: an example must survive both)."""
+    pt = _pt(profile)
+    return pd.DataFrame([_empirical_row(profile, runtime, progress, pre, t, s)
+                         for t in targets(pt) for pre in ("Random", "AT", "SimCLR") for s in pt.pt_seeds])
+
+
+def certified_transfer(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 5: Random / CR / SimCLR pre-training, whole network fine-tuned by CR; the smoothed
+    classifier's SA, RA-CT (certified at R >= eps) and ACR."""
+    pt = _pt(profile)
+    return pd.DataFrame([_certified_row(profile, runtime, progress, pre, "CR", t, s)
+                         for t in targets(pt) for pre in ("Random", "CR", "SimCLR") for s in pt.pt_seeds])
+
+
+def certified_curves(profile: Profile, runtime: Runtime | None = None, progress: bool = True,
+                     grid: int = 41) -> pd.DataFrame:
+    """Certified accuracy against the radius for every Table 5 model (from the cached certificates)."""
+    pt = _pt(profile)
+    rows = []
+    for t in targets(pt):
+        for pre in ("Random", "CR", "SimCLR"):
+            for seed in pt.pt_seeds:
+                s = smoothing(pt)
+                m = get_or_certify(transfer_run(profile, pre, "CR", t, seed), s, pt.l2_eps, runtime, progress,
+                                   test_n=pt.cert_images)
+                rows += _curve_rows(m, s, pt.radii, grid, target=t.label, pretraining=pre, seed=seed)
+    return pd.DataFrame(rows)
+
+
+def pretraining_ablation(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 6: is robust pre-training needed? AT / ST / SimCLR + AT fine-tuning (empirical) and
+    CR / ST / SimCLR + CR fine-tuning (certified) on the Table 6 targets."""
+    pt = _pt(profile)
+    rows = []
+    for t in _table6(pt):
+        for s in pt.pt_seeds:
+            rows += [dict(_empirical_row(profile, runtime, progress, pre, t, s), kind="empirical")
+                     for pre in ("AT", "ST", "SimCLR")]
+            rows += [dict(_certified_row(profile, runtime, progress, pre, "CR", t, s), kind="certified")
+                     for pre in ("CR", "ST", "SimCLR")]
+    return pd.DataFrame(rows)
+
+
+def robust_finetuning_needed(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 7: the CR source with only its last layer fine-tuned by standard training, smoothed
+    at sigma = eps and at sigma = 0 (the base classifier: RA-CT = ACR = 0 by Eq. 2, never certified)."""
+    pt, runtime = _pt(profile), runtime or Runtime()
+    rows = []
+    for t in _table6(pt):
+        for s in pt.pt_seeds:
+            row = _certified_row(profile, runtime, progress, "CR", "ST", t, s)
+            rows.append(dict(row, finetune="ST (last layer)"))
+            run = transfer_run(profile, "CR", "ST", t, s)
+            model = get_or_train(run, runtime, progress)
+            if model is None:
+                continue
+            x, y = _images(run, pt.cert_images, runtime)
+            base = float(noisy_correct(model, x, y, 0.0, s, autocast=runtime.autocast).mean())
+            rows.append(dict(row, finetune="ST (last layer)", sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0,
+                             clean_acc=base, robust_acc=0.0))
+    return pd.DataFrame(rows)
+
+
+def _table6(pt: Pretraining) -> list:
+    have = targets(pt)
+    return [pt.pt_targets[i] for i in pt.table6_targets if pt.pt_targets[i] in have]
+
+
+# --------------------------------------------------------------------------- analysis
+
+METRICS = {"empirical": ("sa", "ra_wb", "ra_bb"), "certified": ("sa", "ra_ct", "acr")}
+NAMES = {"sa": "SA", "ra_wb": "RA-WB", "ra_bb": "RA-BB", "ra_ct": "RA-CT", "acr": "ACR"}
+
+
+def relative_change(df: pd.DataFrame, baseline: str | dict = "Random") -> pd.DataFrame:
+    """Relative change in % of each metric against the ``baseline`` pre-training (a name, or one per
+    fine-tuning: Table 6 compares with AT under AT fine-tuning, CR under CR) on the same target and
+    fine-tuning (Tables 4-6's superscripts), means over seeds; a ``mean`` target row per method.
+    ``clean_acc`` and ``robust_acc`` carry the pre-trained model's SA and RA-WB (or RA-CT)."""
+    metrics = [m for m in NAMES if m in df.columns and df[m].notna().any()]
+    g = df.groupby(["target", "finetune", "pretraining"], sort=False)[metrics + ["clean_acc", "robust_acc"]]
+    g = g.mean().reset_index()
+    out = []
+    for (target, ft), part in g.groupby(["target", "finetune"], sort=False):
+        name = baseline.get(ft) if isinstance(baseline, dict) else baseline
+        base = part[part.pretraining == name]
+        if base.empty:
+            continue
+        for _, r in part[part.pretraining != name].iterrows():
+            row = dict(target=target, finetune=ft, pretraining=r.pretraining, baseline=name,
+                       clean_acc=r.clean_acc, robust_acc=r.robust_acc)
+            for m in metrics:
+                b = base[m].iloc[0]
+                row[m] = r[m]
+                row[f"{m}_base"] = b
+                row[f"d_{m}"] = 100 * (r[m] - b) / b if b > 0 else np.nan
+            out.append(row)
+    res = pd.DataFrame(out)
+    if res.empty:
+        return res
+    cols = [c for c in res.columns if c.startswith("d_")] + ["clean_acc", "robust_acc"]
+    means = res.groupby(["finetune", "pretraining", "baseline"], sort=False)[cols].mean()
+    means = means.reset_index().assign(target="mean")
+    return pd.concat([res, means], ignore_index=True)
+
+
+def regressions(changes: pd.DataFrame, y: str, x: str = "d_sa") -> pd.DataFrame:
+    """Figs. 2-3: per pre-training method, the OLS line of the relative change in ``y`` against the
+    change in SA over targets (the mean row left out): slope, intercept, R^2 and n."""
+    rows = []
+    pts = changes[changes.target != "mean"]
+    for pre, part in pts.groupby("pretraining", sort=False):
+        p = part[[x, y]].dropna()
+        n = len(p)
+        if n >= 2 and p[x].var() > 0:
+            slope, icept = np.polyfit(p[x], p[y], 1)
+            r2 = float(np.corrcoef(p[x], p[y])[0, 1] ** 2) if p[y].var() > 0 else np.nan
+        else:
+            slope = icept = r2 = np.nan
+        rows.append(dict(pretraining=pre, x=x, y=y, slope=float(slope), intercept=float(icept), r2=r2, n=n))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+PAPER_SETTING = "paper: ImageNet -> 12 targets, ResNet-50, 224 px, L2 eps = sigma = 0.5 (Vaishnavi et al.)"
+PAPER = {
+    # Table 2: accuracy (%) under Gaussian noise of the ImageNet AT and CR classifiers
+    "table2": {"AT": {0.001: 54.5, 0.01: 54.5, 0.1: 28.5, 0.5: 0.1},
+               "CR": {0.001: 19.0, 0.01: 19.1, 0.1: 21.8, 0.5: 60.5}},
+    # Table 3: certified accuracy (%) at L2 radius r (AT smoothed at sigma 0.01, CR at 0.5)
+    "table3": {"AT": {0.0: 49.6, 0.5: 0.0, 1.0: 0.0, 1.5: 0.0}, "CR": {0.0: 54.8, 0.5: 50.1, 1.0: 43.8, 1.5: 33.5}},
+    # Sec. 4.2-4.3: mean relative change (%) over 12 targets against random initialisation
+    "mean_change": {("AT", "AT"): {"d_sa": 11.4, "d_ra_wb": 12.6, "d_ra_bb": 13.0},
+                    ("AT", "SimCLR"): {"d_sa": 14.1, "d_ra_wb": 9.9, "d_ra_bb": 15.5},
+                    ("CR", "CR"): {"d_sa": 7.1, "d_ra_ct": 7.5, "d_acr": 7.3},
+                    ("CR", "SimCLR"): {"d_sa": 9.9, "d_ra_ct": 9.1, "d_acr": 6.9}},
+    # Figs. 2-3: R^2 of the change in robustness against the change in SA (n = 12 targets)
+    "r2": {("d_ra_wb", "AT"): 0.98, ("d_ra_wb", "SimCLR"): 0.94, ("d_ra_ct", "CR"): 0.92,
+           ("d_ra_ct", "SimCLR"): 0.89, ("d_acr", "CR"): 0.94, ("d_acr", "SimCLR"): 0.86},
+    # Table 6 (%; ACR in L2 units)
+    "table6": [("CIFAR-10", "empirical", "AT", 95.8, 91.7, 94.0), ("CIFAR-10", "empirical", "ST", 95.4, 91.2, 91.4),
+               ("CIFAR-10", "empirical", "SimCLR", 95.9, 91.2, 93.8),
+               ("CIFAR-100", "empirical", "AT", 80.1, 70.6, 75.1), ("CIFAR-100", "empirical", "ST", 78.5, 68.1, 73.5),
+               ("CIFAR-100", "empirical", "SimCLR", 80.9, 70.3, 75.8),
+               ("CIFAR-10", "certified", "CR", 93.4, 89.2, 1.601), ("CIFAR-10", "certified", "ST", 93.0, 88.6, 1.584),
+               ("CIFAR-10", "certified", "SimCLR", 93.2, 90.4, 1.619),
+               ("CIFAR-100", "certified", "CR", 70.8, 65.2, 1.101), ("CIFAR-100", "certified", "ST", 70.2, 60.6, 1.050),
+               ("CIFAR-100", "certified", "SimCLR", 72.8, 65.0, 1.089)],
+    # Table 7: CR source, last layer fine-tuned by ST; (target, sigma, SA %, RA-CT %, ACR)
+    "table7": [("CIFAR-10", 0.5, 8.4, 5.4, 0.073), ("CIFAR-10", 0.0, 91.0, 0.0, 0.0),
+               ("CIFAR-100", 0.5, 0.4, 0.4, 0.008), ("CIFAR-100", 0.0, 75.6, 0.0, 0.0)],
+}
+
+
+def paper_rows(table: str) -> pd.DataFrame:
+    """The paper's rows of a table in our columns (fractions), ``source`` = paper."""
+    rows = []
+    if table == "table2":
+        for pre, accs in PAPER["table2"].items():
+            rows += [dict(pretraining=pre, sigma=s, robust_acc=a / 100) for s, a in accs.items()]
+    elif table == "table3":
+        for pre, accs in PAPER["table3"].items():
+            rows += [dict(pretraining=pre, r=r, table3=True, sigma=0.01 if pre == "AT" else 0.5,
+                          clean_acc=accs[0.0] / 100, robust_acc=a / 100) for r, a in accs.items()]
+    elif table == "table6":
+        for target, kind, pre, sa, ra, third in PAPER["table6"]:
+            rob = dict(ra_wb=ra / 100, ra_bb=third / 100) if kind == "empirical" else dict(ra_ct=ra / 100, acr=third)
+            rows.append(dict(target=target, kind=kind, pretraining=pre, sa=sa / 100, clean_acc=sa / 100,
+                             robust_acc=ra / 100, **rob))
+    elif table == "table7":
+        rows = [dict(target=t, pretraining="CR", finetune="ST (last layer)", sigma=s, sa=sa / 100, ra_ct=ra / 100,
+                     acr=acr, clean_acc=sa / 100, robust_acc=ra / 100) for t, s, sa, ra, acr in PAPER["table7"]]
+    else:
+        raise ConfigError(f"no paper table {table!r}")
+    return pd.DataFrame(rows).assign(source="paper", setting=PAPER_SETTING)
+
+
+def with_paper(ours: pd.DataFrame, table: str, setting: str = "") -> pd.DataFrame:
+    return pd.concat([ours.assign(source="rtlkit", setting=setting), paper_rows(table)], ignore_index=True)
+
+
+def changes_vs_paper(changes: pd.DataFrame, fits: list[pd.DataFrame]) -> pd.DataFrame:
+    """Our mean relative changes and R^2 beside the paper's (Secs. 4.2-4.3, Figs. 2-3)."""
+    rows = []
+    for (ft, pre), paper in PAPER["mean_change"].items():
+        ours = changes[(changes.target == "mean") & (changes.finetune == ft) & (changes.pretraining == pre)]
+        for k, v in paper.items():
+            rows.append(dict(quantity=f"mean {NAMES[k[2:]]} change %", finetune=ft, pretraining=pre, paper=v,
+                             rtlkit=float(ours[k].iloc[0]) if len(ours) and k in ours else np.nan))
+    fit = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=["y", "pretraining"])
+    for (y, pre), v in PAPER["r2"].items():
+        f = fit[(fit.y == y) & (fit.pretraining == pre)]
+        rows.append(dict(quantity=f"R^2 of {NAMES[y[2:]]} change on SA change", pretraining=pre, paper=v,
+                         rtlkit=float(f.r2.iloc[0]) if len(f) else np.nan,
+                         slope=float(f.slope.iloc[0]) if len(f) else np.nan, n=int(f.n.iloc[0]) if len(f) else 0,
+                         n_paper=12))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- plots
+
+_COLOURS = {"Random": "tab:gray", "AT": "tab:red", "CR": "tab:purple", "SimCLR": "tab:green", "ST": "tab:blue"}
+
+
+def plot_noise(t2: pd.DataFrame, title: str = ""):
+    """Table 2: accuracy against the noise sigma (log axis), ours solid, the paper's dashed."""
+    fig, ax = plots.plt.subplots(figsize=(6, 4))
+    for (src, pre), part in t2.groupby(["source", "pretraining"], sort=False):
+        part = part.groupby("sigma").robust_acc.mean()
+        ax.plot(part.index, part.values * 100, marker="o", ls="-" if src == "rtlkit" else "--",
+                color=_COLOURS.get(pre), label=f"{pre} ({src})", alpha=1 if src == "rtlkit" else 0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("noise sigma (L2, [0,1] pixels)")
+    ax.set_ylabel("accuracy on x + N(0, sigma^2 I) (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+def plot_certified(curves: pd.DataFrame, by: str | None = "target", title: str = ""):
+    """Certified accuracy against the radius, one panel per ``by`` value (or one panel), one line
+    per pre-training with its ACR; radii above what N draws can certify are shaded."""
+    ours = curves[curves.get("source", "rtlkit") == "rtlkit"] if "source" in curves else curves
+    groups = list(ours.groupby(by, sort=False)) if by else [("", ours)]
+    fig, axes = plots.plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    for ax, (name, part) in zip(axes[0], groups):
+        for pre, c in part.groupby("pretraining", sort=False):
+            c = c.groupby("r", sort=True).agg(acc=("robust_acc", "mean"), acr=("acr", "mean"), sigma=("sigma", "first"))
+            ax.plot(c.index, c.acc * 100, color=_COLOURS.get(pre), label=f"{pre} (σ={c.sigma.iloc[0]:g}, "
+                    f"ACR {c.acr.iloc[0]:.3f})")
+        bad = part[~part.certifiable.astype(bool)].r
+        if len(bad):
+            ax.axvspan(bad.min(), part.r.max(), color="0.9", zorder=0, label="beyond N's reach")
+        ax.set_xlabel("L2 radius r")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(str(name), fontsize=9)
+        ax.legend(fontsize=7)
+    return plots.finish(fig, title)
+
+
+def plot_bars(df: pd.DataFrame, metrics: tuple[str, ...], title: str = "", by: str = "target"):
+    """Grouped bars: one panel per metric, groups by ``by``, one bar per pre-training (mean over seeds)."""
+    ours = df[df.source == "rtlkit"] if "source" in df else df
+    fig, axes = plots.plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    order = [p for p in PRETRAININGS if p in set(ours.pretraining)]
+    order += [p for p in dict.fromkeys(ours.pretraining) if p not in order]
+    groups = list(dict.fromkeys(ours[by]))
+    width = 0.8 / max(1, len(order))
+    for ax, m in zip(axes[0], metrics):
+        g = ours.groupby([by, "pretraining"], sort=False)[m].mean()
+        scale = 1 if m == "acr" else 100
+        for i, pre in enumerate(order):
+            vals = [g.get((t, pre), np.nan) * scale for t in groups]
+            ax.bar(np.arange(len(groups)) + (i - (len(order) - 1) / 2) * width, vals, width,
+                   color=_COLOURS.get(pre), label=pre)
+        ax.set_xticks(np.arange(len(groups)))
+        ax.set_xticklabels(groups, rotation=25, ha="right", fontsize=8)
+        ax.set_ylabel(NAMES[m] + (" (L2)" if m == "acr" else " (%)"))
+        if m != "acr":
+            ax.set_ylim(0, 100)
+    axes[0][0].legend(fontsize=8)
+    return plots.finish(fig, title)
+
+
+def plot_regressions(changes: pd.DataFrame, ys: tuple[str, ...], title: str = ""):
+    """Figs. 2-3: relative change in robustness against relative change in SA, a point per target,
+    an OLS line per pre-training method, R^2 and n in the legend."""
+    pts = changes[changes.target != "mean"]
+    fig, axes = plots.plt.subplots(1, len(ys), figsize=(5.2 * len(ys), 4.2), squeeze=False)
+    for ax, y in zip(axes[0], ys):
+        fit = regressions(changes, y).set_index("pretraining")
+        for pre, part in pts.groupby("pretraining", sort=False):
+            p = part[["d_sa", y, "target"]].dropna()
+            if p.empty:
+                continue
+            f = fit.loc[pre]
+            ax.scatter(p.d_sa, p[y], color=_COLOURS.get(pre),
+                       label=f"{pre}: R²={f.r2:.2f}, slope {f.slope:.2f}, n={int(f.n)}")
+            for _, r in p.iterrows():
+                ax.annotate(r.target, (r.d_sa, r[y]), fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
+            if np.isfinite(f.slope):
+                xs = np.linspace(p.d_sa.min(), p.d_sa.max(), 10)
+                ax.plot(xs, f.slope * xs + f.intercept, color=_COLOURS.get(pre), alpha=0.6)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.set_xlabel("improvement in SA (%)")
+        ax.set_ylabel(f"improvement in {NAMES[y[2:]]} (%)")
+        ax.legend(fontsize=7)
+    return plots.finish(fig, title)
+
+
+# --------------------------------------------------------------------------- widget panel
+
+PANEL_METRICS = {"SA": "sa", "RA-WB": "ra_wb", "RA-BB": "ra_bb", "RA-CT": "ra_ct", "ACR": "acr",
+                 "certified curve": None}
+
+
+def panel(empirical: pd.DataFrame, certified: pd.DataFrame, curves: pd.DataFrame, interactive: bool = True):
+    """Pick a target, pre-training methods and a metric; re-plots the cached tables."""
+    if not interactive:
+        return None
+    import ipywidgets as W
+    both = pd.concat([empirical, certified], ignore_index=True)
+    targets = list(dict.fromkeys(both.target))
+    target = W.Dropdown(options=["every target"] + targets, description="target")
+    methods = W.SelectMultiple(options=[p for p in PRETRAININGS if p in set(both.pretraining)],
+                               value=tuple(p for p in PRETRAININGS if p in set(both.pretraining)),
+                               description="method", rows=5)
+    metric = W.Dropdown(options=list(PANEL_METRICS), value="RA-WB", description="metric")
+    out = W.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            picked = set(methods.value)
+            key = PANEL_METRICS[metric.value]
+            src = curves if key is None else (certified if key in ("ra_ct", "acr") else empirical)
+            if metric.value == "SA":   # SA after AT fine-tuning and (smoothed) after CR fine-tuning
+                src = both.assign(pretraining=both.pretraining, label=both.pretraining + " / " + both.finetune)
+            rows = src[src.pretraining.isin(picked)]
+            if target.value != "every target":
+                rows = rows[rows.target == target.value]
+            if key is not None:
+                rows = rows[rows[key].notna()] if key in rows else rows.iloc[0:0]
+            if rows.empty:
+                print("Nothing selected: pick at least one method that has this metric "
+                      "(RA-WB/RA-BB: Random, AT, SimCLR; RA-CT/ACR and curves: Random, CR, SimCLR).")
+                return
+            if key is None:
+                plot_certified(rows, "target")
+            else:
+                rows = rows.assign(pretraining=rows["label"]) if "label" in rows else rows
+                plot_bars(rows.assign(source="rtlkit"), (key,), "")
+            plots.plt.show()
+
+    for w in (target, methods, metric):
+        w.observe(redraw, "value")
+    redraw()
+    return widgets.display(W.VBox([W.HBox([target, metric]), W.HBox([methods, out])]))
