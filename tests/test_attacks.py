@@ -261,3 +261,15 @@ def test_square_and_apgd_labels_name_every_setting():
     for bad in (lambda: APGD(eps=0), lambda: APGD(norm="l1"), lambda: Square(n_queries=0), lambda: Square(p_init=0)):
         with pytest.raises(ConfigError):
             bad()
+
+
+def test_l2_square_on_a_size_its_start_cannot_tile_is_a_clear_error():
+    from rtlkit.attacks import Square
+    """pyautoattack 0.2.0's L2 Square start runs past the edge of 12 x 12 images (a shape error
+    deep inside it): the adapter says so first."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    x, y = torch.rand(2, 1, 12, 12), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match="cannot start on 12x12"):
+        Square(eps=0.5, n_queries=5)(model, x, y)
+    Square(eps=0.5, n_queries=5)(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 2)),
+                                 torch.rand(2, 1, 16, 16), y)

@@ -12,7 +12,8 @@ from rtlkit.transfer import TransferPolicy
 
 from conftest import TINY
 
-NOT_STEPS = {"summarise", "bn_table", "attack_disagreements", "with_paper"}   # table helpers: they run nothing
+NOT_STEPS = {"summarise", "bn_table", "attack_disagreements", "with_paper",   # table helpers: they run nothing
+             "setting", "record", "relative_change", "regressions", "changes_vs_paper"}
 
 
 @pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)
@@ -57,7 +58,7 @@ def test_estimate_from_benchmark_rates():
 
 def test_plan_of_the_smoke_profile_runs_nothing(runs_root):
     p = plan.plan(profiles.get("smoke"))
-    assert p.totals()["sources"] == 5 and not runs_root.exists()
+    assert p.totals()["sources"] == 5 + 4 and not runs_root.exists()   # 01-03: 5; 04: AT, CR, SimCLR, ST
 
 
 def test_default_profile_is_full_on_a_gpu_and_quick_on_the_cpu():

@@ -144,3 +144,20 @@ def test_certificates_are_cached_with_a_per_example_tsv_that_recomputes_the_summ
         rebuilt = runs.get_or_certify(run, s, eps=0.25, runtime=cpu, progress=False, test_n=20)
     cols = ["index", "label", "predict", "count", "p_lower", "radius", "correct"]   # not the timings
     assert rebuilt["table"][cols].equals(m["table"][cols])
+
+
+def test_accuracy_under_noise_is_phi_of_the_margin_for_a_linear_classifier():
+    """Table 2's measure: a linear classifier at signed distance m from its boundary is right on
+    x + sigma N(0, I) with probability Phi(m / sigma); sigma = 0 is the clean accuracy."""
+    from rtlkit.smoothing import noisy_correct
+    model = Linear()
+    x = points(model, [0.5 * SIGMA]).repeat(20_000, 1, 1, 1)
+    y = torch.ones(len(x), dtype=torch.long)
+    acc = noisy_correct(model, x, y, SIGMA, seed=3).mean()
+    p = norm.cdf(0.5)
+    assert abs(acc - p) < 4 * np.sqrt(p * (1 - p) / len(x))
+    assert noisy_correct(model, x[:10], y[:10], 0.0).all()
+    again = noisy_correct(model, x[:500], y[:500], SIGMA, seed=3)
+    assert (again == noisy_correct(model, x[:500], y[:500], SIGMA, seed=3)).all()   # its own seeded generator
+    with pytest.raises(ConfigError):
+        noisy_correct(model, x[:2], y[:2], -0.1)

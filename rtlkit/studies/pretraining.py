@@ -424,18 +424,25 @@ def plot_noise(t2: pd.DataFrame, title: str = ""):
 
 def plot_certified(curves: pd.DataFrame, by: str | None = "target", title: str = ""):
     """Certified accuracy against the radius, one panel per ``by`` value (or one panel), one line
-    per pre-training with its ACR; radii above what N draws can certify are shaded."""
+    per pre-training with its ACR, dots at Table 3's radii; radii above what N draws can certify
+    at that sigma are drawn thick and faint."""
     ours = curves[curves.get("source", "rtlkit") == "rtlkit"] if "source" in curves else curves
     groups = list(ours.groupby(by, sort=False)) if by else [("", ours)]
     fig, axes = plots.plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
     for ax, (name, part) in zip(axes[0], groups):
+        marked = False
         for pre, c in part.groupby("pretraining", sort=False):
-            c = c.groupby("r", sort=True).agg(acc=("robust_acc", "mean"), acr=("acr", "mean"), sigma=("sigma", "first"))
-            ax.plot(c.index, c.acc * 100, color=_COLOURS.get(pre), label=f"{pre} (σ={c.sigma.iloc[0]:g}, "
-                    f"ACR {c.acr.iloc[0]:.3f})")
-        bad = part[~part.certifiable.astype(bool)].r
-        if len(bad):
-            ax.axvspan(bad.min(), part.r.max(), color="0.9", zorder=0, label="beyond N's reach")
+            c = c.groupby("r", sort=True).agg(acc=("robust_acc", "mean"), acr=("acr", "mean"), sigma=("sigma", "first"),
+                                              ok=("certifiable", "all"), table3=("table3", "any"))
+            colour = _COLOURS.get(pre)
+            ax.plot(c.index, c.acc * 100, color=colour, label=f"{pre} (σ={c.sigma.iloc[0]:g}, ACR {c.acr.iloc[0]:.3f})")
+            t3 = c[c.table3.astype(bool)]
+            ax.scatter(t3.index, t3.acc * 100, color=colour, s=18, zorder=3)
+            beyond = c[~c.ok.astype(bool)]
+            if len(beyond):   # radii N draws cannot certify at this sigma: drawn thick and faint
+                ax.plot(beyond.index, beyond.acc * 100, color=colour, lw=5, alpha=0.25,
+                        label=None if marked else "beyond what N draws can certify")
+                marked = True
         ax.set_xlabel("L2 radius r")
         ax.set_ylabel("certified accuracy (%)")
         ax.set_ylim(0, 100)
@@ -464,34 +471,60 @@ def plot_bars(df: pd.DataFrame, metrics: tuple[str, ...], title: str = "", by: s
         ax.set_ylabel(NAMES[m] + (" (L2)" if m == "acr" else " (%)"))
         if m != "acr":
             ax.set_ylim(0, 100)
-    axes[0][0].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))   # beside the bars, never on them
     return plots.finish(fig, title)
+
+
+def _regression_panel(ax, changes: pd.DataFrame, y: str, annotate: bool = True) -> None:
+    pts = changes[changes.target != "mean"]
+    fit = regressions(changes, y).set_index("pretraining")
+    for pre, part in pts.groupby("pretraining", sort=False):
+        p = part[["d_sa", y, "target"]].dropna()
+        if p.empty:
+            continue
+        f = fit.loc[pre]
+        ax.scatter(p.d_sa, p[y], color=_COLOURS.get(pre), label=f"{pre}: R²={f.r2:.2f}, slope {f.slope:.2f}, n={int(f.n)}")
+        if annotate:
+            for _, r in p.iterrows():
+                ax.annotate(r.target, (r.d_sa, r[y]), fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
+        if np.isfinite(f.slope):
+            xs = np.linspace(p.d_sa.min(), p.d_sa.max(), 10)
+            ax.plot(xs, f.slope * xs + f.intercept, color=_COLOURS.get(pre), alpha=0.6)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("improvement in SA (%)")
+    ax.set_ylabel(f"improvement in {NAMES[y[2:]]} (%)")
+    ax.legend(fontsize=7)
 
 
 def plot_regressions(changes: pd.DataFrame, ys: tuple[str, ...], title: str = ""):
     """Figs. 2-3: relative change in robustness against relative change in SA, a point per target,
-    an OLS line per pre-training method, R^2 and n in the legend."""
-    pts = changes[changes.target != "mean"]
+    an OLS line per pre-training method, R^2, slope and n in the legend."""
     fig, axes = plots.plt.subplots(1, len(ys), figsize=(5.2 * len(ys), 4.2), squeeze=False)
     for ax, y in zip(axes[0], ys):
-        fit = regressions(changes, y).set_index("pretraining")
-        for pre, part in pts.groupby("pretraining", sort=False):
-            p = part[["d_sa", y, "target"]].dropna()
-            if p.empty:
-                continue
-            f = fit.loc[pre]
-            ax.scatter(p.d_sa, p[y], color=_COLOURS.get(pre),
-                       label=f"{pre}: R²={f.r2:.2f}, slope {f.slope:.2f}, n={int(f.n)}")
-            for _, r in p.iterrows():
-                ax.annotate(r.target, (r.d_sa, r[y]), fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
-            if np.isfinite(f.slope):
-                xs = np.linspace(p.d_sa.min(), p.d_sa.max(), 10)
-                ax.plot(xs, f.slope * xs + f.intercept, color=_COLOURS.get(pre), alpha=0.6)
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.axvline(0, color="0.6", lw=0.8)
-        ax.set_xlabel("improvement in SA (%)")
-        ax.set_ylabel(f"improvement in {NAMES[y[2:]]} (%)")
-        ax.legend(fontsize=7)
+        _regression_panel(ax, changes, y)
+    return plots.finish(fig, title)
+
+
+def plot_scarcity(changes: pd.DataFrame, title: str = ""):
+    """bench/pretraining_scarcity: Figs. 2-3 over many target sizes (AT fine-tuning: RA-WB; CR
+    fine-tuning: RA-CT), and each method's SA gain against the target's training-set size."""
+    fig, axes = plots.plt.subplots(1, 3, figsize=(16, 4.4))
+    _regression_panel(axes[0], changes[changes.finetune == "AT"], "d_ra_wb", annotate=False)
+    axes[0].set_title("AT fine-tuning", fontsize=9)
+    _regression_panel(axes[1], changes[changes.finetune == "CR"], "d_ra_ct", annotate=False)
+    axes[1].set_title("CR fine-tuning", fontsize=9)
+    ax = axes[2]
+    pts = changes[changes.target != "mean"]
+    for (ft, pre), part in pts.groupby(["finetune", "pretraining"], sort=False):
+        part = part.sort_values("train_images")
+        ax.plot(part.train_images, part.d_sa, marker="o" if ft == "AT" else "s", ls="-" if ft == "AT" else "--",
+                color=_COLOURS.get(pre), label=f"{pre} pre-training, {ft} fine-tuning")
+    ax.set_xscale("log")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("target training images")
+    ax.set_ylabel("improvement in SA over random init (%)")
+    ax.legend(fontsize=7)
     return plots.finish(fig, title)
 
 
