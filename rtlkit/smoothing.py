@@ -154,3 +154,46 @@ def noisy_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sigm
             with autocast():
                 out.append((model(xb + sigma * noise).argmax(1) == y[start:start + batch].to(x.device)).cpu())
     return torch.cat(out).numpy()
+
+
+# --------------------------------------------------------------------------- median smoothing
+# Chiang et al. (NeurIPS 2020), used by Provably Robust Transfer (Sec. 5) on features and logits:
+# for ||delta||_2 <= r, each coordinate's median of F(x + delta + e) lies between the
+# Phi(-r/sigma) and Phi(r/sigma) percentiles of F(x + e); order statistics of S draws bound those
+# percentiles with probability 1 - alpha', and alpha' = alpha / (2 dim) (Bonferroni over the
+# coordinates and both sides) makes the whole box hold jointly with probability 1 - alpha.
+
+def median_radius_limit(sigma: float, alpha: float, dim: int, s: int, bonferroni: bool = True) -> float:
+    """The largest r whose median bounds S draws can give: sigma * Phi^-1((alpha / (2 dim))^(1/S))
+    (at larger r even the extreme order statistics cannot hold with probability 1 - alpha')."""
+    a = alpha / (2 * dim) if bonferroni else alpha / 2
+    return float(sigma * norm.ppf(a ** (1 / s)))
+
+
+def median_samples_needed(r: float, sigma: float, alpha: float, dim: int, bonferroni: bool = True) -> int:
+    """The fewest draws S whose median bounds reach radius r."""
+    a = alpha / (2 * dim) if bonferroni else alpha / 2
+    return int(np.floor(np.log(a) / np.log(norm.cdf(r / sigma)))) + 1
+
+
+def median_bounds(samples: torch.Tensor, r: float, sigma: float, alpha: float,
+                  bonferroni: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds, each of shape samples.shape[1:], on every coordinate's median of
+    the smoothed output under any L2 perturbation up to ``r``, from ``samples`` (S, ..., dim) of
+    the output on x + sigma N(0, I). They hold jointly over the last dimension with probability at
+    least 1 - alpha (Bonferroni; per coordinate and side only with ``bonferroni=False``)."""
+    check_real("median smoothing sigma", sigma, 0, low_open=True)
+    check_real("median smoothing r", r, 0)
+    check(0 < alpha < 1, f"median smoothing alpha must be in (0, 1), not {alpha!r}")
+    s, dim = samples.shape[0], samples.shape[-1]
+    limit = median_radius_limit(sigma, alpha, dim, s, bonferroni)
+    check(r < limit, f"r = {r:g} is beyond what {s} draws can certify over {dim} dimensions at sigma = {sigma:g}, "
+          f"alpha = {alpha:g} (largest r: {limit:.3g}); S = {median_samples_needed(r, sigma, alpha, dim, bonferroni)} "
+          f"draws would reach it")
+    a = alpha / (2 * dim) if bonferroni else alpha / 2
+    from scipy.stats import binom
+    m = np.arange(s)
+    lo = int(np.nonzero(binom.cdf(m, s, norm.cdf(-r / sigma)) <= a)[0].max())     # P(X_(lo+1) <= q_lo) >= 1 - a
+    hi = int(np.nonzero(binom.cdf(m, s, norm.cdf(r / sigma)) >= 1 - a)[0].min())  # P(X_(hi+1) >= q_hi) >= 1 - a
+    ordered = samples.sort(dim=0).values
+    return ordered[lo], ordered[hi]

@@ -161,3 +161,42 @@ def test_accuracy_under_noise_is_phi_of_the_margin_for_a_linear_classifier():
     assert (again == noisy_correct(model, x[:500], y[:500], SIGMA, seed=3)).all()   # its own seeded generator
     with pytest.raises(ConfigError):
         noisy_correct(model, x[:2], y[:2], -0.1)
+
+
+# ----------------------------------------------------------------------------- median smoothing
+
+def test_median_bounds_cover_a_gaussians_percentiles():
+    """For N(0, 1) outputs the Phi(-+r/sigma) percentiles are -+r/sigma: one coordinate's bounds
+    hold in at least 1 - alpha of trials."""
+    from rtlkit.smoothing import median_bounds
+    g = torch.Generator().manual_seed(0)
+    alpha, trials, r, sigma = 0.1, 2000, 0.05, 0.1
+    lo, hi = median_bounds(torch.randn(500, trials, 1, generator=g), r, sigma, alpha)
+    covered = ((lo[:, 0] <= -r / sigma) & (hi[:, 0] >= r / sigma)).float().mean()
+    assert covered >= 1 - alpha - 3 * np.sqrt(alpha * (1 - alpha) / trials)
+    assert (lo <= hi).all()
+
+
+def test_the_bonferroni_box_covers_50_dims_jointly_and_the_uncorrected_one_does_not():
+    from rtlkit.smoothing import median_bounds
+    g = torch.Generator().manual_seed(1)
+    alpha, trials, r, sigma = 0.1, 400, 0.05, 0.1
+    x = torch.randn(500, trials, 50, generator=g)
+    joint = {}
+    for bonf in (True, False):
+        lo, hi = median_bounds(x, r, sigma, alpha, bonferroni=bonf)
+        joint[bonf] = ((lo <= -r / sigma) & (hi >= r / sigma)).all(-1).float().mean()
+    assert joint[True] >= 1 - alpha - 3 * np.sqrt(alpha * (1 - alpha) / trials)
+    assert joint[False] < 0.5
+
+
+def test_the_largest_median_radius_and_the_draws_a_radius_needs():
+    from rtlkit.smoothing import median_bounds, median_radius_limit, median_samples_needed
+    assert median_radius_limit(0.1, 1e-4, 640, 500) == pytest.approx(0.185, abs=5e-4)
+    s = median_samples_needed(0.19, 0.1, 1e-4, 640)
+    assert median_radius_limit(0.1, 1e-4, 640, s) > 0.19 > median_radius_limit(0.1, 1e-4, 640, s - 1)
+    with pytest.raises(ConfigError, match=rf"largest r: 0.185.*S = {s} draws"):
+        median_bounds(torch.zeros(500, 1, 640), 0.19, 0.1, 1e-4)
+    for bad in (dict(r=-0.1), dict(sigma=0.0), dict(alpha=1.0)):
+        with pytest.raises(ConfigError):
+            median_bounds(torch.zeros(500, 1, 4), **{**dict(r=0.05, sigma=0.1, alpha=0.01), **bad})
