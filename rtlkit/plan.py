@@ -74,7 +74,7 @@ class Plan:
     skipped: list = field(default_factory=list)
 
     def add_training(self, run) -> None:
-        if isinstance(run, TransferRun):
+        if hasattr(run, "source"):   # a transfer or a head: its source first
             self.add_training(run.source)
         name = run_dir(run).name
         if name in self.trainings:
@@ -83,6 +83,8 @@ class Plan:
         m = run.method
         per_epoch = (n // m.batch_size) * m.batch_size if n >= m.batch_size else n
         images = per_epoch * m.epochs if m.steps is None else m.steps * min(m.batch_size, n)
+        if run.kind == "head":   # trains on cached features: one feature forward of n images, no image steps
+            images = 0
         steps = m.attack.steps if isinstance(m, AdversarialTraining) else 0
         t = images * (1.0 + (1 / 3 if isinstance(m, FDMTraining) and m.lam > 0 else 0.0))  # FDM: a clean forward
         self.trainings[name] = {"run": name, "kind": run.kind, "method": m.kind, "images": images,

@@ -143,6 +143,12 @@ class SourceRun:
         return self.data.test()
 
 
+def shaped_for(source: SourceRun, d: D.ImageData) -> D.ImageData:
+    """``d`` adapted to the source's input channels and size (a transfer's or a head's data)."""
+    src = D.load(source.data.name, "train").info
+    return D.adapt(d, src.channels, src.size)
+
+
 @dataclass(frozen=True)
 class TransferRun:
     """Fine-tune a copy of a source model on a target under a transfer policy."""
@@ -159,8 +165,37 @@ class TransferRun:
         self.policy.check_model(self.source.model.n_blocks)
 
     def _shape(self, d: D.ImageData) -> D.ImageData:
-        src = D.load(self.source.data.name, "train").info
-        return D.adapt(d, src.channels, src.size)
+        return shaped_for(self.source, d)
+
+    def train_data(self) -> D.ImageData:
+        return self._shape(self.data.train())
+
+    def test_data(self) -> D.ImageData:
+        return self._shape(self.data.test())
+
+
+@dataclass(frozen=True)
+class HeadRun:
+    """A classifier head trained on the frozen penultimate features of a cached source (Provably
+    Robust Transfer Sec. 3 and App. A.1): ``model(x)`` = h(f(x)), with h in ``model.head.fc`` and
+    every tensor of f bit-identical to the source's, so attacks, ``evaluate`` and ``certify`` work
+    unchanged. Features come from :func:`get_or_features` (computed once per source and data);
+    ``head_sigma`` trains h on the features of one noisy copy x + sigma N(0, I) of each image."""
+    source: SourceRun
+    data: DataSpec
+    head: "HeadSpec"
+    method: "HeadTraining"
+    seed: int = 0
+    head_sigma: float | None = None
+    kind = "head"
+
+    def __post_init__(self):
+        check_int("seed", self.seed, 0)
+        if self.head_sigma is not None:
+            check_real("head_sigma", self.head_sigma, 0, low_open=True)
+
+    def _shape(self, d: D.ImageData) -> D.ImageData:
+        return shaped_for(self.source, d)
 
     def train_data(self) -> D.ImageData:
         return self._shape(self.data.train())
@@ -289,7 +324,24 @@ def _initial_model(run, runtime: Runtime, progress: bool) -> WideResNet:
     if isinstance(run, SourceRun):
         return run.build_model()
     src = get_or_train(run.source, runtime, progress)
+    if isinstance(run, HeadRun):
+        return _headed(src, run)
     return prepare_target(src.cpu(), run.data.train().info.num_classes, run.policy, run.seed, run.neft)
+
+
+def _headed(source: WideResNet, run: HeadRun) -> WideResNet:
+    """A copy of the source with ``head.fc`` replaced by the run's fresh head (seeded) and every
+    other parameter frozen; eval mode (f's BN uses the source's statistics)."""
+    import copy
+    model = copy.deepcopy(source).cpu()
+    if "projection" in model._modules:
+        del model.projection
+    model.head.fc = run.head.build(model.feature_dim, run.data.train().info.num_classes, run.seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.head.fc.parameters():
+        p.requires_grad_(True)
+    return model.eval()
 
 
 def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, progress: bool = True) -> WideResNet:
@@ -318,8 +370,15 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
     policy = run.policy if isinstance(run, TransferRun) else None
     desc = f"{run.kind} {run.data.label}" + (f" k={run.policy.k}" if policy else "")
     try:
-        history = train(model, run.train_data(), run.method, runtime, policy=policy,
-                        checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)
+        if isinstance(run, HeadRun):   # cheap (features cached): no checkpoints, a killed one starts again
+            from .methods.lipschitz import train_head
+            z, y = get_or_features(run.source, run.data, "train", runtime, progress, run.head_sigma, run.seed)
+            model = runtime.prepare(model)
+            history = train_head(model.head.fc, z.to(runtime.device), y.to(runtime.device), run.method, run.seed,
+                                 progress, desc)
+        else:
+            history = train(model, run.train_data(), run.method, runtime, policy=policy,
+                            checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)
     except BaseException:
         if made and not Checkpoints(folder / "checkpoint.pt").files():
             shutil.rmtree(folder, ignore_errors=True)   # nothing worth keeping: leave no half-made run
@@ -481,3 +540,61 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
             df = pd.read_csv(io.BytesIO(tsv), sep="\t")   # exactly what a later cache hit reads
     return {**summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), eps),
             "n_test": len(df), "eps": eps, "table": df}
+
+
+# --------------------------------------------------------------------------- frozen features
+
+def features_path(source: SourceRun, data: DataSpec, split: str, sigma: float | None = None, seed: int = 0,
+                  runtime: Runtime | None = None) -> Path:
+    key = {"data": data, "split": split, "sigma": sigma, "seed": seed if sigma else None, "v": 1}
+    return run_dir(source, runtime) / f"features-{stable_hash(key)}.pt"
+
+
+def get_or_features(source: SourceRun, data: DataSpec, split: str = "train", runtime: Runtime | None = None,
+                    progress: bool = True, sigma: float | None = None, seed: int = 0,
+                    batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source's penultimate features (eval mode, float32, on the CPU) and labels of ``data``'s
+    ``split`` (adapted to the source's input shape), cached once per source in
+    ``features-<hash>.pt`` with a JSON recording its sha256 and the model.pt it came from; with
+    ``sigma``, of one noisy copy x + sigma N(0, I) of each image (a generator seeded by ``seed``)."""
+    check(split in ("train", "test"), f"split must be 'train' or 'test', not {split!r}")
+    if _RECORDING:
+        _RECORDING[-1].trainings.append(source)
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    runtime = runtime or Runtime()
+    path = features_path(source, data, split, sigma, seed, runtime)
+    meta = path.with_suffix(".json")
+    with run_lock(path.parent):
+        marker = read_marker(path.parent)
+        if marker is not None and meta.is_file() and path.is_file():
+            try:
+                m = read_json(meta)
+                blob = path.read_bytes()
+                if m.get("model_sha256") == marker["artefacts"]["model.pt"] and sha256_bytes(blob) == m["sha256"]:
+                    saved = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+                    return saved["z"], saved["y"]
+                if m.get("model_sha256") == marker["artefacts"]["model.pt"]:
+                    raise ValueError(f"{path.name} does not match the sha256 recorded in {meta.name}")
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+                set_aside(path, str(e) if type(e) is ValueError else f"unreadable ({type(e).__name__})")
+                set_aside(meta, f"belongs to the broken {path.name}")
+        model, model_sha = _model_for(source, path.parent, runtime, progress)
+        d = shaped_for(source, data.train() if split == "train" else data.test())
+        g = torch.Generator(device=runtime.device).manual_seed(seed)
+        zs = []
+        with torch.no_grad():
+            model.eval()
+            for s in range(0, len(d), batch_size):
+                x = d.x[s:s + batch_size].float().div(255).to(runtime.device)
+                if sigma:
+                    x = x + sigma * torch.randn(x.shape, generator=g, device=x.device)
+                with runtime.autocast():
+                    zs.append(model.penultimate(runtime.inputs(x)).float().cpu())
+        z, y = torch.cat(zs), d.y.clone()
+        blob = io.BytesIO()
+        torch.save({"z": z, "y": y}, blob)
+        sha = atomic_write_bytes(path, blob.getvalue())
+        atomic_write_json(meta, {"sha256": sha, "model_sha256": model_sha, "n": len(z), "dim": z.shape[1],
+                                 "data": to_jsonable(data), "split": split, "sigma": sigma, "seed": seed,
+                                 "device": runtime.describe(), "numerics": runtime.numerics()})
+        return z, y

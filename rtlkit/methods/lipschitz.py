@@ -16,9 +16,11 @@ classifier h on frozen features whose L-inf -> L-inf Lipschitz constant is known
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import check, check_int, check_real
 
@@ -116,3 +118,104 @@ def lipschitz_bound(head: nn.Module) -> float:
     for layer in layers:
         out *= operator_norm(layer)
     return out
+
+
+# --------------------------------------------------------------------------- heads as run configs
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Which head a ``runs.HeadRun`` trains: ``layers`` (1 or 4 in the paper), ``constraint``
+    "wn" (L-inf weight normalisation, Lipschitz constant k per layer) or "none"."""
+    layers: int = 1
+    constraint: str = "wn"
+    hidden: int | None = None
+    k: float = 1.0
+    row_norm: str = "l1"
+    group: int = 2
+
+    def __post_init__(self):
+        check(self.constraint in CONSTRAINTS, f"constraint must be one of {CONSTRAINTS}, not {self.constraint!r}")
+        check_int("head layers", self.layers, 1)
+        check_real("Lipschitz constant k", self.k, 0, low_open=True)
+        check(self.row_norm in ("l1", "l2"), f"row_norm must be 'l1' or 'l2', not {self.row_norm!r}")
+        check_int("GroupSort group size", self.group, 1)
+        if self.hidden is not None:
+            check_int("head hidden width", self.hidden, 1)
+            if self.layers > 1:
+                check(self.hidden % self.group == 0,
+                      f"the hidden width {self.hidden} must be divisible by the GroupSort group {self.group}")
+
+    def build(self, n_in: int, num_classes: int, seed: int = 0) -> LipschitzHead:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return LipschitzHead(n_in, num_classes, self.layers, self.hidden, self.constraint, self.k, self.row_norm,
+                                 self.group)
+
+
+@dataclass(frozen=True)
+class HeadTraining:
+    """App. A.1: Adam at lr 1e-4 on frozen features, 10 % of the training rows held out, early
+    stopping on the validation loss checked every 2 epochs with a patience of 10 epochs (the best
+    checked state is kept); ``max_epochs`` caps it."""
+    lr: float = 1e-4
+    batch_size: int = 128
+    max_epochs: int = 200
+    val_fraction: float = 0.1
+    check_every: int = 2
+    patience: int = 10
+
+    kind = "head"
+    epochs = property(lambda self: self.max_epochs)   # what rtlkit.plan reads of every method
+    steps = None
+
+    def __post_init__(self):
+        check_real("head lr", self.lr, 0, low_open=True)
+        check_int("head batch size", self.batch_size, 1)
+        check_int("head max epochs", self.max_epochs, 1)
+        check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), not {self.val_fraction!r}")
+        check_int("early-stopping check interval", self.check_every, 1)
+        check_int("early-stopping patience", self.patience, 1)
+
+
+def train_head(head: nn.Module, z: torch.Tensor, y: torch.Tensor, method: HeadTraining, seed: int = 0,
+               progress: bool = False, desc: str = "head") -> list[dict]:
+    """Train ``head`` in place on features ``z`` (N, D) and labels ``y``; the state with the lowest
+    validation loss is kept. Deterministic for a seed (its own generator). Returns the checks."""
+    from tqdm.auto import tqdm
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(z), generator=g)
+    n_val = max(1, int(round(method.val_fraction * len(z))))
+    vi, ti = perm[:n_val], perm[n_val:]
+    dev = next(head.parameters()).device
+    zt, yt, zv, yv = z[ti].to(dev), y[ti].to(dev), z[vi].to(dev), y[vi].to(dev)
+    opt = torch.optim.Adam(head.parameters(), lr=method.lr)
+    best, best_loss, since, history = None, float("inf"), 0, []
+    bar = tqdm(range(1, method.max_epochs + 1), desc=desc, leave=False, disable=not progress)
+    for epoch in bar:
+        head.train()
+        order = torch.randperm(len(zt), generator=g).to(dev)
+        for s in range(0, len(zt), method.batch_size):
+            b = order[s:s + method.batch_size]
+            loss = F.cross_entropy(head(zt[b]), yt[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if epoch % method.check_every and epoch != method.max_epochs:
+            continue
+        head.eval()
+        with torch.no_grad():
+            val_loss = float(F.cross_entropy(head(zv), yv))
+            val_acc = float((head(zv).argmax(1) == yv).float().mean())
+            train_acc = float((head(zt).argmax(1) == yt).float().mean())
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_acc": val_acc, "train_acc": train_acc})
+        bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        if val_loss < best_loss:
+            best_loss, since = val_loss, 0
+            best = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        else:
+            since += method.check_every
+            if since >= method.patience:
+                break
+    head.load_state_dict(best)
+    head.eval()
+    return history
