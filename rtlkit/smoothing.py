@@ -101,8 +101,16 @@ def certify(model: torch.nn.Module, x: torch.Tensor, s: Smoothing, num_classes: 
     p_lower <= 1/2. The model runs in eval mode (restored afterwards)."""
     g = _generator(x, s.seed)
     with attack_mode(model):
-        c0 = sample_counts(model, x, s.n0, s.sigma, num_classes, s.batch, g, autocast).argmax(1)
+        selection = sample_counts(model, x, s.n0, s.sigma, num_classes, s.batch, g, autocast)
         counts = sample_counts(model, x, s.n, s.sigma, num_classes, s.batch, g, autocast)
+    return certify_counts(selection, counts, s)
+
+
+def certify_counts(selection: torch.Tensor, counts: torch.Tensor, s: Smoothing) -> dict[str, np.ndarray]:
+    """CERTIFY from class counts already drawn: ``selection`` (B, C) from N0 draws picks the class,
+    ``counts`` (B, C) from N fresh draws bounds its probability. The entry for predictions made
+    elsewhere (a head on cached noisy features: Provably Robust Transfer's label smoothing)."""
+    c0 = selection.argmax(1)
     na = counts.gather(1, c0[:, None]).squeeze(1).cpu().numpy()
     p_lower = lower_confidence_bound(na, s.n, s.alpha)
     ok = p_lower > 0.5
@@ -197,3 +205,31 @@ def median_bounds(samples: torch.Tensor, r: float, sigma: float, alpha: float,
     hi = int(np.nonzero(binom.cdf(m, s, norm.cdf(r / sigma)) >= 1 - a)[0].min())  # P(X_(hi+1) >= q_hi) >= 1 - a
     ordered = samples.sort(dim=0).values
     return ordered[lo], ordered[hi]
+
+
+def median_certify_representation(head, z_samples: torch.Tensor, bound: float, r: float, sigma: float,
+                                  alpha: float) -> dict[str, np.ndarray]:
+    """Representation smoothing (Provably Robust Transfer Sec. 5): m = the per-dimension median of
+    the noisy features ``z_samples`` (S, B, D), c = argmax h(m), delta = the larger distance in
+    L-inf from m to the median bounds at ``r``; verified iff h's margin at m exceeds
+    2 * delta * ``bound`` (h's L-inf Lipschitz bound). Returns the class and whether it is verified."""
+    lo, hi = median_bounds(z_samples, r, sigma, alpha)
+    m = z_samples.median(dim=0).values
+    with torch.no_grad():
+        logits = head(m).float()
+    top2 = logits.topk(2, dim=1).values
+    delta = torch.maximum((hi - m).amax(1), (m - lo).amax(1))
+    verified = (top2[:, 0] - top2[:, 1]) > 2 * delta * bound
+    return {"predict": logits.argmax(1).cpu().numpy(), "verified": verified.cpu().numpy(),
+            "delta": delta.cpu().numpy()}
+
+
+def median_certify_logits(logit_samples: torch.Tensor, r: float, sigma: float, alpha: float) -> dict[str, np.ndarray]:
+    """Logit smoothing: bounds on the K logit medians from ``logit_samples`` (S, B, K); c = argmax of
+    the medians; verified iff c's lower bound exceeds every other logit's upper bound."""
+    lo, hi = median_bounds(logit_samples, r, sigma, alpha)
+    med = logit_samples.median(dim=0).values
+    c = med.argmax(1)
+    others = hi.scatter(1, c[:, None], float("-inf")).amax(1)
+    verified = lo.gather(1, c[:, None]).squeeze(1) > others
+    return {"predict": c.cpu().numpy(), "verified": verified.cpu().numpy()}

@@ -200,3 +200,46 @@ def test_the_largest_median_radius_and_the_draws_a_radius_needs():
     for bad in (dict(r=-0.1), dict(sigma=0.0), dict(alpha=1.0)):
         with pytest.raises(ConfigError):
             median_bounds(torch.zeros(500, 1, 4), **{**dict(r=0.05, sigma=0.1, alpha=0.01), **bad})
+
+
+def test_median_certificates_never_exceed_the_exact_radius_of_a_linear_pipeline():
+    """f(x) = A x and a linear head W: the median-smoothed pipeline is the linear classifier
+    itself (Gaussian noise is symmetric), whose exact L2 radius is min_j margin_j / ||(W_c - W_j) A||.
+    A representation or logit certificate at r must never claim more."""
+    from rtlkit.methods.lipschitz import lipschitz_bound
+    from rtlkit.smoothing import median_certify_logits, median_certify_representation
+    g = torch.Generator().manual_seed(4)
+    d_in, d, k, sigma, alpha, s = 6, 4, 3, 0.1, 1e-3, 2000
+    a = torch.randn(d, d_in, generator=g, dtype=torch.float64)
+    head = torch.nn.Linear(d, k, bias=False).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
+    w = head.weight.detach()
+    x = torch.randn(300, d_in, generator=g, dtype=torch.float64) * 0.3
+    logits = x @ a.T @ w.T
+    c = logits.argmax(1)
+    wa = w @ a                                                         # (k, d_in)
+    diff = wa[c][:, None, :] - wa[None]                                # (B, k, d_in)
+    exact = ((logits.gather(1, c[:, None]) - logits) / diff.norm(dim=-1).clamp_min(1e-12))
+    exact = exact.masked_fill(torch.nn.functional.one_hot(c, k).bool(), float("inf")).amin(1)
+    noisy = x[None] + sigma * torch.randn(s, *x.shape, generator=g, dtype=torch.float64)
+    z = noisy @ a.T
+    certified_any = 0
+    for r in (0.02, 0.05, 0.1):
+        rep = median_certify_representation(head, z, lipschitz_bound(head), r, sigma, alpha)
+        log = median_certify_logits(z @ w.T, r, sigma, alpha)
+        for out in (rep, log):
+            ok = torch.as_tensor(out["verified"])
+            assert (exact[ok] >= r).all()
+            assert (torch.as_tensor(out["predict"])[ok] == c[ok]).all()
+            certified_any += int(ok.sum())
+    assert certified_any > 0
+
+
+def test_a_constant_classifier_at_500_draws_gets_tables_4_largest_radius():
+    """Provably Robust Transfer Table 4's label smoothing: sigma 0.1, N = 500, alpha = 1e-4."""
+    s = Smoothing(sigma=0.1, n0=100, n=500, alpha=1e-4)
+    assert s.max_radius == pytest.approx(0.209, abs=5e-4)
+    from rtlkit.smoothing import certify_counts
+    out = certify_counts(torch.tensor([[100, 0]]), torch.tensor([[500, 0]]), s)
+    assert out["radius"][0] == pytest.approx(s.max_radius) and out["predict"][0] == 0
