@@ -8,7 +8,11 @@ solver: this is the exact minimiser of Problem 4 (a minimum over j of one-constr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from ..errors import check_int, check_real
 
 OVERSHOOT = 1e-6   # step just past the boundary, so that z' is misclassified, not on it
 
@@ -32,3 +36,49 @@ def representation_search(weight: torch.Tensor, bias: torch.Tensor | None, z: to
     step = (delta[torch.arange(len(y)), j] / wj.pow(2).sum(-1)).clamp_min(0)[:, None] * (1 + OVERSHOOT)
     z_adv = torch.where((d > 0)[:, None], z - step * wj, z)
     return {"z": z_adv.to(weight.dtype), "j": j, "distance": d.clamp_min(0)}
+
+
+@dataclass(frozen=True)
+class InputSearch:
+    """Sec. 4's input search for a reachable adversarial representation: minimise
+    ||z' - f(x'')||_1 + weight * ||x'' - x||_2^2 over x'' in [0, 1] by Adam (lr 0.05), at most
+    ``steps`` steps (the paper: 1,000); success = h(f(x'')) != y, and each example's first success
+    is kept."""
+    steps: int = 1000
+    lr: float = 0.05
+    weight: float = 0.1
+
+    def __post_init__(self):
+        check_int("input search steps", self.steps, 1)
+        check_real("input search lr", self.lr, 0, low_open=True)
+        check_real("input search weight", self.weight, 0)
+
+
+def input_search(features, head, x: torch.Tensor, y: torch.Tensor, z_target: torch.Tensor,
+                 search: InputSearch = InputSearch()) -> dict[str, torch.Tensor]:
+    """Inputs x'' near ``x`` whose features ``features(x'')`` approach ``z_target`` (the adversarial
+    representations), batched; returns x'' (each example's first misclassified iterate, else the
+    last), ``success`` and the step of success (-1: none). Callers hold the model in attack mode."""
+    x = x.detach()
+    xs = x.clone().requires_grad_(True)
+    opt = torch.optim.Adam([xs], lr=search.lr)
+    best = x.clone()
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    at = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+    for step in range(1, search.steps + 1):
+        z = features(xs)
+        loss = (z - z_target).abs().flatten(1).sum(1) + search.weight * (xs - x).pow(2).flatten(1).sum(1)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            xs.clamp_(0, 1)
+            wrong = head(features(xs)).argmax(1) != y
+            new = wrong & ~found
+            best[new] = xs[new]
+            at[new] = step
+            found |= wrong
+        if bool(found.all()):
+            break
+    best[~found] = xs.detach()[~found]
+    return {"x": best, "success": found, "step": at}

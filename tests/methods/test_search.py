@@ -34,3 +34,30 @@ def test_an_already_misclassified_point_stays_put():
     z, y = torch.tensor([[0.0, 1.0]]), torch.tensor([0])
     out = representation_search(w, None, z, y)
     assert torch.equal(out["z"], z) and out["distance"].item() == 0.0
+
+
+def test_input_search_reaches_a_representation_when_f_can_and_keeps_the_first_success():
+    from rtlkit.methods.search import InputSearch, input_search
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 6, generator=g)
+    x = torch.rand(32, 6, generator=g) * 0.6 + 0.2
+    y = (x @ w.T).argmax(1)
+    target = representation_search(w, None, x, y)["z"]
+    target = x + 1.5 * (target - x)                                   # a little past the boundary
+    inside = ((target >= 0) & (target <= 1)).all(1)
+    out = input_search(lambda v: v, lambda z: z @ w.T, x, y, target, InputSearch(steps=300))
+    assert out["success"][inside].all()                               # f = identity: every reachable z' is reached
+    assert ((out["x"] @ w.T).argmax(1)[out["success"]] != y[out["success"]]).all()
+    assert ((out["x"] >= 0) & (out["x"] <= 1)).all()
+    assert (out["step"][out["success"]] >= 1).all() and (out["step"][~out["success"]] == -1).all()
+    none = input_search(lambda v: v, lambda z: z @ w.T, x, y, x, InputSearch(steps=5))   # target = x: no reason to move
+    assert not none["success"].any()
+
+
+def test_bad_input_search_settings_are_config_errors():
+    import pytest
+    from rtlkit import ConfigError
+    from rtlkit.methods.search import InputSearch
+    for kw in (dict(steps=0), dict(lr=0), dict(weight=-1)):
+        with pytest.raises(ConfigError):
+            InputSearch(**kw)
