@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rtlkit: {e}", file=sys.stderr)
         return 2
-    sizes = {t.label: len(t.train()) for t in P.pretraining.pt_targets}
+    sizes = {S.target_label(t): len(t.train()) for t in P.pretraining.pt_targets}
     changes = pd.concat([S.relative_change(emp), S.relative_change(cert)], ignore_index=True)
     changes["train_images"] = changes.target.map(sizes)
     fits = pd.concat([S.regressions(changes[changes.finetune == "AT"], "d_ra_wb"),

@@ -116,6 +116,12 @@ def setting(profile: Profile) -> str:
             f"({profile.name})")
 
 
+def target_label(t) -> str:
+    """A target's name in tables: the DataSpec's label, with its training-set size when capped
+    (Fashion-MNIST 5-9 at 50 and at 2,000 images are different targets)."""
+    return t.label + (f" n={t.train_n}" if t.train_n is not None else "")
+
+
 def targets(pt: Pretraining) -> list:
     """The targets whose data is on disk (a missing one is skipped with a line, as Table 4 pairs)."""
     out = []
@@ -186,7 +192,7 @@ def _empirical_row(profile, runtime, progress, pretraining: str, target, seed: i
     m = get_or_evaluate(transfer_run(profile, pretraining, "AT", target, seed), [wb, bb], runtime, progress,
                         test_n=pt.attack_images)
     ra_wb, ra_bb = m[f"robust_acc[{wb.label}]"], m[f"robust_acc[{bb.label}]"]
-    return dict(target=target.label, pretraining=pretraining, finetune="AT", seed=seed, sa=m["clean_acc"],
+    return dict(target=target_label(target), pretraining=pretraining, finetune="AT", seed=seed, sa=m["clean_acc"],
                 ra_wb=ra_wb, ra_bb=ra_bb, clean_acc=m["clean_acc"], robust_acc=ra_wb, ra_min=m["robust_acc"],
                 n_test=m["n_test"])
 
@@ -195,7 +201,7 @@ def _certified_row(profile, runtime, progress, pretraining: str, finetune: str, 
     pt = _pt(profile)
     m = get_or_certify(transfer_run(profile, pretraining, finetune, target, seed), smoothing(pt), pt.l2_eps,
                        runtime, progress, test_n=pt.cert_images)
-    return dict(target=target.label, pretraining=pretraining, finetune=finetune, seed=seed, sigma=pt.l2_eps,
+    return dict(target=target_label(target), pretraining=pretraining, finetune=finetune, seed=seed, sigma=pt.l2_eps,
                 sa=m["smoothed_acc"], ra_ct=m["certified_acc"], acr=m["acr"], abstain=m["abstain"],
                 clean_acc=m["smoothed_acc"], robust_acc=m["certified_acc"], n_test=m["n_test"])
 
@@ -227,7 +233,7 @@ def certified_curves(profile: Profile, runtime: Runtime | None = None, progress:
                 s = smoothing(pt)
                 m = get_or_certify(transfer_run(profile, pre, "CR", t, seed), s, pt.l2_eps, runtime, progress,
                                    test_n=pt.cert_images)
-                rows += _curve_rows(m, s, pt.radii, grid, target=t.label, pretraining=pre, seed=seed)
+                rows += _curve_rows(m, s, pt.radii, grid, target=target_label(t), pretraining=pre, seed=seed)
     return pd.DataFrame(rows)
 
 
@@ -508,22 +514,22 @@ def plot_regressions(changes: pd.DataFrame, ys: tuple[str, ...], title: str = ""
 
 def plot_scarcity(changes: pd.DataFrame, title: str = ""):
     """bench/pretraining_scarcity: Figs. 2-3 over many target sizes (AT fine-tuning: RA-WB; CR
-    fine-tuning: RA-CT), and each method's SA gain against the target's training-set size."""
+    fine-tuning: RA-CT), and the RA-WB and SA gains against the target's training-set size."""
     fig, axes = plots.plt.subplots(1, 3, figsize=(16, 4.4))
     _regression_panel(axes[0], changes[changes.finetune == "AT"], "d_ra_wb", annotate=False)
     axes[0].set_title("AT fine-tuning", fontsize=9)
     _regression_panel(axes[1], changes[changes.finetune == "CR"], "d_ra_ct", annotate=False)
     axes[1].set_title("CR fine-tuning", fontsize=9)
     ax = axes[2]
-    pts = changes[changes.target != "mean"]
-    for (ft, pre), part in pts.groupby(["finetune", "pretraining"], sort=False):
-        part = part.sort_values("train_images")
-        ax.plot(part.train_images, part.d_sa, marker="o" if ft == "AT" else "s", ls="-" if ft == "AT" else "--",
-                color=_COLOURS.get(pre), label=f"{pre} pre-training, {ft} fine-tuning")
+    pts = changes[(changes.target != "mean") & (changes.finetune == "AT")]
+    for pre, part in pts.groupby("pretraining", sort=False):
+        ax.scatter(part.train_images, part.d_ra_wb, color=_COLOURS.get(pre), marker="o", label=f"{pre}: RA-WB gain")
+        ax.scatter(part.train_images, part.d_sa, color=_COLOURS.get(pre), marker="x", label=f"{pre}: SA gain")
     ax.set_xscale("log")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlabel("target training images")
-    ax.set_ylabel("improvement in SA over random init (%)")
+    ax.set_ylabel("improvement over random init (%)")
+    ax.set_title("AT fine-tuning, by target size", fontsize=9)
     ax.legend(fontsize=7)
     return plots.finish(fig, title)
 

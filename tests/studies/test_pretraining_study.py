@@ -145,3 +145,9 @@ def test_the_panel_never_raises_on_an_empty_choice():
     methods.value = ()
     for m in metric.options:
         metric.value = m
+
+
+def test_targets_of_one_dataset_at_two_sizes_stay_apart():
+    from rtlkit.runs import DataSpec
+    small, big = (DataSpec("fashion-mnist", classes=(5, 6, 7, 8, 9), train_n=n) for n in (50, 2000))
+    assert S.target_label(small) != S.target_label(big) and S.target_label(DataSpec("mnist-5k")) == "mnist-5k"
