@@ -30,8 +30,10 @@ def git_commit() -> str:
         if out.returncode != 0:
             return "unknown"
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # dirty = code or notebooks changed; figures/ itself is what a run rewrites, so it does not count
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)figures"], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
