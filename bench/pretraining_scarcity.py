@@ -10,7 +10,7 @@ R^2 means nothing (README, "Notebook 04"). This runner adds targets of 50 to 1,0
 images (Fashion-MNIST 5-9 by count, MNIST-5k and the 8x8 digits by fraction), with everything
 else notebook 04's: the same cached sources, AT and CR fine-tuning for the same steps, APGD,
 Square and certificates at the same settings. It saves figures/04_scarcity.{png,csv,json}, the
-manifest holding every fit (slope, R^2, n). Not part of the notebook suite: ~30 min on 2 cores.
+manifest holding every fit (slope, R^2, n). Not part of the notebook suite: 37 min on 2 cores.
 """
 from __future__ import annotations
 
