@@ -13,7 +13,7 @@ from rtlkit.transfer import TransferPolicy
 from conftest import TINY
 
 NOT_STEPS = {"summarise", "bn_table", "attack_disagreements", "with_paper",   # table helpers: they run nothing
-             "setting", "record", "relative_change", "regressions", "changes_vs_paper"}
+             "setting", "record", "relative_change", "regressions", "changes_vs_paper", "changes_with_paper"}
 
 
 @pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)

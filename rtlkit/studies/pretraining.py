@@ -348,6 +348,32 @@ PAPER = {
     # Figs. 2-3: R^2 of the change in robustness against the change in SA (n = 12 targets)
     "r2": {("d_ra_wb", "AT"): 0.98, ("d_ra_wb", "SimCLR"): 0.94, ("d_ra_ct", "CR"): 0.92,
            ("d_ra_ct", "SimCLR"): 0.89, ("d_acr", "CR"): 0.94, ("d_acr", "SimCLR"): 0.86},
+    # Table 4 (%): target, then SA / RA-WB / RA-BB after AT fine-tuning for Random, AT, SimCLR
+    "table4": [("Food", (74.5, 62.3, 69.5), (81.6, 69.2, 77.7), (82.2, 68.6, 78.3)),
+               ("CIFAR-100", (71.8, 62.5, 67.4), (80.1, 70.6, 75.1), (80.9, 70.3, 75.8)),
+               ("CIFAR-10", (93.3, 88.8, 90.2), (95.8, 91.7, 94.0), (95.9, 91.2, 93.8)),
+               ("Birdsnap", (65.2, 50.8, 59.7), (61.8, 48.3, 57.1), (60.4, 44.4, 55.5)),
+               ("SUN397", (51.0, 41.7, 46.5), (55.5, 44.4, 52.0), (59.0, 44.3, 55.7)),
+               ("Caltech-256", (61.4, 54.4, 58.0), (70.6, 62.5, 67.4), (76.8, 65.4, 73.4)),
+               ("Cars", (88.3, 83.0, 86.9), (87.9, 82.2, 86.4), (85.8, 76.1, 83.9)),
+               ("Aircraft", (76.4, 68.6, 71.6), (77.9, 69.6, 74.8), (76.3, 64.6, 74.3)),
+               ("DTD", (54.3, 48.1, 52.4), (65.8, 59.7, 64.0), (72.6, 58.9, 70.3)),
+               ("Pets", (73.2, 63.3, 70.0), (86.9, 78.4, 83.9), (88.6, 74.5, 85.8)),
+               ("Caltech-101", (66.7, 61.5, 63.8), (88.5, 83.1, 86.1), (91.9, 83.6, 87.8)),
+               ("Flowers", (78.0, 72.6, 75.2), (93.7, 90.1, 92.7), (93.7, 86.1, 92.4))],
+    # Table 5: target, then SA % / RA-CT % / ACR after CR fine-tuning for Random, CR, SimCLR
+    "table5": [("Food", (63.0, 53.9, 0.891), (63.2, 53.5, 0.874), (64.4, 57.6, 0.923)),
+               ("CIFAR-100", (70.0, 62.8, 1.075), (70.8, 65.2, 1.101), (72.8, 65.0, 1.089)),
+               ("CIFAR-10", (89.6, 86.0, 1.508), (93.4, 89.2, 1.601), (93.2, 90.4, 1.619)),
+               ("Birdsnap", (42.0, 34.7, 0.538), (41.6, 32.4, 0.504), (41.0, 35.3, 0.541)),
+               ("SUN397", (37.0, 32.5, 0.519), (42.3, 37.4, 0.586), (44.1, 36.2, 0.585)),
+               ("Caltech-256", (54.0, 47.4, 0.835), (60.9, 57.3, 1.001), (65.4, 58.5, 1.000)),
+               ("Cars", (81.9, 77.5, 1.358), (79.1, 73.9, 1.285), (77.7, 70.1, 1.158)),
+               ("Aircraft", (70.1, 63.4, 1.065), (68.1, 60.9, 1.022), (69.0, 61.4, 0.991)),
+               ("DTD", (44.9, 39.4, 0.699), (50.2, 45.3, 0.790), (55.5, 49.8, 0.849)),
+               ("Pets", (66.7, 61.8, 1.068), (70.8, 64.5, 1.088), (75.2, 67.2, 1.089)),
+               ("Caltech-101", (62.8, 58.3, 1.019), (78.6, 76.0, 1.339), (80.3, 73.7, 1.300)),
+               ("Flowers", (75.2, 72.7, 1.306), (87.5, 82.0, 1.538), (84.6, 78.7, 1.407))],
     # Table 6 (%; ACR in L2 units)
     "table6": [("CIFAR-10", "empirical", "AT", 95.8, 91.7, 94.0), ("CIFAR-10", "empirical", "ST", 95.4, 91.2, 91.4),
                ("CIFAR-10", "empirical", "SimCLR", 95.9, 91.2, 93.8),
@@ -373,6 +399,14 @@ def paper_rows(table: str) -> pd.DataFrame:
         for pre, accs in PAPER["table3"].items():
             rows += [dict(pretraining=pre, r=r, table3=True, sigma=0.01 if pre == "AT" else 0.5,
                           clean_acc=accs[0.0] / 100, robust_acc=a / 100) for r, a in accs.items()]
+    elif table in ("table4", "table5"):
+        ft, names, cols = ("AT", ("Random", "AT", "SimCLR"), ("sa", "ra_wb", "ra_bb")) if table == "table4" else \
+            ("CR", ("Random", "CR", "SimCLR"), ("sa", "ra_ct", "acr"))
+        for target, *by_method in PAPER[table]:
+            for pre, vals in zip(names, by_method):
+                row = {c: v / 100 if c != "acr" else v for c, v in zip(cols, vals)}
+                rows.append(dict(target=target, pretraining=pre, finetune=ft, **row, clean_acc=row["sa"],
+                                 robust_acc=row[cols[1]]))
     elif table == "table6":
         for target, kind, pre, sa, ra, third in PAPER["table6"]:
             rob = dict(ra_wb=ra / 100, ra_bb=third / 100) if kind == "empirical" else dict(ra_ct=ra / 100, acr=third)
@@ -390,8 +424,16 @@ def with_paper(ours: pd.DataFrame, table: str, setting: str = "") -> pd.DataFram
     return pd.concat([ours.assign(source="rtlkit", setting=setting), paper_rows(table)], ignore_index=True)
 
 
+def changes_with_paper(changes: pd.DataFrame, table: str, setting: str = "") -> pd.DataFrame:
+    """Our relative changes (``source`` = rtlkit) and the paper's, computed the same way from its
+    Table 4 or 5 (``source`` = paper): the CSV behind Figs. 2-3."""
+    paper = relative_change(paper_rows(table)).assign(source="paper", setting=PAPER_SETTING)
+    return pd.concat([changes.assign(source="rtlkit", setting=setting), paper], ignore_index=True)
+
+
 def changes_vs_paper(changes: pd.DataFrame, fits: list[pd.DataFrame]) -> pd.DataFrame:
-    """Our mean relative changes and R^2 beside the paper's (Secs. 4.2-4.3, Figs. 2-3)."""
+    """Our mean relative changes, R^2 and slopes beside the paper's (Secs. 4.2-4.3, Figs. 2-3); the
+    paper's slope is fitted to its own Tables 4-5 by :func:`regressions`, which reproduces its R^2."""
     rows = []
     for (ft, pre), paper in PAPER["mean_change"].items():
         ours = changes[(changes.target == "mean") & (changes.finetune == ft) & (changes.pretraining == pre)]
@@ -399,12 +441,15 @@ def changes_vs_paper(changes: pd.DataFrame, fits: list[pd.DataFrame]) -> pd.Data
             rows.append(dict(quantity=f"mean {NAMES[k[2:]]} change %", finetune=ft, pretraining=pre, paper=v,
                              rtlkit=float(ours[k].iloc[0]) if len(ours) and k in ours else np.nan))
     fit = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=["y", "pretraining"])
+    paper_changes = {"AT": relative_change(paper_rows("table4")), "CR": relative_change(paper_rows("table5"))}
     for (y, pre), v in PAPER["r2"].items():
         f = fit[(fit.y == y) & (fit.pretraining == pre)]
+        pc = paper_changes["AT" if y in ("d_ra_wb", "d_ra_bb") else "CR"]
+        pf = regressions(pc, y).set_index("pretraining").loc[pre]
         rows.append(dict(quantity=f"R^2 of {NAMES[y[2:]]} change on SA change", pretraining=pre, paper=v,
                          rtlkit=float(f.r2.iloc[0]) if len(f) else np.nan,
                          slope=float(f.slope.iloc[0]) if len(f) else np.nan, n=int(f.n.iloc[0]) if len(f) else 0,
-                         n_paper=12))
+                         slope_paper=float(pf.slope), n_paper=int(pf.n)))
     return pd.DataFrame(rows)
 
 

@@ -151,3 +151,22 @@ def test_targets_of_one_dataset_at_two_sizes_stay_apart():
     from rtlkit.runs import DataSpec
     small, big = (DataSpec("fashion-mnist", classes=(5, 6, 7, 8, 9), train_n=n) for n in (50, 2000))
     assert S.target_label(small) != S.target_label(big) and S.target_label(DataSpec("mnist-5k")) == "mnist-5k"
+
+
+def test_our_analysis_on_the_papers_own_tables_reproduces_its_means_and_r2():
+    """relative_change and regressions, run on the transcribed Tables 4-5, give the paper's own
+    mean changes (Secs. 4.2-4.3) and Figs. 2-3's R^2: the analysis is the paper's, and its lines have
+    slope ~1 and intercept ~0 (robustness gains the size of accuracy gains)."""
+    c4, c5 = S.relative_change(S.paper_rows("table4")), S.relative_change(S.paper_rows("table5"))
+    for c, ft in ((c4, "AT"), (c5, "CR")):
+        for (ft_, pre), paper in S.PAPER["mean_change"].items():
+            if ft_ != ft:
+                continue
+            mean = c[(c.target == "mean") & (c.pretraining == pre)].iloc[0]
+            for k, v in paper.items():
+                assert mean[k] == pytest.approx(v, abs=0.11), (pre, k)
+    for (y, pre), r2 in S.PAPER["r2"].items():
+        f = S.regressions(c4 if y == "d_ra_wb" else c5, y).set_index("pretraining").loc[pre]
+        assert f.r2 == pytest.approx(r2, abs=0.006) and f.n == 12 and 0.9 < f.slope < 1.3
+    both = S.changes_vs_paper(pd.concat([c4.assign(finetune="AT"), c5]), [])
+    assert both.slope_paper.notna().sum() == 6
