@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attacks import PGD, FoolboxPGD, attack_mode
@@ -58,3 +59,13 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
     df["robust_correct"] = df[names].all(axis=1) if names else df["clean_correct"]
     return EvalResult(float(df.clean_correct.mean()), float(df.robust_correct.mean()),
                       {n: float(df[n].mean()) for n in names}, df)
+
+
+def input_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The gradient of the summed cross-entropy at the true labels with respect to the input
+    pixels (Shafahi et al. Fig. 5), in eval mode with the weights fixed (modes and flags restored)."""
+    with attack_mode(model):
+        xg = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xg).float(), y, reduction="sum")
+        grad, = torch.autograd.grad(loss, xg)
+    return grad

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .errors import check
+from .errors import check, check_int, is_real
 
 
 class Normalize(nn.Module):
@@ -181,19 +181,37 @@ class WideResNet(nn.Module):
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, out_dim))
         return self
 
-    def replace_head(self, num_classes: int, seed: int | None = None) -> "WideResNet":
-        """A fresh linear classifier for ``num_classes`` classes (in place; returns self); a
-        pre-training projection head, if any, is dropped."""
+    def replace_head(self, num_classes: int, seed: int | None = None, hidden: int = 0, width: int | None = None,
+                     bn: bool = False, dropout: float = 0.0) -> "WideResNet":
+        """A fresh classifier for ``num_classes`` classes (in place; returns self); a pre-training
+        projection head, if any, is dropped. ``hidden`` = 0: one linear layer. Otherwise an MLP
+        inside ``head.fc`` (Shafahi et al. Fig. 4): ``hidden`` x (Linear to ``width`` (default the
+        feature width) [+ BatchNorm] + ReLU [+ Dropout]), then the linear classifier."""
+        check_int("hidden layers", hidden, 0)
+        check(is_real(dropout) and 0 <= dropout < 1, f"dropout must be in [0, 1), not {dropout!r}")
         if "projection" in self._modules:
             del self.projection
         g = torch.Generator().manual_seed(seed) if seed is not None else None
-        old = self.head.fc
-        fc = nn.Linear(old.in_features, num_classes).to(old.weight.device)
-        with torch.no_grad():
-            bound = 1 / old.in_features ** 0.5
-            fc.weight.copy_(torch.empty_like(fc.weight, device="cpu").uniform_(-bound, bound, generator=g))
-            fc.bias.zero_()
-        self.head.fc = fc
+        d = self.feature_dim
+        width = d if width is None else width
+        check_int("hidden width", width, 1)
+        dev = next(self.parameters()).device
+
+        def linear(n_in: int, n_out: int) -> nn.Linear:
+            fc = nn.Linear(n_in, n_out)
+            with torch.no_grad():
+                bound = 1 / n_in ** 0.5
+                fc.weight.copy_(torch.empty_like(fc.weight).uniform_(-bound, bound, generator=g))
+                fc.bias.zero_()
+            return fc
+        layers: list[nn.Module] = []
+        n_in = d
+        for _ in range(hidden):
+            layers += [linear(n_in, width)] + ([nn.BatchNorm1d(width)] if bn else []) + [nn.ReLU()] + \
+                ([nn.Dropout(dropout)] if dropout > 0 else [])
+            n_in = width
+        last = linear(n_in, num_classes)
+        self.head.fc = (nn.Sequential(*layers, last) if hidden else last).to(dev)
         return self
 
 

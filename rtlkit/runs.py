@@ -82,6 +82,7 @@ class DataSpec:
     fraction: float = 1.0
     test_n: int | None = None
     seed: int = 0
+    per_class: int | None = None   # then exactly this many training examples of every class (nested in N)
 
     def __post_init__(self):
         check(isinstance(self.name, str), f"dataset name must be a string, not {self.name!r}")
@@ -89,6 +90,8 @@ class DataSpec:
         check_real("fraction", self.fraction, 0, 1, low_open=True)
         if self.train_n is not None:
             check_int("train_n", self.train_n, 1)
+        if self.per_class is not None:
+            check_int("per_class", self.per_class, 1)
         if self.test_n is not None:
             check_int("test_n", self.test_n, 1)
         check_int("data seed", self.seed, 0)
@@ -99,7 +102,14 @@ class DataSpec:
 
     def train(self) -> D.ImageData:
         d = D.subset(self._base("train"), self.train_n, self.seed)
-        return D.balanced_fraction(d, self.fraction, self.seed)
+        d = D.balanced_fraction(d, self.fraction, self.seed)
+        if self.per_class is not None:
+            counts = torch.bincount(d.y.cpu(), minlength=d.info.num_classes)
+            for c, n in enumerate(counts.tolist()):
+                check(n >= self.per_class, f"per_class={self.per_class} but class {c} ({d.info.classes[c]}) of "
+                      f"{self.label} has only {n} training examples")
+            d = D.n_per_class(d, self.per_class, self.seed)   # the same draws at every N: N=10 within N=25
+        return d
 
     def test(self) -> D.ImageData:
         return D.subset(self._base("test"), self.test_n, self.seed)
@@ -107,7 +117,8 @@ class DataSpec:
     @property
     def label(self) -> str:
         s = self.name + (f"[{self.classes[0]}-{self.classes[-1]}]" if self.classes else "")
-        return s + (f" {self.fraction:.0%}" if self.fraction < 1 else "")
+        return s + (f" {self.fraction:.0%}" if self.fraction < 1 else "") + \
+            (f" {self.per_class}/class" if self.per_class is not None else "")
 
 
 @dataclass(frozen=True)
