@@ -56,22 +56,21 @@ def panel(df: pd.DataFrame, interactive: bool = True):
     if not interactive:
         return None
     import ipywidgets as W
-    ks = [str(k) for k in df["k"].unique()]
-    cases = list(df["case"].unique())
-    pick_k = W.SelectMultiple(options=ks, value=tuple(ks), description="k")
-    pick_c = W.SelectMultiple(options=cases, value=tuple(cases), description="BN case", rows=4,
-                              layout=W.Layout(width="360px"))
+    pick_k = widgets.multi([str(k) for k in df["k"].unique()], "k")
+    pick_c = widgets.multi(df["case"].unique(), "BN case", width="360px")
     out = W.Output()
 
     def redraw(*_):
         sub = df[df.k.astype(str).isin(pick_k.value) & df.case.isin(pick_c.value)]
         with out:
             out.clear_output(wait=True)
-            if len(sub):
-                plot_bn_ablation(sub)
-                plots.plt.show()
+            if not len(sub):
+                widgets.nothing_selected("k and one BN case")
+                return
+            plot_bn_ablation(sub)
+            plots.plt.show()
 
     pick_k.observe(redraw, "value")
     pick_c.observe(redraw, "value")
     redraw()
-    return widgets.display(W.VBox([W.HBox([pick_k, pick_c]), out]))
+    return widgets.arrange([pick_k, pick_c], out)

@@ -245,7 +245,8 @@ def plot_heatmaps(grid: pd.DataFrame, title: str = ""):
 
 def plot_method_bars(df: pd.DataFrame, x: str, title: str = "", order: list[str] | None = None):
     """Accuracy and robustness bars of the methods at each ``x`` (k or pair), sd over seeds."""
-    d = df.assign(accuracy=df.clean_acc * 100, robustness=df.robust_acc * 100, **{x: df[x].astype(str)})
+    d = df.assign(accuracy=df.clean_acc * 100, robustness=df.robust_acc * 100,   # pair names wrap at the arrow,
+                  **{x: df[x].astype(str).str.replace(" -> ", " →\n", regex=False)})  # so labels never overlap
     long = d.melt(id_vars=[x, "method"], value_vars=["accuracy", "robustness"], var_name="metric", value_name="%")
     hue_order = order or [m for m in METHOD_COLORS if m in set(df.method)]
     fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
@@ -324,11 +325,10 @@ def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interac
     if not interactive:
         return None
     import ipywidgets as W
-    lam = W.SelectMultiple(options=sorted(grid.lam.unique()), value=tuple(sorted(grid.lam.unique())), description="λ")
-    beta = W.SelectMultiple(options=sorted(grid.beta.unique()), value=tuple(sorted(grid.beta.unique())), description="β")
-    ks = W.SelectMultiple(options=sorted(grid.k.unique()), value=tuple(sorted(grid.k.unique())), description="k")
-    methods = W.SelectMultiple(options=["vanilla", "AT + NEFT", "CARTL"], value=("vanilla", "AT + NEFT", "CARTL"),
-                               description="method")
+    lam = widgets.multi(sorted(grid.lam.unique()), "λ")
+    beta = widgets.multi(sorted(grid.beta.unique()), "β")
+    ks = widgets.multi(sorted(grid.k.unique()), "k")
+    methods = widgets.multi(["vanilla", "AT + NEFT", "CARTL"], "method")
     out = W.Output()
 
     def redraw(*_):
@@ -336,6 +336,9 @@ def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interac
         a = ablation[ablation.k.isin(ks.value) & ablation.method.isin(methods.value)]
         with out:
             out.clear_output(wait=True)
+            if not len(g) and not len(a):
+                widgets.nothing_selected("λ, β, k and method")
+                return
             if len(g):
                 plot_heatmaps(g)
             if len(a):
@@ -346,4 +349,4 @@ def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interac
     for w in (lam, beta, ks, methods):
         w.observe(redraw, "value")
     redraw()
-    return widgets.display(W.VBox([W.HBox([lam, beta, ks, methods]), out]))
+    return widgets.arrange([lam, beta, ks, methods], out)

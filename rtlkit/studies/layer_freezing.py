@@ -59,7 +59,7 @@ def plot_layer_freezing(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataF
         ax.axhline(src_rob, ls="--", color="tab:red", alpha=0.6, label="source robustness")
         ax.set_xlabel("k (number of last blocks trained)")
         ax.set_ylabel("%")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 105)   # room above 100 %: a source robustness of 100 % stays visible
         ax.set_title(f"{name}\n{df['dataset'].iloc[0]}", fontsize=10)
         ax.legend(fontsize=8, loc="best")
     return plots.finish(fig, title)
@@ -72,14 +72,18 @@ def panel(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataFrame | None = 
         return None
     import ipywidgets as W
     ks = [str(k) for k in ft["k"].unique()]
-    pick = W.SelectMultiple(options=ks, value=tuple(ks), description="k", rows=min(len(ks), 8))
-    show_reinit = W.Checkbox(value=reinit is not None, description="Shafahi re-init", disabled=reinit is None)
+    pick = widgets.multi(ks, "k")
+    show_reinit = W.Checkbox(value=reinit is not None, description="Shafahi re-init (source)", disabled=reinit is None,
+                             indent=False, layout=W.Layout(width="auto"))
     out = W.Output()
 
     def redraw(*_):
         sel = set(pick.value)
         with out:
             out.clear_output(wait=True)
+            if not sel:
+                widgets.nothing_selected("k")
+                return
             r = reinit[reinit.k.astype(str).isin(sel)] if (reinit is not None and show_reinit.value) else None
             plot_layer_freezing(ft[ft.k.astype(str).isin(sel)], source, r)
             plots.plt.show()
@@ -87,4 +91,4 @@ def panel(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataFrame | None = 
     pick.observe(redraw, "value")
     show_reinit.observe(redraw, "value")
     redraw()
-    return widgets.display(W.HBox([W.VBox([pick, show_reinit]), out]))
+    return widgets.arrange([pick, show_reinit], out)

@@ -505,7 +505,9 @@ def plot_certified(curves: pd.DataFrame, by: str | None = "target", title: str =
 def plot_bars(df: pd.DataFrame, metrics: tuple[str, ...], title: str = "", by: str = "target"):
     """Grouped bars: one panel per metric, groups by ``by``, one bar per pre-training (mean over seeds)."""
     ours = df[df.source == "rtlkit"] if "source" in df else df
-    fig, axes = plots.plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    n_groups = ours[by].nunique()
+    fig, axes = plots.plt.subplots(1, len(metrics), figsize=(max(4.6, 1.25 * n_groups) * len(metrics), 3.8),
+                                   squeeze=False)
     order = [p for p in PRETRAININGS if p in set(ours.pretraining)]
     order += [p for p in dict.fromkeys(ours.pretraining) if p not in order]
     groups = list(dict.fromkeys(ours[by]))
@@ -518,7 +520,7 @@ def plot_bars(df: pd.DataFrame, metrics: tuple[str, ...], title: str = "", by: s
             ax.bar(np.arange(len(groups)) + (i - (len(order) - 1) / 2) * width, vals, width,
                    color=_COLOURS.get(pre), label=pre)
         ax.set_xticks(np.arange(len(groups)))
-        ax.set_xticklabels(groups, rotation=25, ha="right", fontsize=8)
+        ax.set_xticklabels([str(g).replace(" ", "\n") for g in groups], fontsize=7)   # wrapped, never overlapping
         ax.set_ylabel(NAMES[m] + (" (L2)" if m == "acr" else " (%)"))
         if m != "acr":
             ax.set_ylim(0, 100)
@@ -593,9 +595,7 @@ def panel(empirical: pd.DataFrame, certified: pd.DataFrame, curves: pd.DataFrame
     both = pd.concat([empirical, certified], ignore_index=True)
     targets = list(dict.fromkeys(both.target))
     target = W.Dropdown(options=["every target"] + targets, description="target")
-    methods = W.SelectMultiple(options=[p for p in PRETRAININGS if p in set(both.pretraining)],
-                               value=tuple(p for p in PRETRAININGS if p in set(both.pretraining)),
-                               description="method", rows=5)
+    methods = widgets.multi([p for p in PRETRAININGS if p in set(both.pretraining)], "method")
     metric = W.Dropdown(options=list(PANEL_METRICS), value="RA-WB", description="metric")
     out = W.Output()
 
@@ -613,8 +613,8 @@ def panel(empirical: pd.DataFrame, certified: pd.DataFrame, curves: pd.DataFrame
             if key is not None:
                 rows = rows[rows[key].notna()] if key in rows else rows.iloc[0:0]
             if rows.empty:
-                print("Nothing selected: pick at least one method that has this metric "
-                      "(RA-WB/RA-BB: Random, AT, SimCLR; RA-CT/ACR and curves: Random, CR, SimCLR).")
+                widgets.nothing_selected("method that has this metric (RA-WB/RA-BB: Random, AT, SimCLR; "
+                                         "RA-CT/ACR and curves: Random, CR, SimCLR)")
                 return
             if key is None:
                 plot_certified(rows, "target")
@@ -626,4 +626,4 @@ def panel(empirical: pd.DataFrame, certified: pd.DataFrame, curves: pd.DataFrame
     for w in (target, methods, metric):
         w.observe(redraw, "value")
     redraw()
-    return widgets.display(W.VBox([W.HBox([target, metric]), W.HBox([methods, out])]))
+    return widgets.arrange([target, metric, methods], out)

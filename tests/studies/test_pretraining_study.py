@@ -138,7 +138,7 @@ def test_the_panel_never_raises_on_an_empty_choice():
     curves = pd.DataFrame([dict(target="a", pretraining="CR", r=r, sigma=0.5, certifiable=r < 1, table3=True, robust_acc=0.3,
                                 acr=0.4) for r in (0.0, 0.5, 1.5)])
     box = S.panel(t4, t5, curves)
-    (target, metric), (methods, out) = box.children[0].children, box.children[1].children
+    (target, metric, methods), out = box.children[0].children, box.children[1]
     for m in metric.options:
         metric.value = m
     target.value = "a"

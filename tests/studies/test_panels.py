@@ -1,0 +1,90 @@
+"""Every notebook's widget panel as a person uses it (issue 14's defects): returned once and never
+displayed by itself, controls above the plot, every option visible, an empty selection answered by
+a line instead of a traceback; and the figures keep their reference lines and labels readable."""
+import matplotlib
+import pandas as pd
+import pytest
+
+from rtlkit.studies import bn_ablation, cartl, layer_freezing, pretraining
+
+W = pytest.importorskip("ipywidgets")
+
+
+@pytest.fixture(autouse=True)
+def no_self_display(monkeypatch):
+    import IPython.display
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: pytest.fail("a panel displayed itself"))
+
+
+def rows(**cols):
+    n = max(len(v) for v in cols.values() if isinstance(v, list))
+    return pd.DataFrame({k: (v if isinstance(v, list) else [v] * n) for k, v in cols.items()})
+
+
+def _ft():
+    return rows(k=[1, 2, 4], clean_acc=[0.5, 0.7, 0.9], robust_acc=[0.3, 0.5, 0.6], seed=0, dataset="t")
+
+
+def panels():
+    ft, src = _ft(), rows(clean_acc=[0.9], robust_acc=[1.0])
+    bn = rows(k=[4, 4, 6, 6], case=["a", "b", "a", "b"], clean_acc=0.9, robust_acc=0.5, seed=0, bn_stats="reuse",
+              bn_affine="train", dataset="t")
+    grid = rows(k=[4, 4, 6, 6], lam=0.005, beta=[1.0, 0.4, 1.0, 0.4], clean_acc=0.9, robust_acc=0.5, seed=0)
+    abl = rows(k=[4, 4, 6, 6], method=["vanilla", "CARTL"] * 2, clean_acc=0.9, robust_acc=0.5, seed=0)
+    lwf = rows(lam_d=[0.1, 0.01], method="LwF", clean_acc=0.9, robust_acc=0.4, seed=0)
+    t4 = rows(target="a", finetune="AT", pretraining=["Random", "AT"], sa=0.9, ra_wb=0.5, ra_bb=0.6, clean_acc=0.9,
+              robust_acc=0.5, seed=0)
+    t5 = rows(target="a", finetune="CR", pretraining=["Random", "CR"], sa=0.9, ra_ct=0.5, acr=0.6, clean_acc=0.9,
+              robust_acc=0.5, seed=0)
+    curves = rows(target="a", pretraining="CR", r=[0.0, 0.5], sigma=0.5, certifiable=True, table3=True, robust_acc=0.5,
+                  acr=0.6)
+    return {"01": layer_freezing.panel(ft, src, ft), "02": bn_ablation.panel(bn), "03": cartl.panel(grid, abl, lwf),
+            "04": pretraining.panel(t4, t5, curves)}
+
+
+def test_panels_are_returned_with_controls_above_the_plot_and_every_option_shown():
+    for name, box in panels().items():
+        assert isinstance(box, W.VBox) and len(box.children) == 2, name
+        controls, out = box.children
+        assert isinstance(controls, W.HBox) and isinstance(out, W.Output), name
+        for c in controls.children:
+            if isinstance(c, W.SelectMultiple):
+                assert c.rows >= len(c.options), f"{name}: {c.description} hides options"
+
+
+def test_selecting_nothing_prints_a_line_not_a_traceback(capsys):
+    for name, box in panels().items():
+        for c in box.children[0].children:
+            if isinstance(c, W.SelectMultiple):
+                c.value = ()
+        assert "Nothing selected" in capsys.readouterr().out, name
+    matplotlib.pyplot.close("all")
+
+
+def test_a_source_robustness_of_100_percent_stays_inside_the_axes():
+    fig = layer_freezing.plot_layer_freezing(_ft(), rows(clean_acc=[1.0], robust_acc=[1.0]))
+    ax = fig.axes[0]
+    line = [ln for ln in ax.get_lines() if ln.get_label() == "source robustness"][0]
+    assert line.get_ydata()[0] == 100 and ax.get_ylim()[1] > 100
+
+
+def _overlaps(fig) -> list:
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    bad = []
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(r) for t in ax.get_xticklabels() if t.get_text()]
+        bad += [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    return bad
+
+
+def test_long_pair_names_and_target_names_never_overlap():
+    pairs = ["fashion-mnist -> mnist-5k", "fashion-mnist[0-4] -> fashion-mnist[5-9]", "fashion-mnist -> digits-8x8"]
+    df = rows(pair=[p for p in pairs for _ in range(3)], method=["vanilla", "CARTL", "LwF"] * 3, clean_acc=0.9,
+              robust_acc=0.5, seed=0)
+    assert not _overlaps(cartl.plot_method_bars(df, "pair"))
+    targets = ["fashion-mnist[5-9] n=2000", "mnist-5k", "mnist-5k 20%", "digits-8x8", "fashion-mnist[5-9] n=50"]
+    t4 = rows(target=[t for t in targets for _ in range(3)], pretraining=["Random", "AT", "SimCLR"] * 5, finetune="AT",
+              sa=0.9, ra_wb=0.5, ra_bb=0.6, clean_acc=0.9, robust_acc=0.5, seed=0)
+    assert not _overlaps(pretraining.plot_bars(t4, ("sa", "ra_wb", "ra_bb")))
+    matplotlib.pyplot.close("all")
