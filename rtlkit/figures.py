@@ -8,8 +8,10 @@ Executed copies go to runs/notebooks/ (out of git); figures, CSVs and manifests 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,13 +31,69 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return books
 
 
+def suite_plan(profile: str, device: str | None = None, only: list[str] | None = None):
+    """The plan (``rtlkit.plan``) of the notebooks about to run, for the profile as the notebooks
+    will resolve it on ``device``."""
+    from . import plan as P
+    from . import profiles
+    from .runtime import Runtime
+    runtime = Runtime(device=device)
+    return P.plan(profiles.get(profile, gpu=runtime.is_cuda), [b.name[:2] for b in notebooks(only)]), runtime
+
+
+def suite_status(paths: list[str]) -> int:
+    """How many of the plan's runs and evaluations are done (their files exist)."""
+    return sum(Path(p).is_file() for p in paths)
+
+
+def _current_run() -> str:
+    """What is being trained or evaluated now: the most recently touched run folder, described."""
+    from .runs import runs_root
+    try:
+        folders = [d for d in runs_root().iterdir() if d.is_dir() and d.name not in ("notebooks", ".locks")]
+        newest = max(folders, key=lambda d: d.stat().st_mtime)
+        cfg = json.loads((newest / "config.json").read_text())
+        data = cfg.get("data", {})
+        return f"{newest.name.split('-')[0]} {data.get('name', '')}" + (f" [{data['classes'][0]}-{data['classes'][-1]}]"
+                                                                          if data.get("classes") else "")
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+class _Monitor(threading.Thread):
+    """Moves the suite's progress bar as the notebooks' runs and evaluations land in the cache."""
+
+    def __init__(self, bar, paths: list[str], every: float = 2.0):
+        super().__init__(daemon=True)
+        self.bar, self.paths, self.every = bar, paths, every
+        self.stop = threading.Event()
+        self.notebook = ""
+
+    def poll(self) -> None:
+        done = suite_status(self.paths)
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"{self.notebook} | {_current_run()}", refresh=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.poll()
+
+
 def run(profile: str | None = None, figures_dir: str | None = None, only: list[str] | None = None,
-        device: str | None = None, out_dir: str | None = None, extra: dict | None = None) -> dict[str, float]:
-    """Execute the notebooks; returns each one's wall time in seconds."""
+        device: str | None = None, out_dir: str | None = None, extra: dict | None = None,
+        progress: bool = True) -> dict[str, float]:
+    """Execute the notebooks; returns each one's wall time in seconds. Before the first, prints how
+    many of the suite's runs are cached and how many will run (with a time estimate where a
+    benchmark of this model on this kind of device exists); while they run, one progress bar counts
+    the suite's runs and evaluations done, with an ETA and the current run. Ctrl-C stops cleanly:
+    every finished run and checkpoint stays, and rerunning the same command resumes from the cache."""
     profile = profile or default_name(device)
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
     import papermill as pm
+    from tqdm.auto import tqdm
+    books = notebooks(only)
     out = Path(out_dir or Path(os.environ.get("RTLKIT_RUNS", REPO_ROOT / "runs")) / "notebooks")
     out.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile, "interactive": False, **(extra or {})}
@@ -43,16 +101,56 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
         params["figures_dir"] = str(Path(figures_dir).resolve())
     if device:
         params["device"] = device
+    p, runtime = suite_plan(profile, device, only)
+    paths = p.paths()
+    cached = suite_status(paths)
+    print(f"[rtlkit] {len(books)} notebook(s) at {profile}: {len(p.trainings)} trainings + {len(p.evaluations)} "
+          f"evaluations; {cached} cached, {len(paths) - cached} to run", flush=True)
+    if cached < len(paths):
+        _print_estimate(p, runtime)
+    bar = tqdm(total=len(paths), initial=cached, desc="[rtlkit] suite", unit="run", file=sys.stderr,
+               disable=not progress, smoothing=0.1, dynamic_ncols=True)
+    monitor = _Monitor(bar, paths)
+    if progress:
+        monitor.start()
     times = {}
-    for book in notebooks(only):
-        t0 = time.time()
-        print(f"[rtlkit] {book.name} (profile {profile}) ...", flush=True)
-        pm.execute_notebook(str(book), str(out / f"{book.stem}-{profile}.ipynb"), parameters=params,
-                            kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False)
-        times[book.name] = time.time() - t0
-        print(f"[rtlkit] {book.name}: {times[book.name]:.0f} s", flush=True)
+    try:
+        for book in books:
+            t0 = time.time()
+            monitor.notebook = book.stem
+            bar.write(f"[rtlkit] {book.name} (profile {profile}) ...")
+            pm.execute_notebook(str(book), str(out / f"{book.stem}-{profile}.ipynb"), parameters=params,
+                                kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False)
+            times[book.name] = time.time() - t0
+            monitor.poll()
+            bar.write(f"[rtlkit] {book.name}: {times[book.name]:.0f} s")
+    except KeyboardInterrupt:
+        monitor.stop.set()
+        bar.close()
+        done = suite_status(paths)
+        rest = [b.name for b in books if b.name not in times]
+        print(f"\n[rtlkit] stopped: {done} of {len(paths)} runs and evaluations are done and cached (finished "
+              f"runs and their checkpoints are kept). To resume: python -m rtlkit.figures --profile {profile} "
+              f"--only {' '.join(r[:2] for r in rest)}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        monitor.stop.set()
+        bar.close()
     print(f"[rtlkit] all notebooks: {sum(times.values()):.0f} s", flush=True)
     return times
+
+
+def _print_estimate(p, runtime) -> None:
+    from . import plan as P
+    bench = P.find_bench(p.model, runtime.describe())
+    if bench is None:
+        return
+    try:
+        est = P.estimate(p.totals(include_cached=False), P.rates(bench, "eager fp32" if runtime.numerics() is None else "fast"))
+    except ConfigError:
+        return
+    print(f"[rtlkit] estimate from {bench.get('device')}'s benchmark: {est['total'] / 60:.0f} min of training and "
+          f"attacks (Square queries and certification samples not included)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from .attacks import APGD, FoolboxPGD, Square
 from .errors import ConfigError, DatasetNotFound
 from .methods.fdm import FDMTraining
 from .profiles import PROFILES, Profile, default_name, get
-from .runs import DataSpec, TransferRun, cert_path, eval_path, is_cached, recording, run_dir
+from .runs import MARKER, DataSpec, TransferRun, cert_path, eval_path, is_cached, recording, run_dir
 from .training import AdversarialTraining
 
 # Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
@@ -69,6 +69,7 @@ def _attack_steps(a) -> int:
 @dataclass
 class Plan:
     profile: str
+    model: str = ""
     trainings: dict = field(default_factory=dict)     # run dir name -> row
     evaluations: dict = field(default_factory=dict)   # (run dir name, attacks, test_n) -> row
     skipped: list = field(default_factory=list)
@@ -88,6 +89,7 @@ class Plan:
         steps = m.attack.steps if isinstance(m, AdversarialTraining) else 0
         t = images * (1.0 + (1 / 3 if isinstance(m, FDMTraining) and m.lam > 0 else 0.0))  # FDM: a clean forward
         self.trainings[name] = {"run": name, "kind": run.kind, "method": m.kind, "images": images,
+                                "path": str(run_dir(run) / MARKER),
                                 "A": images * steps, "T": t, "cached": is_cached(run),
                                 "what": f"{run.data.label}" + (f" k={run.policy.k}" if isinstance(run, TransferRun) else "")}
 
@@ -102,16 +104,23 @@ class Plan:
         if attacks and isinstance(attacks[0], Smoothing):
             n = min(test_n or _n_test(run.data), _n_test(run.data))
             s = attacks[0]
+            path = cert_path(run, s, test_n)
             self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": 0, "A_foolbox": 0,
-                                     "F": (s.n0 + s.n) * n, "cached": cert_path(run, s, test_n).is_file()}
+                                     "F": (s.n0 + s.n) * n, "cached": path.is_file(), "path": str(path)}
             return
         spec = replace(run.data, test_n=test_n) if test_n else run.data
         n = _n_test(spec)
         own = sum(_attack_steps(a) for a in attacks if not isinstance(a, FoolboxPGD)) * n
         fb = sum(a.steps for a in attacks if isinstance(a, FoolboxPGD)) * n
         fwd = sum(a.n_queries * a.n_restarts for a in attacks if isinstance(a, Square)) * n
+        path = eval_path(run, attacks, test_n)
         self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": own, "A_foolbox": fb,
-                                 "F": fwd, "cached": eval_path(run, attacks, test_n).is_file()}
+                                 "F": fwd, "cached": path.is_file(), "path": str(path)}
+
+    def paths(self) -> list[str]:
+        """The file each planned training (its completion marker) and evaluation (its JSON) leaves
+        when done: what a progress bar counts."""
+        return [r["path"] for r in self.trainings.values()] + [r["path"] for r in self.evaluations.values()]
 
     def totals(self, include_cached: bool = True) -> dict:
         tr = [r for r in self.trainings.values() if include_cached or not r["cached"]]
@@ -125,7 +134,7 @@ class Plan:
 
 def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
     """Every unique training and evaluation the notebooks (all, or those named) would run."""
-    p = Plan(profile.name)
+    p = Plan(profile.name, profile.model.name)
     with recording() as rec, contextlib.redirect_stdout(sys.stderr):
         for nb, (study, steps) in NOTEBOOK_STEPS.items():
             if notebooks and not any(nb.startswith(n) for n in notebooks):
@@ -141,6 +150,22 @@ def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
     for run, attacks, test_n in rec.evaluations:
         p.add_evaluation(run, attacks, test_n)
     return p
+
+
+def find_bench(model: str, device: str) -> dict | None:
+    """A committed or local benchmark JSON (bench/reference, bench/results) measured on ``model``
+    on this kind of device (the device strings' first word, e.g. "CPU" or the GPU's name), or None."""
+    from .data import REPO_ROOT
+    want = device.split(" [")[0].split(" (")[0]
+    for folder in ("results", "reference"):
+        for f in sorted((REPO_ROOT / "bench" / folder).glob("*.json"), reverse=True):
+            try:
+                b = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if b.get("model") == model and str(b.get("device", "")).startswith(want) and "throughput" in b:
+                return b
+    return None
 
 
 def rates(bench: dict, path: str = "fast") -> dict:

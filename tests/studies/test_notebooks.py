@@ -65,8 +65,24 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
     assert len(p.evaluations) == len(list((tmp_path / "runs").glob("*/eval-*.json"))) + \
         len(list((tmp_path / "runs").glob("*/cert-*.json")))
     assert p.totals(include_cached=False)["evaluations"] == 0 and not any(r["cached"] is False for r in p.trainings.values())
+    # the suite's progress bar counted exactly these files, and they are all there now
+    suite, _ = figures.suite_plan("smoke")
+    assert sorted(suite.paths()) == sorted(p.paths()) and figures.suite_status(p.paths()) == len(p.paths())
 
 
 def test_unknown_profile_is_a_clear_error():
     with pytest.raises(figures.ConfigError, match="unknown profile"):
         figures.run("enormous")
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import papermill
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        figures.run("smoke", figures_dir=str(tmp_path / "figs"), out_dir=str(tmp_path / "x"), only=["02"], progress=False)
+    out = capsys.readouterr()
+    assert "0 cached, 18 to run" in out.out
+    assert "stopped: 0 of 18" in out.err and "--profile smoke --only 02" in out.err
