@@ -21,6 +21,13 @@ $(STAMP): requirements.txt pyproject.toml
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 	  echo "note: could not apt-get install dataset-fashion-mnist; see data/README.md"; fi
+	@# Debian's chromium for the JupyterLab browser test (tests/studies/test_browser.py), the same way
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	  echo "note: could not apt-get install chromium; the browser test will be skipped"; \
+	elif ! command -v chromium >/dev/null; then \
+	  echo "note: no chromium (apt-get install chromium as root); the browser test will be skipped"; fi
 	touch $(STAMP)
 
 figures: setup

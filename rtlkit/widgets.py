@@ -16,7 +16,7 @@ def multi(options, description: str, value=None, width: str | None = None):
     options = list(options)
     layout = W.Layout(width=width) if width else W.Layout()
     return W.SelectMultiple(options=options, value=tuple(options if value is None else value),
-                            description=description, rows=max(1, len(options)), layout=layout,
+                            description=description, rows=max(2, len(options)), layout=layout,
                             style={"description_width": "initial"})
 
 

@@ -336,14 +336,15 @@ def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interac
         a = ablation[ablation.k.isin(ks.value) & ablation.method.isin(methods.value)]
         with out:
             out.clear_output(wait=True)
-            if not len(g) and not len(a):
-                widgets.nothing_selected("λ, β, k and method")
-                return
             if len(g):
                 plot_heatmaps(g)
+            else:
+                widgets.nothing_selected("λ, β and k for the Table 2 grid")
             if len(a):
                 plot_method_bars(a, "k")
                 plot_tradeoff(a, lwf)
+            else:
+                widgets.nothing_selected("k and method for the Table 3 bars and the trade-off")
             plots.plt.show()
 
     for w in (lam, beta, ks, methods):
