@@ -51,7 +51,8 @@ def _current_run() -> str:
     from .runs import runs_root
     try:
         folders = [d for d in runs_root().iterdir() if d.is_dir() and d.name not in ("notebooks", ".locks")]
-        newest = max(folders, key=lambda d: d.stat().st_mtime)
+        training = [d for d in folders if not (d / "complete.json").exists()]   # being trained now
+        newest = max(training or folders, key=lambda d: d.stat().st_mtime)
         cfg = json.loads((newest / "config.json").read_text())
         data = cfg.get("data", {})
         return f"{newest.name.split('-')[0]} {data.get('name', '')}" + (f" [{data['classes'][0]}-{data['classes'][-1]}]"
