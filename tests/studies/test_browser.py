@@ -85,6 +85,7 @@ def lab(tmp_path_factory):
                JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"), JUPYTER_DATA_DIR=str(tmp / "jupyter-data"),
                JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"), IPYTHONDIR=str(tmp / "ipython"),
                RTLKIT_THREADS=os.environ.get("RTLKIT_THREADS", "1"))
+    env.pop("MPLBACKEND", None)   # CI sets Agg for headless tests; a person's JupyterLab draws inline
     log = open(tmp / "jupyterlab.log", "w")
     proc = subprocess.Popen([str(JUPYTER), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={nbdir}", "--allow-root"],
@@ -180,6 +181,8 @@ def _use_panel(page, name: str, shots: Path) -> None:
     panel.scroll_into_view_if_needed()
     shots.mkdir(parents=True, exist_ok=True)
     panel.screenshot(path=str(shots / f"{Path(name).stem}_panel.png"))
+    if not name.startswith("99_"):
+        assert panel.locator("img").count() >= 1, f"{name}: the panel shows no plot (is the kernel drawing inline?)"
     state = _plot_state(panel)
     multis = panel.locator("select[multiple]")
     singles = panel.locator("select:not([multiple])")
