@@ -211,24 +211,7 @@ def parameter(name: str, value):
     known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES) | set(_PT_FIELDS)
     check(name in known, f"unknown parameter {name!r}; one of {', '.join(sorted(known))}")
     value = _literal(value)
-    if name in _PT_GRIDS:
-        values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        check(len(values) >= 1, f"{name} is empty: give at least one value")
-        for v in values:
-            if name in ("pt_seeds", "table6_targets"):
-                check_int(f"{name} entry", v, 0)
-            else:
-                check_real(f"{name} entry", v, 0)
-        return values
-    if name in _PT_FIELDS:
-        if name in ("l2_eps", "pt_lr", "smoothing_alpha", "at_sigma"):
-            check_real(name, value, 0, low_open=True)
-        elif name == "attack_images" and value is None:
-            pass
-        else:
-            check_int(name, value, 1)
-        return value
-    if name in _GRIDS:
+    if name in _GRIDS + _PT_GRIDS:
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         check(len(values) >= 1, f"{name} is empty: give at least one value")
         for v in values:
@@ -236,11 +219,17 @@ def parameter(name: str, value):
                 check(v == "all" or is_int(v), f"ks entries are block counts or 'all', not {v!r}")
             elif name in ("bn_ks", "cartl_ks"):
                 check_int(f"{name} entry", v, 1)
-            elif name.endswith("seeds"):
+            elif name.endswith("seeds") or name == "table6_targets":
                 check_int(f"{name} entry", v, 0)
             else:
-                check_real(f"{name} entry", v)
+                check_real(f"{name} entry", v, 0 if name in _PT_GRIDS else None)
         return values
+    if name in _PT_FIELDS:
+        if name in ("l2_eps", "pt_lr", "smoothing_alpha", "at_sigma"):
+            check_real(name, value, 0, low_open=True)
+        elif not (name == "attack_images" and value is None):
+            check_int(name, value, 1)
+        return value
     if name == "cartl_choice":
         check(isinstance(value, (list, tuple)) and len(value) == 2 and all(is_real(v) for v in value),
               f"cartl_choice is a (lambda, beta) pair of numbers, not {value!r}")

@@ -160,8 +160,18 @@ def shaped_for(source: SourceRun, d: D.ImageData) -> D.ImageData:
     return D.adapt(d, src.channels, src.size)
 
 
+class _OnSourceInputs:
+    """Runs that feed their ``data`` to a source's model: the data adapted to its inputs."""
+
+    def train_data(self) -> D.ImageData:
+        return shaped_for(self.source, self.data.train())
+
+    def test_data(self) -> D.ImageData:
+        return shaped_for(self.source, self.data.test())
+
+
 @dataclass(frozen=True)
-class TransferRun:
+class TransferRun(_OnSourceInputs):
     """Fine-tune a copy of a source model on a target under a transfer policy."""
     source: SourceRun
     data: DataSpec
@@ -175,18 +185,9 @@ class TransferRun:
         check_int("seed", self.seed, 0)
         self.policy.check_model(self.source.model.n_blocks)
 
-    def _shape(self, d: D.ImageData) -> D.ImageData:
-        return shaped_for(self.source, d)
-
-    def train_data(self) -> D.ImageData:
-        return self._shape(self.data.train())
-
-    def test_data(self) -> D.ImageData:
-        return self._shape(self.data.test())
-
 
 @dataclass(frozen=True)
-class HeadRun:
+class HeadRun(_OnSourceInputs):
     """A classifier head trained on the frozen penultimate features of a cached source (Provably
     Robust Transfer Sec. 3 and App. A.1): ``model(x)`` = h(f(x)), with h in ``model.head.fc`` and
     every tensor of f bit-identical to the source's, so attacks, ``evaluate`` and ``certify`` work
@@ -204,15 +205,6 @@ class HeadRun:
         check_int("seed", self.seed, 0)
         if self.head_sigma is not None:
             check_real("head_sigma", self.head_sigma, 0, low_open=True)
-
-    def _shape(self, d: D.ImageData) -> D.ImageData:
-        return shaped_for(self.source, d)
-
-    def train_data(self) -> D.ImageData:
-        return self._shape(self.data.train())
-
-    def test_data(self) -> D.ImageData:
-        return self._shape(self.data.test())
 
 
 MARKER = "complete.json"
@@ -385,8 +377,7 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
             from .methods.lipschitz import train_head
             z, y = get_or_features(run.source, run.data, "train", runtime, progress, run.head_sigma, run.seed)
             model = runtime.prepare(model)
-            history = train_head(model.head.fc, z.to(runtime.device), y.to(runtime.device), run.method, run.seed,
-                                 progress, desc)
+            history = train_head(model.head.fc, z, y, run.method, run.seed, progress, desc)   # moves them to fc
         else:
             history = train(model, run.train_data(), run.method, runtime, policy=policy,
                             checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)

@@ -76,6 +76,19 @@ def operator_norm(layer: nn.Module) -> float:
     return float(layer.weight.detach().abs().sum(1).max())
 
 
+def check_head(layers: int, constraint: str, hidden: int | None, k: float, row_norm: str, group: int) -> None:
+    """The settings of a head (``LipschitzHead``, ``HeadSpec``), each bad one a ConfigError."""
+    check(constraint in CONSTRAINTS, f"constraint must be one of {CONSTRAINTS}, not {constraint!r}")
+    check_int("head layers", layers, 1)
+    check_real("Lipschitz constant k", k, 0, low_open=True)
+    check(row_norm in ("l1", "l2"), f"row_norm must be 'l1' or 'l2', not {row_norm!r}")
+    check_int("GroupSort group size", group, 1)
+    if hidden is not None:
+        check_int("head hidden width", hidden, 1)
+        if layers > 1:
+            check(hidden % group == 0, f"the hidden width {hidden} must be divisible by the GroupSort group {group}")
+
+
 class LipschitzHead(nn.Module):
     """A classifier on frozen features: ``layers`` bias-free linear layers (the hidden ones
     ``hidden`` wide, default the feature width), GroupSort between them and none after the last."""
@@ -83,16 +96,10 @@ class LipschitzHead(nn.Module):
     def __init__(self, n_in: int, num_classes: int, layers: int = 1, hidden: int | None = None,
                  constraint: str = "wn", k: float = 1.0, row_norm: str = "l1", group: int = 2):
         super().__init__()
-        check(constraint in CONSTRAINTS, f"constraint must be one of {CONSTRAINTS}, not {constraint!r}")
-        check_int("head layers", layers, 1)
         check_int("head inputs", n_in, 1)
         check_int("classes", num_classes, 1)
         hidden = n_in if hidden is None else hidden
-        check_int("head hidden width", hidden, 1)
-        check_int("GroupSort group size", group, 1)
-        if layers > 1:
-            check(hidden % group == 0, f"the hidden width {hidden} must be divisible by the GroupSort group {group}")
-        check_real("Lipschitz constant k", k, 0, low_open=True)
+        check_head(layers, constraint, hidden, k, row_norm, group)
         self.constraint, self.k = constraint, float(k)
         widths = [n_in] + [hidden] * (layers - 1) + [num_classes]
         mods: list[nn.Module] = []
@@ -134,16 +141,7 @@ class HeadSpec:
     group: int = 2
 
     def __post_init__(self):
-        check(self.constraint in CONSTRAINTS, f"constraint must be one of {CONSTRAINTS}, not {self.constraint!r}")
-        check_int("head layers", self.layers, 1)
-        check_real("Lipschitz constant k", self.k, 0, low_open=True)
-        check(self.row_norm in ("l1", "l2"), f"row_norm must be 'l1' or 'l2', not {self.row_norm!r}")
-        check_int("GroupSort group size", self.group, 1)
-        if self.hidden is not None:
-            check_int("head hidden width", self.hidden, 1)
-            if self.layers > 1:
-                check(self.hidden % self.group == 0,
-                      f"the hidden width {self.hidden} must be divisible by the GroupSort group {self.group}")
+        check_head(self.layers, self.constraint, self.hidden, self.k, self.row_norm, self.group)
 
     def build(self, n_in: int, num_classes: int, seed: int = 0) -> LipschitzHead:
         with torch.random.fork_rng(devices=[]):
@@ -204,8 +202,9 @@ def train_head(head: nn.Module, z: torch.Tensor, y: torch.Tensor, method: HeadTr
             continue
         head.eval()
         with torch.no_grad():
-            val_loss = float(F.cross_entropy(head(zv), yv))
-            val_acc = float((head(zv).argmax(1) == yv).float().mean())
+            val_logits = head(zv)
+            val_loss = float(F.cross_entropy(val_logits, yv))
+            val_acc = float((val_logits.argmax(1) == yv).float().mean())
             train_acc = float((head(zt).argmax(1) == yt).float().mean())
         history.append({"epoch": epoch, "val_loss": val_loss, "val_acc": val_acc, "train_acc": train_acc})
         bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
