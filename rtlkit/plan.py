@@ -43,6 +43,8 @@ NOTEBOOK_STEPS = {
     "03_cartl": ("cartl", ("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs")),
     "04_pretraining": ("pretraining", ("noise_table", "certified_sources", "empirical_transfer", "certified_transfer",
                                        "certified_curves", "pretraining_ablation", "robust_finetuning_needed")),
+    "05_provable": ("provable", ("lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs",
+                                 "radius_curves")),
 }
 
 
@@ -93,13 +95,21 @@ class Plan:
                                 "A": images * steps, "T": t, "cached": is_cached(run),
                                 "what": f"{run.data.label}" + (f" k={run.policy.k}" if isinstance(run, TransferRun) else "")}
 
-    def add_evaluation(self, run, attacks, test_n: int | None) -> None:
-        """An evaluation by attacks (``runs.get_or_evaluate``) or a certification by one smoothing
-        (``runs.get_or_certify``, recorded with ``[smoothing]``)."""
+    def add_evaluation(self, run, attacks, test_n: int | None, path=None) -> None:
+        """An evaluation by attacks (``runs.get_or_evaluate``), a certification by one smoothing
+        (``runs.get_or_certify``, recorded with ``[smoothing]``), or other per-image work recorded
+        with the file it leaves (noisy features, input search: ``attack_steps`` and
+        ``forward_passes`` per image)."""
         from .smoothing import Smoothing
         self.add_training(run)
-        key = (run_dir(run).name, tuple(a.label for a in attacks), test_n)
+        key = (run_dir(run).name, tuple(a.label for a in attacks), test_n) if path is None else (str(path),)
         if key in self.evaluations:
+            return
+        if path is not None:
+            w = attacks[0]
+            self.evaluations[key] = {"run": run_dir(run).name, "attacks": [w.label], "n_test": test_n,
+                                     "A_own": w.attack_steps * test_n, "A_foolbox": 0, "F": w.forward_passes * test_n,
+                                     "cached": path.is_file(), "path": str(path)}
             return
         if attacks and isinstance(attacks[0], Smoothing):
             n = min(test_n or _n_test(run.data), _n_test(run.data))
@@ -147,8 +157,8 @@ def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
                     p.skipped.append(f"{nb}: {step}: {str(e).splitlines()[0]}")
     for run in rec.trainings:
         p.add_training(run)
-    for run, attacks, test_n in rec.evaluations:
-        p.add_evaluation(run, attacks, test_n)
+    for run, attacks, test_n, *path in rec.evaluations:
+        p.add_evaluation(run, attacks, test_n, *path)
     return p
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .attacks import PGD, FoolboxPGD
 from .errors import ConfigError, check, check_int, check_real, is_int, is_real
@@ -93,6 +93,113 @@ class Pretraining:
             check_int("pt_seeds entry", v, 0)
 
 
+PV_MODES = ("normal", "noise", "adv", "adv-d", "adv-s")
+
+
+def _pv_radii() -> tuple[float, ...]:
+    return tuple(round(0.01 * i, 2) for i in range(19))   # 0 .. 0.18, below the 0.185 limit at dim 640
+
+
+@dataclass(frozen=True)
+class Provable:
+    """Notebook 05 (Provably Robust Transfer, ICLR 2022 sub.): Lipschitz heads on frozen features,
+    representation search and median smoothing, at one scale. Defaults are App. A.1's: sigma =
+    eps = r = 0.1, S = 500 draws, alpha = 1e-4, Cohen N0 = 100 / N = 500, balanced 1,000 test
+    images, input search 1,000 steps, 3 head seeds, Adam lr 1e-4. Each field is also a notebook
+    parameter. Pairs are (source DataSpec or None for the profile's source, target DataSpec)."""
+    main_pair: tuple                          # Tables 2-3 and the radius figure
+    table1_pairs: tuple                       # Table 1 (the main pair first)
+    table4_pairs: tuple                       # Table 4: 4-layer heads on a distant pair
+    pv_model: WRNSpec | None = None           # None: the profile's model
+    pv_modes: tuple[str, ...] = PV_MODES
+    pv_sigma: float = 0.1                     # smoothing sigma and the noise / adv-s training sigma
+    pv_eps: float = 0.1                       # adv (paper) and adv-s: L2 PGD radius
+    pv_r: float = 0.1                         # the radius A_V is read at
+    pv_radii: tuple[float, ...] = field(default_factory=_pv_radii)
+    pv_samples: int = 500                     # S: median smoothing draws = Cohen's N
+    pv_n0: int = 100                          # Cohen's selection draws (label smoothing)
+    pv_alpha: float = 1e-4
+    pv_scale: float = 1.0                     # eps, sigma, r in pixels = the paper's (normalised) x this
+    smooth_images: int = 1000
+    search_images: int = 1000
+    search_steps: int = 1000
+    head_seeds: tuple[int, ...] = (0, 1, 2)
+    head_lr: float = 1e-4
+    head_max_epochs: int = 200
+    wn_temperature: float = 100.0             # CE(T h(z)) for wn heads (HeadTraining.temperature)
+    normal_epochs: int = 100                  # normal and noise sources (notebook 04's ST config)
+    shared_adv: bool = False                  # adv = the profile's robust source (01-03's, L-inf), not L2 PGD-10
+    tap: int | None = None                    # None: the penultimate feature
+
+    def __post_init__(self):
+        from .smoothing import median_radius_limit, median_samples_needed
+        for name in ("main_pair", "table1_pairs", "table4_pairs"):
+            pairs = (getattr(self, name),) if name == "main_pair" else getattr(self, name)
+            check(len(pairs) >= 1, f"{name} is empty: give at least one (source, target) pair")
+            for pair in pairs:
+                check(isinstance(pair, tuple) and len(pair) == 2 and (pair[0] is None or isinstance(pair[0], DataSpec))
+                      and isinstance(pair[1], DataSpec), f"{name}: a pair is (source DataSpec or None, target DataSpec), "
+                      f"not {pair!r}")
+        check(len(self.pv_modes) >= 1, "pv_modes is empty: give at least one training mode")
+        for m in self.pv_modes:
+            check(m in PV_MODES, f"unknown training mode {m!r}; one of {', '.join(PV_MODES)}")
+        check_real("pv_sigma", self.pv_sigma, 0, low_open=True)
+        check_real("pv_eps", self.pv_eps, 0)
+        check_real("pv_r", self.pv_r, 0)
+        check(0 < self.pv_alpha < 1 if is_real(self.pv_alpha) else False,
+              f"pv_alpha must be in (0, 1), not {self.pv_alpha!r}")
+        check_real("pv_scale", self.pv_scale, 0, low_open=True)
+        for name in ("pv_samples", "pv_n0", "smooth_images", "search_images", "search_steps", "head_max_epochs",
+                     "normal_epochs"):
+            check_int(name, getattr(self, name), 1)
+        check_real("head_lr", self.head_lr, 0, low_open=True)
+        check_real("wn_temperature", self.wn_temperature, 0, low_open=True)
+        check(len(self.head_seeds) >= 1, "head_seeds is empty: give at least one seed")
+        for v in self.head_seeds:
+            check_int("head_seeds entry", v, 0)
+        check(len(self.pv_radii) >= 1, "pv_radii is empty: give at least one radius")
+        for r in self.pv_radii:
+            check_real("pv_radii entry", r, 0)
+        if self.tap is not None:
+            check_int("tap", self.tap, 1)
+        check(self.tap is None or is_int(self.tap), f"tap must be a block count or None, not {self.tap!r}")
+        if self.pv_model is not None:
+            self.check_model(self.pv_model)
+
+    def check_model(self, spec: WRNSpec) -> None:
+        """What depends on the extractor: the tap names one of its blocks, and every radius is below
+        the largest one S draws can certify over its feature width D (Bonferroni over D)."""
+        from .runs import check_tap
+        from .smoothing import median_radius_limit, median_samples_needed
+        check_tap(self.tap, spec.n_blocks)
+        dim = self.feature_dim(spec)
+        limit = median_radius_limit(self.sigma, self.pv_alpha, dim, self.pv_samples)
+        for name, r in [("pv_r", self.pv_r)] + [("pv_radii entry", r) for r in self.pv_radii]:
+            check(r * self.pv_scale < limit, f"{name} = {r:g} is at or above the largest radius median smoothing can "
+                  f"certify with S = {self.pv_samples} draws over {dim} dimensions at sigma = {self.pv_sigma:g}, "
+                  f"alpha = {self.pv_alpha:g}: {limit / self.pv_scale:.4g}; S = "
+                  f"{median_samples_needed(r * self.pv_scale, self.sigma, self.pv_alpha, dim)} draws would certify it")
+
+    def feature_dim(self, spec: WRNSpec) -> int:
+        """D, the width of f's output: 64 x width at the penultimate feature; at a tap, the width of
+        the block group it ends in (n residual blocks per group, then the final BN)."""
+        n = (spec.depth - 4) // 6
+        widths = [spec.base * spec.width * m for m in (1, 2, 4)]
+        return widths[-1] if self.tap is None else widths[min(2, (self.tap - 1) // n)]
+
+    @property
+    def sigma(self) -> float:
+        return self.pv_sigma * self.pv_scale
+
+    @property
+    def eps(self) -> float:
+        return self.pv_eps * self.pv_scale
+
+    @property
+    def r(self) -> float:
+        return self.pv_r * self.pv_scale
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -121,6 +228,7 @@ class Profile:
     cartl_finetune_epochs: int | None = None             # notebook 03's fine-tuning budget (None: finetune.epochs)
     pairs: tuple = ()      # Table 4: extra (source DataSpec or None for the profile's source, target DataSpec)
     pretraining: Pretraining | None = None   # notebook 04 (Vaishnavi et al.)
+    provable: Provable | None = None         # notebook 05 (Provably Robust Transfer)
 
     def __post_init__(self):
         for name in _GRIDS:
@@ -141,6 +249,8 @@ class Profile:
               "FDM lambda and LwF lambda_d must be >= 0")
         check(all(0 < f <= 1 for f in self.fractions), f"fractions must be in (0, 1]: {self.fractions}")
         check_real("eps", self.eps, 0, 1)   # an L-inf radius in [0, 1] pixel units
+        if self.provable is not None:
+            self.provable.check_model(self.provable.pv_model or self.model)
 
     def with_(self, **changes) -> "Profile":
         """A copy with notebook parameters applied (None leaves a field as it is)."""
@@ -163,6 +273,10 @@ class Profile:
         if pt:
             check(self.pretraining is not None, f"profile {self.name} has no notebook-04 settings for {sorted(pt)}")
             changes["pretraining"] = replace(self.pretraining, **pt)
+        pv = {k: changes.pop(k) for k in list(changes) if k in _PV_FIELDS}
+        if pv:
+            check(self.provable is not None, f"profile {self.name} has no notebook-05 settings for {sorted(pv)}")
+            changes["provable"] = replace(self.provable, **pv)
         return replace(self, **changes)
 
     def finetune_steps(self, target: DataSpec, epochs: int | None = None) -> int:
@@ -191,6 +305,10 @@ _ALIASES = ("source_name", "target_name", "source_epochs", "finetune_epochs")
 # notebook 04's settings: every field of Pretraining is a parameter of its own name
 _PT_FIELDS = tuple(f.name for f in dataclasses.fields(Pretraining) if f.name not in ("pt_source", "pt_targets", "pt_model"))
 _PT_GRIDS = ("noise_sigmas", "radii", "pt_seeds", "table6_targets")
+# notebook 05's settings: every field of Provable but its pairs and model is a parameter of its own name
+_PV_FIELDS = tuple(f.name for f in dataclasses.fields(Provable)
+                   if f.name not in ("main_pair", "table1_pairs", "table4_pairs", "pv_model"))
+_PV_GRIDS = ("pv_modes", "pv_radii", "head_seeds")
 
 
 def _literal(value):
@@ -208,9 +326,11 @@ def parameter(name: str, value):
     """A notebook parameter parsed and checked: strings read as literals, a scalar grid as a
     one-value grid, and each value's type checked, so a bad one is a ConfigError naming it before
     any compute."""
-    known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES) | set(_PT_FIELDS)
+    known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES) | set(_PT_FIELDS) | set(_PV_FIELDS)
     check(name in known, f"unknown parameter {name!r}; one of {', '.join(sorted(known))}")
     value = _literal(value)
+    if name in _PV_FIELDS:
+        return _pv_parameter(name, value)
     if name in _GRIDS + _PT_GRIDS:
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         check(len(values) >= 1, f"{name} is empty: give at least one value")
@@ -243,6 +363,30 @@ def parameter(name: str, value):
     return value
 
 
+def _pv_parameter(name: str, value):
+    """A notebook-05 parameter: grids as tuples with each entry checked, scalars checked by type
+    (ranges and the certifiable radius are Provable's own checks)."""
+    if name in _PV_GRIDS:
+        values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        check(len(values) >= 1, f"{name} is empty: give at least one value")
+        for v in values:
+            if name == "pv_modes":
+                check(v in PV_MODES, f"unknown training mode {v!r}; one of {', '.join(PV_MODES)}")
+            elif name == "head_seeds":
+                check_int("head_seeds entry", v, 0)
+            else:
+                check_real("pv_radii entry", v, 0)
+        return values
+    if name == "tap":
+        check(value is None or is_int(value), f"tap must be a block count or None, not {value!r}")
+    elif name in ("pv_samples", "pv_n0", "smooth_images", "search_images", "search_steps", "head_max_epochs",
+                  "normal_epochs"):
+        check_int(name, value, 1)
+    else:
+        check(is_real(value), f"{name} must be a number, not {value!r}")
+    return value
+
+
 def _rescale(attack: PGD | FoolboxPGD, eps: float) -> PGD | FoolboxPGD:
     return replace(attack, eps=eps, step_size=step_size(eps, attack.steps))
 
@@ -271,6 +415,22 @@ def _offline_pretraining(gpu: bool, quick: bool) -> Pretraining:
         table6_targets=(1, 0), pretrain_epochs=30, pt_finetune_steps=1500, attack_images=1000, cert_images=100)
 
 
+def _offline_provable(gpu: bool, quick: bool, model: WRNSpec, pairs: tuple) -> Provable:
+    """Notebook 05 offline: Fashion-MNIST -> MNIST-5k for Tables 2-3, the CARTL pairs too for
+    Table 1 (so 03's split source is reused), Fashion-MNIST -> 8x8 digits as Table 4's distant pair.
+    adv is the shared robust source of 01-03; normal and noise train as notebook 04's ST source."""
+    main = (None, DataSpec("mnist-5k"))
+    far = tuple(p for p in pairs if p[1].name == "digits-8x8")
+    pt = _offline_pretraining(gpu, quick)
+    if quick:   # 2-core CPU: ~15 min with 01-03 warm (the issue's levers: 300 smoothed, 200 searched x 100 steps)
+        # head lr 1e-3: MNIST-5k's 4,000 rows give 28 Adam steps an epoch, against the paper's hundreds
+        return Provable(main_pair=main, table1_pairs=(main,) + tuple(pairs), table4_pairs=far, pv_model=model,
+                        smooth_images=300, search_images=200, search_steps=100, head_seeds=(0,), head_lr=1e-3,
+                        normal_epochs=pt.pretrain_epochs, shared_adv=True)
+    return Provable(main_pair=main, table1_pairs=(main,) + tuple(pairs), table4_pairs=far, pv_model=model,
+                    normal_epochs=pt.pretrain_epochs, shared_adv=True)
+
+
 def _smoke() -> Profile:
     eps = 0.1
     return Profile(
@@ -290,7 +450,15 @@ def _smoke() -> Profile:
             pt_source=DataSpec("synthetic-c", classes=(0, 1)),
             pt_targets=(DataSpec("synthetic-c", classes=(2, 3)), DataSpec("synthetic-d", train_n=256)),
             pretrain_epochs=2, pt_finetune_steps=8, attack_images=32, apgd_iters=5, apgd_restarts=1,
-            square_queries=20, cert_images=16, smoothing_n0=10, smoothing_n=100, noise_images=64))
+            square_queries=20, cert_images=16, smoothing_n0=10, smoothing_n=100, noise_images=64),
+        provable=Provable(
+            main_pair=(None, DataSpec("synthetic-b", train_n=256)),
+            table1_pairs=((None, DataSpec("synthetic-b", train_n=256)),
+                          (DataSpec("synthetic-a", classes=(0, 1)), DataSpec("synthetic-a", classes=(2, 3)))),
+            table4_pairs=((None, DataSpec("synthetic-a", classes=(2, 3), train_n=128)),),
+            pv_model=WRNSpec(10, 1, stem_stride=2), smooth_images=16, search_images=16, search_steps=5,
+            pv_samples=60, pv_n0=10, pv_alpha=0.01, pv_radii=(0.0, 0.02, 0.04), pv_r=0.02, head_seeds=(0,),
+            head_lr=1e-2, head_max_epochs=6, normal_epochs=2, shared_adv=True))
 
 
 def _quick(gpu: bool) -> Profile:
@@ -314,7 +482,8 @@ def _quick(gpu: bool) -> Profile:
         # bench/budget.py (figures/03_budget): at 6 epochs NEFT underfits and loses 11-14 points of
         # robustness to plain fine-tuning; from 24 the paper's order shows (CARTL > AT + NEFT > vanilla)
         cartl_finetune_epochs=24,
-        pretraining=_offline_pretraining(gpu, quick=True))
+        pretraining=_offline_pretraining(gpu, quick=True),
+        provable=_offline_provable(gpu, True, WRNSpec(16, 1, stem_stride=2), _offline_pairs(None if gpu else 6000)))
 
 
 def _full() -> Profile:
@@ -333,7 +502,8 @@ def _full() -> Profile:
         eval_attacks=(FoolboxPGD(eps=eps, steps=100, step_size=step_size(eps, 100)),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
         reinit_source=DataSpec("fashion-mnist", train_n=10000, test_n=1000),
-        seeds=(0, 1, 2), pairs=_offline_pairs(None), pretraining=_offline_pretraining(True, quick=False))
+        seeds=(0, 1, 2), pairs=_offline_pairs(None), pretraining=_offline_pretraining(True, quick=False),
+        provable=_offline_provable(True, False, WRNSpec(16, 4), _offline_pairs(None)))
 
 
 def _paper() -> Profile:
@@ -356,7 +526,15 @@ def _paper() -> Profile:
         pretraining=Pretraining(
             pt_source=DataSpec("cifar100"),
             pt_targets=(DataSpec("cifar10"), DataSpec("svhn"), DataSpec("gtsrb"), DataSpec("stl10")),
-            table6_targets=(0, 1), pt_model=WRNSpec(28, 4), attack_images=1000))
+            table6_targets=(0, 1), pt_model=WRNSpec(28, 4), attack_images=1000),
+        # Provably Robust Transfer: WRN-34-10 (App. A.1 says WRN-32-10, not a 6n+4 depth), eps, sigma, r
+        # perturb normalised inputs there: x 0.3081 (MNIST's std) in [0,1] pixels. SVHN is RGB here.
+        provable=Provable(
+            main_pair=(DataSpec("svhn"), DataSpec("mnist")),
+            table1_pairs=((DataSpec("svhn"), DataSpec("mnist")), (DataSpec("fashion-mnist"), DataSpec("kmnist")),
+                          (DataSpec("cifar10"), DataSpec("stl10")), (DataSpec("mnist"), DataSpec("kmnist"))),
+            table4_pairs=((DataSpec("mnist"), DataSpec("kmnist")), (DataSpec("fashion-mnist"), DataSpec("kmnist"))),
+            pv_model=WRNSpec(34, 10), pv_scale=0.3081))
 
 
 PROFILES = ("smoke", "quick", "full", "paper")

@@ -34,7 +34,7 @@ import torch
 
 from . import data as D
 from .attacks import PGD, FoolboxPGD
-from .errors import check, check_int, check_real
+from .errors import check, check_int, check_real, is_int
 from .evaluate import evaluate
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, csv_bytes, fault_point, read_json,
                  set_aside, sha256_bytes, sweep_tmp)
@@ -192,19 +192,35 @@ class HeadRun(_OnSourceInputs):
     Robust Transfer Sec. 3 and App. A.1): ``model(x)`` = h(f(x)), with h in ``model.head.fc`` and
     every tensor of f bit-identical to the source's, so attacks, ``evaluate`` and ``certify`` work
     unchanged. Features come from :func:`get_or_features` (computed once per source and data);
-    ``head_sigma`` trains h on the features of one noisy copy x + sigma N(0, I) of each image."""
+    ``head_sigma`` trains h on the features of one noisy copy x + sigma N(0, I) of each image.
+    ``tap = n`` trains h on the pooled output of the first n blocks instead of the penultimate
+    feature; ``model(x)`` is then not h(f(x)), so such a head is measured on features only."""
     source: SourceRun
     data: DataSpec
     head: "HeadSpec"
     method: "HeadTraining"
     seed: int = 0
     head_sigma: float | None = None
+    tap: int | None = None
     kind = "head"
 
     def __post_init__(self):
         check_int("seed", self.seed, 0)
         if self.head_sigma is not None:
             check_real("head_sigma", self.head_sigma, 0, low_open=True)
+        check_tap(self.tap, self.source.model.n_blocks)
+
+
+def check_tap(tap: int | None, n_blocks: int) -> None:
+    """A feature tap: the pooled output of the first ``tap`` blocks (None: the penultimate feature)."""
+    if tap is not None:
+        check(is_int(tap) and 1 <= tap <= n_blocks - 1,
+              f"tap={tap!r} is not a block count below the head: 1..{n_blocks - 1} (None: the penultimate feature)")
+
+
+def tapped(model: WideResNet, x: torch.Tensor, tap: int | None = None) -> torch.Tensor:
+    """The frozen feature f(x): ``model.penultimate`` or, with ``tap``, the pooled first ``tap`` blocks."""
+    return model.penultimate(x) if tap is None else model.head.features(model.features(x, tap))
 
 
 MARKER = "complete.json"
@@ -375,7 +391,8 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
     try:
         if isinstance(run, HeadRun):   # cheap (features cached): no checkpoints, a killed one starts again
             from .methods.lipschitz import train_head
-            z, y = get_or_features(run.source, run.data, "train", runtime, progress, run.head_sigma, run.seed)
+            z, y = get_or_features(run.source, run.data, "train", runtime, progress, run.head_sigma, run.seed,
+                                   tap=run.tap)
             model = runtime.prepare(model)
             history = train_head(model.head.fc, z, y, run.method, run.seed, progress, desc)   # moves them to fc
         else:
@@ -457,6 +474,8 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
     of it), cached with a per-example CSV."""
     attacks = list(attacks)
     check(len(attacks) >= 1, "attacks: give at least one attack (with none, robust accuracy would be the clean accuracy)")
+    check(getattr(run, "tap", None) is None, "a head on a feature tap is measured on its features (model(x) is "
+          "not h(f(x)) there): use the penultimate feature (tap=None) to attack or certify the model")
     if _RECORDING:
         _RECORDING[-1].evaluations.append((run, attacks, test_n))
         return _placeholder_metrics(attacks, test_n or 0)
@@ -506,6 +525,8 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
     from tqdm.auto import tqdm
 
     from .smoothing import certify, summary
+    check(getattr(run, "tap", None) is None, "a head on a feature tap is measured on its features (model(x) is "
+          "not h(f(x)) there): use the penultimate feature (tap=None) to attack or certify the model")
     if _RECORDING:
         _RECORDING[-1].evaluations.append((run, [smoothing], test_n))
         return {"smoothed_acc": 0.0, "certified_acc": 0.0, "acr": 0.0, "abstain": 0.0, "n_test": test_n or 0,
@@ -547,24 +568,17 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
 # --------------------------------------------------------------------------- frozen features
 
 def features_path(source: SourceRun, data: DataSpec, split: str, sigma: float | None = None, seed: int = 0,
-                  runtime: Runtime | None = None) -> Path:
+                  runtime: Runtime | None = None, tap: int | None = None) -> Path:
     key = {"data": data, "split": split, "sigma": sigma, "seed": seed if sigma else None, "v": 1}
+    if tap is not None:   # added only when set: the penultimate features keep their files
+        key["tap"] = tap
     return run_dir(source, runtime) / f"features-{stable_hash(key)}.pt"
 
 
-def get_or_features(source: SourceRun, data: DataSpec, split: str = "train", runtime: Runtime | None = None,
-                    progress: bool = True, sigma: float | None = None, seed: int = 0,
-                    batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """The source's penultimate features (eval mode, float32, on the CPU) and labels of ``data``'s
-    ``split`` (adapted to the source's input shape), cached once per source in
-    ``features-<hash>.pt`` with a JSON recording its sha256 and the model.pt it came from; with
-    ``sigma``, of one noisy copy x + sigma N(0, I) of each image (a generator seeded by ``seed``)."""
-    check(split in ("train", "test"), f"split must be 'train' or 'test', not {split!r}")
-    if _RECORDING:
-        _RECORDING[-1].trainings.append(source)
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    runtime = runtime or Runtime()
-    path = features_path(source, data, split, sigma, seed, runtime)
+def _cached_tensors(source: SourceRun, path: Path, runtime: Runtime, progress: bool, compute, about: dict):
+    """Tensors computed from ``source``'s model, cached in ``path`` with a JSON beside it recording
+    their sha256 and the model.pt they came from: served only when both match (a broken file is
+    set aside and computed again). ``compute(model)`` returns a dict of CPU tensors."""
     meta = path.with_suffix(".json")
     with run_lock(path.parent):
         marker = read_marker(path.parent)
@@ -573,30 +587,163 @@ def get_or_features(source: SourceRun, data: DataSpec, split: str = "train", run
                 m = read_json(meta)
                 blob = path.read_bytes()
                 if m.get("model_sha256") == marker["artefacts"]["model.pt"] and sha256_bytes(blob) == m["sha256"]:
-                    saved = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-                    return saved["z"], saved["y"]
+                    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
                 if m.get("model_sha256") == marker["artefacts"]["model.pt"]:
                     raise ValueError(f"{path.name} does not match the sha256 recorded in {meta.name}")
             except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
                 set_aside(path, str(e) if type(e) is ValueError else f"unreadable ({type(e).__name__})")
                 set_aside(meta, f"belongs to the broken {path.name}")
         model, model_sha = _model_for(source, path.parent, runtime, progress)
+        t0 = time.time()
+        with torch.no_grad():
+            out = compute(model.eval())
+        blob = io.BytesIO()
+        torch.save(out, blob)
+        sha = atomic_write_bytes(path, blob.getvalue())
+        atomic_write_json(meta, {"sha256": sha, "model_sha256": model_sha, **to_jsonable(about),
+                                 "shapes": {k: list(v.shape) for k, v in out.items()}, "seconds": time.time() - t0,
+                                 "device": runtime.describe(), "numerics": runtime.numerics(),
+                                 "threads": torch.get_num_threads()})
+        return out
+
+
+def get_or_features(source: SourceRun, data: DataSpec, split: str = "train", runtime: Runtime | None = None,
+                    progress: bool = True, sigma: float | None = None, seed: int = 0,
+                    batch_size: int = 1000, tap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source's frozen features f(x) (``tapped``: eval mode, float32, on the CPU) and labels of
+    ``data``'s ``split`` (adapted to the source's input shape), cached once per source in
+    ``features-<hash>.pt``; with ``sigma``, of one noisy copy x + sigma N(0, I) of each image (a
+    generator seeded by ``seed``)."""
+    check(split in ("train", "test"), f"split must be 'train' or 'test', not {split!r}")
+    check_tap(tap, source.model.n_blocks)
+    if _RECORDING:
+        _RECORDING[-1].trainings.append(source)
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    runtime = runtime or Runtime()
+
+    def compute(model):
         d = shaped_for(source, data.train() if split == "train" else data.test())
         g = torch.Generator(device=runtime.device).manual_seed(seed)
         zs = []
-        with torch.no_grad():
-            model.eval()
-            for s in range(0, len(d), batch_size):
-                x = d.x[s:s + batch_size].float().div(255).to(runtime.device)
-                if sigma:
-                    x = x + sigma * torch.randn(x.shape, generator=g, device=x.device)
-                with runtime.autocast():
-                    zs.append(model.penultimate(runtime.inputs(x)).float().cpu())
-        z, y = torch.cat(zs), d.y.clone()
-        blob = io.BytesIO()
-        torch.save({"z": z, "y": y}, blob)
-        sha = atomic_write_bytes(path, blob.getvalue())
-        atomic_write_json(meta, {"sha256": sha, "model_sha256": model_sha, "n": len(z), "dim": z.shape[1],
-                                 "data": to_jsonable(data), "split": split, "sigma": sigma, "seed": seed,
-                                 "device": runtime.describe(), "numerics": runtime.numerics()})
-        return z, y
+        for s in range(0, len(d), batch_size):
+            x = d.x[s:s + batch_size].float().div(255).to(runtime.device)
+            if sigma:
+                x = x + sigma * torch.randn(x.shape, generator=g, device=x.device)
+            with runtime.autocast():
+                zs.append(tapped(model, runtime.inputs(x), tap).float().cpu())
+        return {"z": torch.cat(zs), "y": d.y.clone()}
+    about = {"data": data, "split": split, "sigma": sigma, "seed": seed, "tap": tap}
+    out = _cached_tensors(source, features_path(source, data, split, sigma, seed, runtime, tap), runtime, progress,
+                          compute, about)
+    return out["z"], out["y"]
+
+
+@dataclass(frozen=True)
+class NoisyDraws:
+    """``draws`` noisy copies x + sigma N(0, I) of each of ``images`` class-balanced test images
+    (a generator of its own, seeded): one set of noisy features serves label, logit and
+    representation smoothing and every head on a source (Provably Robust Transfer Sec. 5)."""
+    sigma: float
+    draws: int
+    images: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_real("smoothing sigma", self.sigma, 0, low_open=True)
+        check_int("noise draws", self.draws, 1)
+        if self.images is not None:
+            check_int("smoothed images", self.images, 1)
+        check_int("noise seed", self.seed, 0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.draws} noisy draws sigma={self.sigma:g}"
+
+    forward_passes = property(lambda self: self.draws)   # rtlkit.plan: F per image
+    attack_steps = 0
+
+
+def noisy_features_path(source: SourceRun, data: DataSpec, draws: NoisyDraws, runtime: Runtime | None = None,
+                        tap: int | None = None) -> Path:
+    key = {"data": data, "draws": draws, "v": 1, **({"tap": tap} if tap is not None else {})}
+    return run_dir(source, runtime) / f"noisy-{stable_hash(key)}.pt"
+
+
+def test_images(data: DataSpec, n: int | None, seed: int = 0) -> D.ImageData:
+    """A class-balanced subset of ``n`` test images (all when None): what smoothing and search measure."""
+    return D.subset(data.test(), n, seed)
+
+
+def get_or_noisy_features(source: SourceRun, data: DataSpec, draws: NoisyDraws, runtime: Runtime | None = None,
+                          progress: bool = True, tap: int | None = None,
+                          batch_size: int = 2000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy features (draws, B, D), clean features (B, D), labels (B,)) of ``draws.images``
+    class-balanced test images of ``data``, cached beside the source in ``noisy-<hash>.pt``."""
+    check_tap(tap, source.model.n_blocks)
+    if _RECORDING:
+        n = len(test_images(data, draws.images, data.seed))
+        _RECORDING[-1].evaluations.append((source, [draws], n, noisy_features_path(source, data, draws, None, tap)))
+        return torch.zeros(0, 0, 0), torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    runtime = runtime or Runtime()
+
+    def compute(model):
+        d = shaped_for(source, test_images(data, draws.images, data.seed))
+        x = runtime.inputs(d.x.float().div(255).to(runtime.device))
+        g = torch.Generator(device=runtime.device).manual_seed(draws.seed)
+        with runtime.autocast():
+            clean = tapped(model, x, tap).float().cpu()
+        owner = torch.arange(len(x), device=x.device).repeat(draws.draws)   # draw-major: (draws, B)
+        zs = []
+        for s in tqdm_range(0, len(owner), batch_size, "noisy features", progress):
+            xb = x[owner[s:s + batch_size]]
+            with runtime.autocast():
+                zs.append(tapped(model, xb + draws.sigma * torch.randn(xb.shape, generator=g, device=xb.device,
+                                                                     dtype=xb.dtype), tap).float().cpu())
+        return {"z": torch.cat(zs).view(draws.draws, len(x), -1), "clean": clean, "y": d.y.clone()}
+    out = _cached_tensors(source, noisy_features_path(source, data, draws, runtime, tap), runtime, progress, compute,
+                          {"data": data, "draws": draws, "tap": tap})
+    return out["z"], out["clean"], out["y"]
+
+
+def tqdm_range(start: int, stop: int, step: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+    return tqdm(range(start, stop, step), desc=desc, leave=False, disable=not progress)
+
+
+# --------------------------------------------------------------------------- other per-example tables
+
+def table_path(run, name: str, key, runtime: Runtime | None = None) -> Path:
+    return run_dir(run, runtime) / f"{name}-{stable_hash({'key': key, 'v': 1})}.json"
+
+
+def _table_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
+    return [c for c, v in m.get("column_means", {}).items() if abs(float(df[c].mean()) - float(v)) > 1e-9]
+
+
+def get_or_table(run, name: str, key, compute, runtime: Runtime | None = None, progress: bool = True,
+                 work=None, n: int = 0) -> pd.DataFrame:
+    """A per-example table that ``compute(model)`` (a DataFrame) measures on ``run``'s model,
+    cached as ``<name>-<hash of key>.json`` + ``.csv`` beside the run with the model.pt sha256 it
+    measured and every numeric column's mean (checked on load, like evaluations). ``work`` (with
+    ``label``, ``attack_steps``, ``forward_passes`` per image) and ``n`` are what rtlkit.plan counts."""
+    if _RECORDING:
+        _RECORDING[-1].evaluations.append((run, [work], n, table_path(run, name, key)))
+        return pd.DataFrame()
+    runtime = runtime or Runtime()
+    path = table_path(run, name, key, runtime)
+    with run_lock(path.parent):
+        marker = read_marker(path.parent)
+        cached = _cached_result(path, marker, ".csv", ",", _table_mismatches) if marker is not None else None
+        if cached is not None:
+            return cached[1]
+        model, model_sha = _model_for(run, path.parent, runtime, progress)
+        t0 = time.time()
+        df = compute(model)
+        data = df.to_csv(index=False, float_format="%.17g").encode()
+        df = pd.read_csv(io.BytesIO(data))   # exactly what a later cache hit reads
+        means = {c: float(df[c].mean()) for c in df.columns if pd.api.types.is_numeric_dtype(df[c])}
+        atomic_write_json(path, {"key": to_jsonable(key), "n_test": len(df), "column_means": means,
+                                 "seconds": time.time() - t0, "device": runtime.describe(),
+                                 "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
+                                 "model_sha256": model_sha, "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), data)})
+        return df

@@ -185,11 +185,12 @@ def median_samples_needed(r: float, sigma: float, alpha: float, dim: int, bonfer
 
 
 def median_bounds(samples: torch.Tensor, r: float, sigma: float, alpha: float,
-                  bonferroni: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  bonferroni: bool = True, presorted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds, each of shape samples.shape[1:], on every coordinate's median of
     the smoothed output under any L2 perturbation up to ``r``, from ``samples`` (S, ..., dim) of
     the output on x + sigma N(0, I). They hold jointly over the last dimension with probability at
-    least 1 - alpha (Bonferroni; per coordinate and side only with ``bonferroni=False``)."""
+    least 1 - alpha (Bonferroni; per coordinate and side only with ``bonferroni=False``).
+    ``presorted``: the samples are already sorted along the draws (one sort serves every r)."""
     check_real("median smoothing sigma", sigma, 0, low_open=True)
     check_real("median smoothing r", r, 0)
     check(0 < alpha < 1, f"median smoothing alpha must be in (0, 1), not {alpha!r}")
@@ -203,20 +204,29 @@ def median_bounds(samples: torch.Tensor, r: float, sigma: float, alpha: float,
     m = np.arange(s)
     lo = int(np.nonzero(binom.cdf(m, s, norm.cdf(-r / sigma)) <= a)[0].max())     # P(X_(lo+1) <= q_lo) >= 1 - a
     hi = int(np.nonzero(binom.cdf(m, s, norm.cdf(r / sigma)) >= 1 - a)[0].min())  # P(X_(hi+1) >= q_hi) >= 1 - a
-    ordered = samples.sort(dim=0).values
+    ordered = samples if presorted else samples.sort(dim=0).values
     return ordered[lo], ordered[hi]
 
 
+def sorted_draws(samples: torch.Tensor) -> torch.Tensor:
+    """The draws sorted along dim 0: what ``presorted=True`` takes; row (S - 1) // 2 is the
+    (lower) median, as ``torch.median`` returns it."""
+    return samples.sort(dim=0).values
+
+
 def median_certify_representation(head, z_samples: torch.Tensor, bound: float, r: float, sigma: float,
-                                  alpha: float) -> dict[str, np.ndarray]:
+                                  alpha: float, bonferroni: bool = True, presorted: bool = False,
+                                  logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Representation smoothing (Provably Robust Transfer Sec. 5): m = the per-dimension median of
     the noisy features ``z_samples`` (S, B, D), c = argmax h(m), delta = the larger distance in
     L-inf from m to the median bounds at ``r``; verified iff h's margin at m exceeds
-    2 * delta * ``bound`` (h's L-inf Lipschitz bound). Returns the class and whether it is verified."""
-    lo, hi = median_bounds(z_samples, r, sigma, alpha)
-    m = z_samples.median(dim=0).values
-    with torch.no_grad():
-        logits = head(m).float()
+    2 * delta * ``bound`` (h's L-inf Lipschitz bound). Returns the class and whether it is verified.
+    ``logits``: h(m), when the caller has it (one head, many radii)."""
+    lo, hi = median_bounds(z_samples, r, sigma, alpha, bonferroni, presorted)
+    m = z_samples[(len(z_samples) - 1) // 2] if presorted else z_samples.median(dim=0).values
+    if logits is None:
+        with torch.no_grad():
+            logits = head(m).float()
     top2 = logits.topk(2, dim=1).values
     delta = torch.maximum((hi - m).amax(1), (m - lo).amax(1))
     verified = (top2[:, 0] - top2[:, 1]) > 2 * delta * bound
@@ -224,11 +234,12 @@ def median_certify_representation(head, z_samples: torch.Tensor, bound: float, r
             "delta": delta.cpu().numpy()}
 
 
-def median_certify_logits(logit_samples: torch.Tensor, r: float, sigma: float, alpha: float) -> dict[str, np.ndarray]:
+def median_certify_logits(logit_samples: torch.Tensor, r: float, sigma: float, alpha: float,
+                          bonferroni: bool = True, presorted: bool = False) -> dict[str, np.ndarray]:
     """Logit smoothing: bounds on the K logit medians from ``logit_samples`` (S, B, K); c = argmax of
     the medians; verified iff c's lower bound exceeds every other logit's upper bound."""
-    lo, hi = median_bounds(logit_samples, r, sigma, alpha)
-    med = logit_samples.median(dim=0).values
+    lo, hi = median_bounds(logit_samples, r, sigma, alpha, bonferroni, presorted)
+    med = logit_samples[(len(logit_samples) - 1) // 2] if presorted else logit_samples.median(dim=0).values
     c = med.argmax(1)
     others = hi.scatter(1, c[:, None], float("-inf")).amax(1)
     verified = lo.gather(1, c[:, None]).squeeze(1) > others

@@ -154,13 +154,17 @@ class HeadSpec:
 class HeadTraining:
     """App. A.1: Adam at lr 1e-4 on frozen features, 10 % of the training rows held out, early
     stopping on the validation loss checked every 2 epochs with a patience of 10 epochs (the best
-    checked state is kept); ``max_epochs`` caps it."""
+    checked state is kept); ``max_epochs`` caps it. ``temperature`` T (ours; None = 1, the paper)
+    trains on CE(T * h(z)): under the exact L-inf constraint every logit is at most ||z||_inf, so
+    plain CE saturates near log K and the head barely learns; T changes the loss only, never h, its
+    Lipschitz bound or a certificate (a margin and 2 delta L scale alike)."""
     lr: float = 1e-4
     batch_size: int = 128
     max_epochs: int = 200
     val_fraction: float = 0.1
     check_every: int = 2
     patience: int = 10
+    temperature: float | None = None
 
     kind = "head"
     epochs = property(lambda self: self.max_epochs)   # what rtlkit.plan reads of every method
@@ -173,6 +177,8 @@ class HeadTraining:
         check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), not {self.val_fraction!r}")
         check_int("early-stopping check interval", self.check_every, 1)
         check_int("early-stopping patience", self.patience, 1)
+        if self.temperature is not None:
+            check_real("head loss temperature", self.temperature, 0, low_open=True)
 
 
 def train_head(head: nn.Module, z: torch.Tensor, y: torch.Tensor, method: HeadTraining, seed: int = 0,
@@ -187,6 +193,7 @@ def train_head(head: nn.Module, z: torch.Tensor, y: torch.Tensor, method: HeadTr
     dev = next(head.parameters()).device
     zt, yt, zv, yv = z[ti].to(dev), y[ti].to(dev), z[vi].to(dev), y[vi].to(dev)
     opt = torch.optim.Adam(head.parameters(), lr=method.lr)
+    t = method.temperature or 1.0
     best, best_loss, since, history = None, float("inf"), 0, []
     bar = tqdm(range(1, method.max_epochs + 1), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
@@ -194,7 +201,7 @@ def train_head(head: nn.Module, z: torch.Tensor, y: torch.Tensor, method: HeadTr
         order = torch.randperm(len(zt), generator=g).to(dev)
         for s in range(0, len(zt), method.batch_size):
             b = order[s:s + method.batch_size]
-            loss = F.cross_entropy(head(zt[b]), yt[b])
+            loss = F.cross_entropy(t * head(zt[b]), yt[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -203,7 +210,7 @@ def train_head(head: nn.Module, z: torch.Tensor, y: torch.Tensor, method: HeadTr
         head.eval()
         with torch.no_grad():
             val_logits = head(zv)
-            val_loss = float(F.cross_entropy(val_logits, yv))
+            val_loss = float(F.cross_entropy(t * val_logits, yv))
             val_acc = float((val_logits.argmax(1) == yv).float().mean())
             train_acc = float((head(zt).argmax(1) == yt).float().mean())
         history.append({"epoch": epoch, "val_loss": val_loss, "val_acc": val_acc, "train_acc": train_acc})

@@ -53,6 +53,13 @@ class InputSearch:
         check_real("input search lr", self.lr, 0, low_open=True)
         check_real("input search weight", self.weight, 0)
 
+    @property
+    def label(self) -> str:
+        return f"input search {self.steps} steps lr={self.lr:g} weight={self.weight:g}"
+
+    attack_steps = property(lambda self: self.steps)     # rtlkit.plan: per image, an upper bound
+    forward_passes = property(lambda self: self.steps)   # the success check after each step
+
 
 def input_search(features, head, x: torch.Tensor, y: torch.Tensor, z_target: torch.Tensor,
                  search: InputSearch = InputSearch()) -> dict[str, torch.Tensor]:

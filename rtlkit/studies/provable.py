@@ -1,0 +1,618 @@
+"""Notebook 05 · Provably Robust Transfer (ICLR 2022 submission): Lipschitz heads on a frozen
+extractor (Table 1), adversarial representations and reachable inputs (Table 2), and label,
+logit and representation smoothing (Tables 3-4, the radius figure): steps, plots and the panel.
+
+f is a cached source WRN's penultimate feature (``runs.tapped``), frozen; h is a ``HeadRun``
+(``rtlkit.methods.lipschitz``) trained on f's cached features. One set of noisy features per
+(source, data) (``runs.get_or_noisy_features``: N0 + S draws) serves all three smoothings and
+every head: label smoothing is Cohen's CERTIFY on the head's votes (the first N0 draws select,
+the other S estimate); logit and representation smoothing are median smoothing on the last S
+draws (``rtlkit.smoothing``). eps, sigma and r are in [0,1] pixels (``Provable.pv_scale``).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import plots, widgets
+from ..attacks import PGD, attack_mode
+from ..errors import ConfigError, DatasetNotFound
+from ..methods.consistency import gaussian_training
+from ..methods.fdm import FDMTraining
+from ..methods.lipschitz import HeadSpec, HeadTraining, lipschitz_bound
+from ..methods.search import InputSearch, input_search, representation_search
+from ..methods.smoothadv import SmoothAdvTraining
+from ..profiles import PV_MODES, Profile, Provable
+from ..runs import (DataSpec, HeadRun, NoisyDraws, SourceRun, get_or_features, get_or_noisy_features, get_or_table,
+                    get_or_train, shaped_for, tapped, test_images)
+from ..runtime import Runtime
+from ..smoothing import (Smoothing, certify_counts, median_certify_logits, median_certify_representation,
+                         median_radius_limit, sorted_draws)
+from ..training import AdversarialTraining, StandardTraining
+
+__all__ = ["lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs", "radius_curves", "panel"]
+
+CONSTRAINTS = ("none", "wn")
+TABLE1_EXTRAS = ("wn T=1", "wn-l2")   # Table 1 only: the wn head without our loss temperature; App. A.1's L2 rows
+SMOOTHINGS = ("label", "representation", "logit")
+SPLITS = ("source", "target")
+
+
+def _pv(profile: Profile) -> Provable:
+    if profile.provable is None:
+        raise ConfigError(f"profile {profile.name} has no notebook-05 settings (Profile.provable)")
+    return profile.provable
+
+
+def _model(profile: Profile):
+    return _pv(profile).pv_model or profile.model
+
+
+def pair_source(profile: Profile, pair) -> DataSpec:
+    return pair[0] or profile.source
+
+
+def pair_label(profile: Profile, pair) -> str:
+    return f"{pair_source(profile, pair).label} -> {pair[1].label}"
+
+
+def mode_method(profile: Profile, mode: str) -> StandardTraining:
+    """How f trains in each mode (Sec. 4-5, App. A.1). adv: L2 PGD-10 at eps, or with
+    ``shared_adv`` the profile's robust source method (01-03's, L-inf); adv-d: FDM (Chen et al.)
+    with k = 1, lambda = 0.005 and adv's attack; adv-s: SmoothAdv with adv's steps and schedule."""
+    pv = _pv(profile)
+    if mode not in PV_MODES:
+        raise ConfigError(f"unknown training mode {mode!r}; one of {', '.join(PV_MODES)}")
+    if pv.shared_adv:
+        adv = profile.source_method
+    else:
+        adv = AdversarialTraining(epochs=pv.normal_epochs, attack=PGD(eps=pv.eps, steps=10, step_size=0.25 * pv.eps,
+                                                                      norm="l2"))
+    sched = {f: getattr(adv, f) for f in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "milestones",
+                                         "gamma", "augment")}
+    if mode == "normal":
+        return StandardTraining(epochs=pv.normal_epochs)
+    if mode == "noise":
+        return gaussian_training(pv.sigma, epochs=pv.normal_epochs)
+    if mode == "adv":
+        return adv
+    if mode == "adv-d":
+        return FDMTraining(**sched, attack=adv.attack, k=1, lam=0.005)
+    steps = adv.attack.steps
+    return SmoothAdvTraining(**sched, sigma=pv.sigma, m=1,
+                             attack=PGD(eps=pv.eps, steps=steps, step_size=2.5 * pv.eps / steps, norm="l2"))
+
+
+def source_run(profile: Profile, mode: str, pair) -> SourceRun:
+    return SourceRun(pair_source(profile, pair), _model(profile), mode_method(profile, mode), 0)
+
+
+def head_spec(variant: str, layers: int) -> HeadSpec:
+    if variant == "none":
+        return HeadSpec(layers=layers, constraint="none")
+    if variant in ("wn", "wn T=1"):
+        return HeadSpec(layers=layers, constraint="wn")
+    if variant == "wn-l2":
+        return HeadSpec(layers=layers, constraint="wn", row_norm="l2")
+    raise ConfigError(f"unknown head {variant!r}; one of {', '.join(CONSTRAINTS + TABLE1_EXTRAS)}")
+
+
+def head_training(pv: Provable, variant: str) -> HeadTraining:
+    """App. A.1's Adam training; wn heads train on CE(T h(z)) (``wn_temperature``; "wn T=1": without)."""
+    temperature = pv.wn_temperature if variant in ("wn", "wn-l2") else None
+    return HeadTraining(lr=pv.head_lr, max_epochs=pv.head_max_epochs, temperature=temperature)
+
+
+def head_run(profile: Profile, mode: str, pair, split: str, variant: str, layers: int, seed: int) -> HeadRun:
+    """h_S (``split="source"``: the source's own rows) or h_T (the target's) on a mode's frozen f."""
+    pv = _pv(profile)
+    data = pair_source(profile, pair) if split == "source" else pair[1]
+    return HeadRun(source_run(profile, mode, pair), data, head_spec(variant, layers), head_training(pv, variant), seed,
+                   tap=pv.tap)
+
+
+def _data(profile: Profile, pair, split: str) -> DataSpec:
+    return pair_source(profile, pair) if split == "source" else pair[1]
+
+
+def _present(profile: Profile, pairs) -> list:
+    """The pairs whose data are on disk; a missing one is skipped with one line."""
+    out = []
+    for pair in pairs:
+        try:
+            pair_source(profile, pair).train(), pair[1].train()
+            out.append(pair)
+        except DatasetNotFound as e:
+            print(f"skipped {pair_label(profile, pair)}: {str(e).splitlines()[0]}")
+    return out
+
+
+def _head(profile, runtime, progress, mode, pair, split, variant, layers, seed):
+    """The trained head module (on the runtime's device) of a HeadRun; None while rtlkit.plan records."""
+    model = get_or_train(head_run(profile, mode, pair, split, variant, layers, seed), runtime, progress)
+    return None if model is None else model.head.fc.eval()
+
+
+def _modes(pv: Provable, want) -> list[str]:
+    return [m for m in pv.pv_modes if m in want]
+
+
+def setting(profile: Profile) -> str:
+    pv = _pv(profile)
+    main = pair_label(profile, pv.main_pair)
+    return (f"{main}, {_model(profile).name}, sigma = r = {pv.sigma:g}, S = {pv.pv_samples}, alpha = {pv.pv_alpha:g}, "
+            f"{pv.smooth_images} smoothed / {pv.search_images} searched images, {len(pv.head_seeds)} head seed(s) "
+            f"({profile.name})")
+
+
+def record(profile: Profile) -> dict:
+    """What a manifest records of notebook 05's settings."""
+    pv = _pv(profile)
+    dim = pv.feature_dim(_model(profile))
+    return {"sigma": pv.sigma, "eps": pv.eps, "r": pv.r, "S": pv.pv_samples, "N0": pv.pv_n0, "alpha": pv.pv_alpha,
+            "pixel_scale": pv.pv_scale, "feature_dim": dim, "tap": pv.tap,
+            "largest_certifiable_r_representation": median_radius_limit(pv.sigma, pv.pv_alpha, dim, pv.pv_samples),
+            "smooth_images": pv.smooth_images, "search_images": pv.search_images, "search_steps": pv.search_steps,
+            "head_seeds": list(pv.head_seeds), "head_lr": pv.head_lr, "head_max_epochs": pv.head_max_epochs,
+            "wn_temperature": pv.wn_temperature, "adv": "profile source (L-inf)" if pv.shared_adv else "L2 PGD-10",
+            "modes": list(pv.pv_modes)}
+
+
+# --------------------------------------------------------------------------- Table 1
+
+def lipschitz_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 1: source and target accuracy of none / wn heads with 1 and 4 layers on frozen f
+    (modes normal and adv), every pair; on the main pair also "wn T=1" (plain CE) and "wn-l2"
+    (App. A.1's L2 rows, whose L-inf bound is reported: it is not 1)."""
+    pv, runtime = _pv(profile), runtime or Runtime()
+    rows = []
+    for pair in _present(profile, pv.table1_pairs):
+        variants = CONSTRAINTS + (TABLE1_EXTRAS if pair == pv.main_pair else ())
+        for mode in _modes(pv, ("normal", "adv")):
+            src = source_run(profile, mode, pair)
+            for split in SPLITS:
+                data = _data(profile, pair, split)
+                z, y = get_or_features(src, data, "test", runtime, progress, tap=pv.tap)
+                for variant in variants:
+                    for layers in (1, 4):
+                        for seed in pv.head_seeds:
+                            h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
+                            if h is None:
+                                continue
+                            with torch.no_grad():
+                                acc = float((h(z.to(runtime.device)).argmax(1).cpu() == y).float().mean())
+                            rows.append(dict(pair=pair_label(profile, pair), mode=mode, constraint=variant,
+                                             layers=layers, split=split, seed=seed, acc=acc,
+                                             lipschitz_bound=lipschitz_bound(h), n_test=len(y)))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- Table 2
+
+def _search_rows(model, run: HeadRun, pv: Provable, runtime: Runtime) -> pd.DataFrame:
+    """Per test image: the closed-form nearest adversarial representation z' of the 1-layer head,
+    then the input search for an x'' with f(x'') near z' that h misclassifies."""
+    d = shaped_for(run.source, test_images(run.data, pv.search_images, run.data.seed))
+    x = runtime.inputs(d.x.float().div(255).to(runtime.device))
+    y = d.y.to(runtime.device)
+    head = model.head.fc
+    feats = lambda inp: tapped(model, inp, pv.tap).float()   # noqa: E731
+    with attack_mode(model), torch.no_grad():
+        z = feats(x)
+        correct = head(z).argmax(1) == y
+    rep = representation_search(head.linears[0].weight.detach(), None, z, y)
+    with torch.no_grad():
+        rep_found = (head(rep["z"]).argmax(1) != y) & correct
+    out = pd.DataFrame({"index": d.index.numpy(), "label": d.y.numpy(), "correct": correct.cpu().numpy(),
+                        "rep_found": rep_found.cpu().numpy(),
+                        "rep_dist_l2": rep["distance"].float().cpu().numpy(),
+                        "rep_dist_inf": (rep["z"] - z).abs().amax(1).cpu().numpy()})
+    found = torch.zeros(len(x), dtype=torch.bool)
+    x_inf = torch.full((len(x),), float("nan"))
+    x_l2, zx_inf, zx_l2, step = x_inf.clone(), x_inf.clone(), x_inf.clone(), torch.full((len(x),), -1)
+    idx = torch.nonzero(correct.cpu()).flatten()
+    search = InputSearch(steps=pv.search_steps)
+    for s in range(0, len(idx), 100):
+        b = idx[s:s + 100]
+        with attack_mode(model):
+            res = input_search(feats, head, x[b], y[b], rep["z"][b].detach(), search)
+        with torch.no_grad():
+            zx = feats(res["x"])
+        found[b] = res["success"].cpu()
+        step[b] = res["step"].cpu()
+        delta = (res["x"] - x[b]).flatten(1)
+        x_inf[b], x_l2[b] = delta.abs().amax(1).cpu(), delta.norm(dim=1).cpu()
+        zx_inf[b] = (zx - rep["z"][b]).abs().amax(1).cpu()
+        zx_l2[b] = (zx - rep["z"][b]).norm(dim=1).cpu()
+    return out.assign(input_found=found.numpy(), input_step=step.numpy(), x_dist_inf=x_inf.numpy(),
+                      x_dist_l2=x_l2.numpy(), zx_dist_inf=zx_inf.numpy(), zx_dist_l2=zx_l2.numpy())
+
+
+def _search_summary(t: pd.DataFrame, **keys) -> dict:
+    c = t[t.correct.astype(bool)]
+    rep = c[c.rep_found.astype(bool)]
+    inp = c[c.input_found.astype(bool)]
+    return dict(**keys, acc=float(t.correct.mean()), p_z=float(c.rep_found.mean()) if len(c) else np.nan,
+                z_delta=float(rep.rep_dist_inf.mean()), z_delta_l2=float(rep.rep_dist_l2.mean()),
+                p_x=float(c.input_found.mean()) if len(c) else np.nan, x_delta=float(inp.x_dist_inf.mean()),
+                x_delta_l2=float(inp.x_dist_l2.mean()), zx_delta=float(inp.zx_dist_inf.mean()),
+                zx_delta_l2=float(inp.zx_dist_l2.mean()), n_test=len(t), n_correct=len(c))
+
+
+def search_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 2: 1-layer none / wn heads of normal, noise, adv, adv-d on the main pair's source and
+    target: Acc, p_z and z_delta (representation search), p_x, x_delta and z_delta (input search),
+    over the correct ones of a balanced ``search_images`` test images (L2 distances beside)."""
+    pv, runtime = _pv(profile), runtime or Runtime()
+    pair, rows = pv.main_pair, []
+    search = InputSearch(steps=pv.search_steps)
+    for mode in _modes(pv, ("normal", "noise", "adv", "adv-d")):
+        for split in SPLITS:
+            for variant in CONSTRAINTS:
+                for seed in pv.head_seeds:
+                    run = head_run(profile, mode, pair, split, variant, 1, seed)
+                    key = {"search": search, "images": pv.search_images, "tap": pv.tap}
+                    n = min(pv.search_images, len(run.data.test()))
+                    t = get_or_table(run, "search", key, lambda m, run=run: _search_rows(m, run, pv, runtime), runtime,
+                                     progress, work=search, n=n)
+                    if len(t):
+                        rows.append(_search_summary(t, mode=mode, split=split, constraint=variant, seed=seed))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- Tables 3-4, radius figure
+
+def draws(pv: Provable) -> NoisyDraws:
+    return NoisyDraws(sigma=pv.sigma, draws=pv.pv_n0 + pv.pv_samples, images=pv.smooth_images)
+
+
+def _certify_head(h, bound: float, noisy: torch.Tensor, ordered: torch.Tensor, clean: torch.Tensor, y: torch.Tensor,
+                  pv: Provable, radii) -> tuple[dict, list[dict]]:
+    """A head's Table 3 row at r and its verified accuracy at each of ``radii`` by the three smoothings."""
+    n0, k = pv.pv_n0, None
+    with torch.no_grad():
+        base = h(clean).argmax(1)
+        votes = h(noisy.flatten(0, 1)).view(noisy.shape[0], noisy.shape[1], -1)
+        k = votes.shape[-1]
+        pred = votes.argmax(-1)
+        sel = torch.nn.functional.one_hot(pred[:n0], k).sum(0)
+        counts = torch.nn.functional.one_hot(pred[n0:], k).sum(0)
+        logits = votes[n0:].float()
+        logits_sorted = sorted_draws(logits)
+        m_logits = h(ordered[(len(ordered) - 1) // 2]).float()
+    yy = y.numpy()
+    label = certify_counts(sel, counts, Smoothing(sigma=pv.sigma, n0=n0, n=pv.pv_samples, alpha=pv.pv_alpha))
+    label_ok = (label["predict"] == yy)
+
+    def rep(r, bonferroni=True):
+        return median_certify_representation(h, ordered, bound, r, pv.sigma, pv.pv_alpha, bonferroni, presorted=True,
+                                             logits=m_logits)
+
+    def logit(r):
+        return median_certify_logits(logits_sorted, r, pv.sigma, pv.pv_alpha, presorted=True)
+    r = pv.r
+    rp, rp_nb, lg = rep(r), rep(r, False), logit(r)
+    row = dict(a_b=float((base.cpu().numpy() == yy).mean()),
+               label_a_v=float((label_ok & (label["radius"] >= r)).mean()),
+               label_rad=float(label["radius"][label_ok].mean()) if label_ok.any() else 0.0,
+               label_abstain=float((label["predict"] < 0).mean()),
+               rep_a_m=float((rp["predict"] == yy).mean()), rep_a_v=float(((rp["predict"] == yy) & rp["verified"]).mean()),
+               rep_a_v_no_bonferroni=float(((rp_nb["predict"] == yy) & rp_nb["verified"]).mean()),
+               rep_delta=float(np.median(rp["delta"])), margin_needed=float(2 * np.median(rp["delta"]) * bound),
+               logit_a_m=float((lg["predict"] == yy).mean()),
+               logit_a_v=float(((lg["predict"] == yy) & lg["verified"]).mean()),
+               lipschitz_bound=bound, n_test=len(yy))
+    curve = []
+    for radius in radii:
+        a, b = rep(radius), logit(radius)
+        curve += [dict(r=radius, method="label", a_v=float((label_ok & (label["radius"] >= radius)).mean())),
+                  dict(r=radius, method="representation", a_v=float(((a["predict"] == yy) & a["verified"]).mean())),
+                  dict(r=radius, method="logit", a_v=float(((b["predict"] == yy) & b["verified"]).mean()))]
+    return row, curve
+
+
+def _smoothing(profile: Profile, runtime, progress, pairs, layer_set, keep_curves: bool = False):
+    pv = _pv(profile)
+    rows, curves = [], []
+    for pair in _present(profile, pairs):
+        for mode in pv.pv_modes:
+            src = source_run(profile, mode, pair)
+            for split in SPLITS:
+                noisy, clean, y = get_or_noisy_features(src, _data(profile, pair, split), draws(pv), runtime, progress,
+                                                        tap=pv.tap)
+                if noisy.numel() == 0:
+                    for variant in CONSTRAINTS:   # recording: the heads are work too
+                        for layers in layer_set:
+                            for seed in pv.head_seeds:
+                                _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
+                    continue
+                dev = runtime.device
+                noisy_d, clean_d = noisy[pv.pv_n0:].to(dev), clean.to(dev)
+                ordered = sorted_draws(noisy_d)
+                for variant in CONSTRAINTS:
+                    for layers in layer_set:
+                        for seed in pv.head_seeds:
+                            h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
+                            keys = dict(pair=pair_label(profile, pair), mode=mode, split=split, constraint=variant,
+                                        layers=layers, seed=seed)
+                            row, curve = _certify_head(h, lipschitz_bound(h), noisy.to(dev), ordered, clean_d, y, pv,
+                                                       pv.pv_radii if keep_curves else ())
+                            rows.append({**keys, **row})
+                            curves += [{**keys, **c} for c in curve]
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+def smoothing_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 3: every mode x 1 / 4 layers x none / wn, source and target of the main pair: A_B;
+    label smoothing's A_V and radius; representation and logit smoothing's A_M and A_V at r
+    (and representation A_V without the Bonferroni correction)."""
+    pv = _pv(profile)
+    return _smoothing(profile, runtime or Runtime(), progress, (pv.main_pair,), (1, 4))[0]
+
+
+def smoothing_pairs(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 4: 4-layer heads on the distant pair(s), every mode, none / wn, source and target."""
+    pv = _pv(profile)
+    return _smoothing(profile, runtime or Runtime(), progress, pv.table4_pairs, (4,))[0]
+
+
+def radius_curves(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """A_V against r (``pv_radii``) by the three smoothings, every mode, 4-layer heads, main pair."""
+    pv = _pv(profile)
+    return _smoothing(profile, runtime or Runtime(), progress, (pv.main_pair,), (4,), keep_curves=True)[1]
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+# Table 1 (target pair names as the paper's): constraint, layers -> (source, target) accuracy %
+PAPER_TABLE1 = {
+    "SVHN -> MNIST": {("none", 1): (95.5, 96.0), ("wn", 1): (95.5, 90.2), ("none", 4): (96.0, 97.7), ("wn", 4): (95.1, 98.2)},
+    "FMNIST -> KMNIST": {("none", 1): (92.8, 54.1), ("wn", 1): (92.7, 36.0), ("none", 4): (93.4, 78.8), ("wn", 4): (92.9, 77.2)},
+    "CIFAR10 -> STL10": {("none", 1): (84.4, 64.1), ("wn", 1): (85.7, 62.7), ("none", 4): (83.5, 68.0), ("wn", 4): (86.2, 67.8)},
+    "MNIST -> KMNIST": {("none", 1): (99.8, 71.0), ("wn", 1): (99.5, 50.6), ("none", 4): (99.6, 87.4), ("wn", 4): (99.6, 89.6)},
+}
+
+# Table 2, SVHN -> MNIST: split constraint mode acc p_z z_delta p_x x_delta zx_delta
+_T2 = """source none normal 95.5 100 1.598 88.2 0.258 1.346
+source none noise 94.3 100 1.543 66.7 0.374 1.243
+source none adv 96.4 100 1.455 59.1 0.257 1.138
+source none adv-d 96.3 100 0.375 92.9 0.540 0.440
+source wn normal 95.5 100 0.046 42.0 0.082 2.034
+source wn noise 93.6 100 0.036 19.1 0.274 1.538
+source wn adv 96.2 100 0.059 21.0 0.102 1.641
+source wn adv-d 96.4 100 0.011 22.4 0.461 0.791
+target none normal 96.0 100 0.152 51.7 0.122 1.454
+target none noise 95.7 100 0.152 33.4 0.265 0.732
+target none adv 96.8 100 0.195 27.7 0.180 0.755
+target none adv-d 95.2 100 0.084 40.3 0.504 0.278
+target wn normal 90.2 100 0.207 45.7 0.127 1.692
+target wn noise 90.8 100 0.034 20.4 0.247 0.921
+target wn adv 91.0 100 0.141 29.6 0.152 1.241
+target wn adv-d 78.9 100 0.050 36.3 0.221 0.679"""
+
+# Tables 3 (SVHN -> MNIST, 1 and 4 layers) and 4 (FMNIST -> KMNIST, 4 layers): layers split constraint
+# mode a_b label_a_v label_rad rep_a_m rep_a_v logit_a_m logit_a_v ("-": not reported for None heads)
+_T3 = """1 source none normal 94.4 26.1 0.049 - - 69.4 26.1
+1 source none noise 93.2 79.8 0.153 - - 93.5 79.8
+1 source none adv 95.7 46.4 0.073 - - 76.9 46.4
+1 source none adv-d 95.8 75.4 0.111 - - 84.7 75.4
+1 source none adv-s 94.2 82.1 0.166 - - 94.6 82.1
+1 source wn normal 96.5 19.6 0.055 67.3 56.9 67.3 19.6
+1 source wn noise 92.9 66.0 0.152 93.3 91.0 93.3 66.0
+1 source wn adv 96.7 28.5 0.079 75.7 67.5 75.7 28.5
+1 source wn adv-d 96.7 57.9 0.096 83.0 80.4 83.0 57.9
+1 source wn adv-s 92.2 72.5 0.165 92.2 90.6 92.2 72.5
+1 target none normal 96.2 21.5 0.13 - - 83.9 21.5
+1 target none noise 96.2 53.7 0.175 - - 93.4 53.7
+1 target none adv 97.3 38.8 0.155 - - 92.6 38.8
+1 target none adv-d 96.4 82.0 0.173 - - 91.7 82.0
+1 target none adv-s 96.1 69.6 0.192 - - 95.4 69.6
+1 target wn normal 89.6 5.3 0.116 83.1 63.8 83.1 5.3
+1 target wn noise 91.3 26.6 0.168 89.1 82.2 89.1 26.6
+1 target wn adv 89.9 11.1 0.135 83.0 68.6 83.0 11.1
+1 target wn adv-d 77.5 51.6 0.148 74.3 69.9 74.3 51.6
+1 target wn adv-s 90.1 36.5 0.179 89.6 83.8 89.6 36.5
+4 source none normal 95.5 61.6 0.065 - - 70.0 61.6
+4 source none noise 93.2 91.0 0.155 - - 93.0 91.0
+4 source none adv 95.7 63.7 0.072 - - 80.0 63.7
+4 source none adv-d 96.7 78.9 0.075 - - 79.9 78.9
+4 source none adv-s 93.2 81.4 0.167 - - 93.6 81.4
+4 source wn normal 95.4 59.7 0.054 69.3 67.2 69.3 59.7
+4 source wn noise 93.0 89.8 0.153 92.9 92.5 92.9 89.8
+4 source wn adv 95.8 59.2 0.062 66.2 64.9 66.2 59.2
+4 source wn adv-d 96.8 78.5 0.096 79.8 79.4 79.8 78.5
+4 source wn adv-s 92.3 90.9 0.165 93.7 92.9 93.7 90.9
+4 target none normal 97.8 50.6 0.136 - - 88.1 50.6
+4 target none noise 97.1 86.6 0.185 - - 96.2 86.6
+4 target none adv 97.3 58.8 0.15 - - 87.7 58.8
+4 target none adv-d 97.9 89.8 0.17 - - 91.0 89.8
+4 target none adv-s 98.4 96.6 0.201 - - 98.5 96.6
+4 target wn normal 98.1 64.8 0.12 80.8 77.8 80.8 64.8
+4 target wn noise 97.7 90.8 0.18 96.4 95.5 96.4 90.8
+4 target wn adv 98.5 71.8 0.147 89.7 88.1 89.7 71.8
+4 target wn adv-d 98.6 85.8 0.168 87.9 87.5 87.9 85.8
+4 target wn adv-s 97.4 95.7 0.199 97.4 97.4 97.4 95.7"""
+
+_T4 = """4 source none normal 93.2 69.0 0.108 - - 77.5 69.0
+4 source none noise 91.6 89.1 0.176 - - 91.6 89.1
+4 source none adv 93.3 67.1 0.128 - - 82.6 67.1
+4 source none adv-d 95.1 88.5 0.146 - - 88.6 88.5
+4 source none adv-s 91.8 90.1 0.191 - - 92.2 90.1
+4 source wn normal 92.7 62.8 0.092 73.0 70.8 73.0 62.8
+4 source wn noise 92.7 91.2 0.181 93.0 92.2 93.0 91.2
+4 source wn adv 93.2 78.4 0.126 83.9 82.5 83.9 78.4
+4 source wn adv-d 94.1 90.2 0.168 90.3 90.2 90.3 90.2
+4 source wn adv-s 91.8 91.0 0.19 91.8 91.4 91.8 91.0
+4 target none normal 80.4 1.3 0.015 - - 34.8 1.3
+4 target none noise 79.4 24.7 0.063 - - 67.8 24.7
+4 target none adv 79.6 2.4 0.022 - - 44.5 2.4
+4 target none adv-d 78.5 39.9 0.051 - - 49.5 39.9
+4 target none adv-s 74.5 23.4 0.072 - - 64.4 23.4
+4 target wn normal 77.1 0.1 0.016 31.7 17.2 31.7 0.1
+4 target wn noise 83.6 25.3 0.065 68.0 61.5 68.0 25.3
+4 target wn adv 77.4 2.5 0.039 51.2 35.8 51.2 2.5
+4 target wn adv-d 86.4 56.6 0.087 66.6 62.9 66.6 56.6
+4 target wn adv-s 80.7 46.0 0.112 78.9 74.4 78.9 46.0"""
+
+_SMOOTH_COLS = ["layers", "split", "constraint", "mode", "a_b", "label_a_v", "label_rad", "rep_a_m", "rep_a_v",
+                "logit_a_m", "logit_a_v"]
+
+
+def _parse(text: str, cols: list[str]) -> pd.DataFrame:
+    df = pd.read_csv(io.StringIO(text), sep=" ", names=cols, na_values="-")
+    pct = [c for c in cols if c not in ("layers", "split", "constraint", "mode", "label_rad", "z_delta", "x_delta",
+                                         "zx_delta")]
+    df[pct] = df[pct] / 100
+    return df
+
+
+PAPER = {"table2": _parse(_T2, ["split", "constraint", "mode", "acc", "p_z", "z_delta", "p_x", "x_delta", "zx_delta"]),
+         "table3": _parse(_T3, _SMOOTH_COLS), "table4": _parse(_T4, _SMOOTH_COLS)}
+PAPER_PAIRS = {"table1": "every pair (Table 1)", "table2": "SVHN -> MNIST", "table3": "SVHN -> MNIST",
+               "table4": "FMNIST -> KMNIST"}
+
+
+def with_paper(ours: pd.DataFrame, table: str, setting_: str) -> pd.DataFrame:
+    """Our rows (source "rtlkit", with the setting) and the paper's rows of ``table`` (source "paper",
+    with the pair it measured), for the CSV beside a figure."""
+    ours = ours.assign(source="rtlkit", setting=setting_)
+    if table == "table1":
+        paper = pd.DataFrame([dict(pair=p, constraint=c, layers=l, split=s, acc=v / 100, source="paper",
+                                   setting="paper, Table 1")
+                              for p, d in PAPER_TABLE1.items() for (c, l), accs in d.items()
+                              for s, v in zip(SPLITS, accs)])
+    else:
+        paper = PAPER[table].assign(source="paper", setting=f"paper, {PAPER_PAIRS[table]}")
+    return pd.concat([ours, paper], ignore_index=True)
+
+
+# --------------------------------------------------------------------------- plots
+
+_MODE_COLOURS = {"normal": "tab:blue", "noise": "tab:green", "adv": "tab:red", "adv-d": "tab:orange",
+                 "adv-s": "tab:purple"}
+_METHOD_STYLE = {"label": ("tab:gray", ":"), "logit": ("tab:blue", "--"), "representation": ("tab:red", "-")}
+
+
+def _bars(ax, df: pd.DataFrame, group: str, hue: str, value: str, hue_order=None, colours=None):
+    groups = list(dict.fromkeys(df[group]))
+    hues = hue_order or list(dict.fromkeys(df[hue]))
+    g = df.groupby([group, hue], sort=False)[value].mean()
+    width = 0.8 / max(1, len(hues))
+    for i, h in enumerate(hues):
+        vals = [g.get((x, h), np.nan) * 100 for x in groups]
+        ax.bar(np.arange(len(groups)) + (i - (len(hues) - 1) / 2) * width, vals, width, label=str(h),
+               color=(colours or {}).get(h))
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels([str(x).replace(" -> ", "\n-> ") for x in groups], fontsize=7)
+    ax.set_ylim(0, 100)
+
+
+def plot_table1(t1: pd.DataFrame, title: str = ""):
+    """Target and source accuracy per pair, one bar per head (constraint x layers), mean over modes and seeds."""
+    t1 = t1.assign(head=t1.constraint + ", " + t1.layers.astype(str) + "-layer")
+    fig, axes = plots.plt.subplots(1, 2, figsize=(13, 4), squeeze=False)
+    for ax, split in zip(axes[0], SPLITS):
+        _bars(ax, t1[t1.split == split], "pair", "head", "acc")
+        ax.set_ylabel(f"{split} accuracy (%)")
+        ax.set_title(f"h_{split[0].upper()} ({split} rows)", fontsize=9)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return plots.finish(fig, title)
+
+
+def plot_table2(t2: pd.DataFrame, title: str = ""):
+    """p_z and p_x per mode, panels source / target x none / wn."""
+    fig, axes = plots.plt.subplots(1, 4, figsize=(16, 3.8), squeeze=False)
+    for ax, (split, c) in zip(axes[0], [(s, c) for s in SPLITS for c in CONSTRAINTS]):
+        part = t2[(t2.split == split) & (t2.constraint == c)]
+        long = pd.concat([part.assign(metric="p_z (rep. found)", v=part.p_z),
+                          part.assign(metric="p_x (reachable)", v=part.p_x),
+                          part.assign(metric="Acc", v=part.acc)])
+        _bars(ax, long, "mode", "metric", "v")
+        ax.set_title(f"{split}, {c}", fontsize=9)
+        ax.set_ylabel("%")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return plots.finish(fig, title)
+
+
+def plot_smoothing(t: pd.DataFrame, title: str = ""):
+    """A_V at r by the three smoothings per mode; one panel per (layers, split, constraint)."""
+    keys = [(l, s, c) for l in sorted(t.layers.unique()) for s in SPLITS for c in CONSTRAINTS]
+    nrow = len(t.layers.unique())
+    fig, axes = plots.plt.subplots(nrow, 4, figsize=(16, 3.6 * nrow), squeeze=False)
+    for ax, (l, s, c) in zip(axes.flat, keys):
+        part = t[(t.layers == l) & (t.split == s) & (t.constraint == c)]
+        long = pd.concat([part.assign(method=m, v=part[f"{p}_a_v"])
+                          for m, p in (("label", "label"), ("logit", "logit"), ("representation", "rep"))])
+        _bars(ax, long, "mode", "method", "v", list(SMOOTHINGS),
+              {m: _METHOD_STYLE[m][0] for m in SMOOTHINGS})
+        base = part.groupby("mode", sort=False).a_b.mean() * 100
+        ax.scatter(np.arange(len(base)), base.values, marker="_", s=300, color="k", zorder=3, label="A_B (base)")
+        ax.set_title(f"{l}-layer, {s}, {c}", fontsize=9)
+        ax.set_ylabel("verified accuracy A_V (%)")
+    axes.flat[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return plots.finish(fig, title)
+
+
+def plot_radius(curves: pd.DataFrame, split: str = "target", constraint: str = "wn", title: str = ""):
+    """A_V against r by the three smoothings, one panel per mode (4-layer heads)."""
+    part = curves[(curves.split == split) & (curves.constraint == constraint)]
+    modes = list(dict.fromkeys(part["mode"]))
+    fig, axes = plots.plt.subplots(1, max(1, len(modes)), figsize=(3.6 * max(1, len(modes)), 3.6), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for m in SMOOTHINGS:
+            c = part[(part["mode"] == mode) & (part.method == m)].groupby("r").a_v.mean()
+            colour, ls = _METHOD_STYLE[m]
+            ax.plot(c.index, c.values * 100, color=colour, ls=ls, label=m)
+        ax.set_title(f"{mode} ({split}, {constraint})", fontsize=9)
+        ax.set_xlabel("L2 radius r")
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("verified accuracy A_V (%)")
+    axes[0][0].legend(fontsize=7)
+    return plots.finish(fig, title)
+
+
+# --------------------------------------------------------------------------- widget panel
+
+def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive: bool = True):
+    """Pick a pair, modes, constraint, depth and smoothings; re-plots A_V against r (main pair),
+    or the accuracy of the chosen heads (Table 1) for another pair, from the cached tables."""
+    if not interactive:
+        return None
+    import ipywidgets as W
+    pairs = list(dict.fromkeys(t1.pair)) if len(t1) else list(dict.fromkeys(t3.pair))
+    pair = W.Dropdown(options=pairs, description="pair")
+    modes = widgets.multi(list(dict.fromkeys(t3["mode"])), "mode")
+    constraint = W.Dropdown(options=list(CONSTRAINTS), value="wn", description="constraint")
+    depth = W.Dropdown(options=[1, 4], value=4, description="layers")
+    methods = widgets.multi(list(SMOOTHINGS), "smoothing")
+    split = W.Dropdown(options=list(SPLITS), value="target", description="rows")
+    out = W.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            picked, chosen = set(modes.value), set(methods.value)
+            if not picked or not chosen:
+                widgets.nothing_selected("mode and one smoothing")
+                return
+            c = curves[(curves.pair == pair.value) & (curves["mode"].isin(picked)) & curves.method.isin(chosen)
+                       & (curves.layers == depth.value)]
+            if len(c):
+                plot_radius(c, split.value, constraint.value, f"{pair.value}: A_V against r")
+            else:
+                rows = t1[(t1.pair == pair.value) & (t1["mode"].isin(picked)) & (t1.layers == depth.value)]
+                if rows.empty:
+                    widgets.nothing_selected(f"mode with results on {pair.value} at {depth.value} layer(s) "
+                                             "(curves: the main pair's 4-layer heads; Table 1: normal and adv)")
+                    return
+                plot_table1(rows, f"{pair.value}: accuracy (radius curves are for the main pair)")
+            plots.plt.show()
+
+    for w in (pair, modes, constraint, depth, methods, split):
+        w.observe(redraw, "value")
+    redraw()
+    return widgets.arrange([pair, constraint, depth, split, modes, methods], out)
