@@ -136,7 +136,8 @@ class Plan:
         tr = [r for r in self.trainings.values() if include_cached or not r["cached"]]
         ev = [r for r in self.evaluations.values() if include_cached or not r["cached"]]
         return {"sources": sum(r["kind"] == "source" for r in tr),
-                "transfers": sum(r["kind"] == "transfer" for r in tr), "evaluations": len(ev),
+                "transfers": sum(r["kind"] == "transfer" for r in tr), "heads": sum(r["kind"] == "head" for r in tr),
+                "evaluations": len(ev),
                 "A_train": sum(r["A"] for r in tr), "T": sum(r["T"] for r in tr),
                 "A_eval_own": sum(r["A_own"] for r in ev), "A_eval_foolbox": sum(r["A_foolbox"] for r in ev),
                 "F_eval": sum(r.get("F", 0) for r in ev)}
@@ -214,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         p = plan(prof, a.only)
         tot, todo = p.totals(), p.totals(include_cached=False)
         print(f"profile {prof.name}: {prof.model.name}, {prof.source.label} -> {prof.target.label}")
-        print(f"  {tot['sources']} source trainings, {tot['transfers']} fine-tunes, {tot['evaluations']} evaluations; "
-              f"not cached: {todo['sources'] + todo['transfers']} trainings, {todo['evaluations']} evaluations")
+        print(f"  {tot['sources']} source trainings, {tot['transfers']} fine-tunes, {tot['heads']} heads on cached features, "
+              f"{tot['evaluations']} evaluations; not cached: {todo['sources'] + todo['transfers'] + todo['heads']} "
+              f"trainings, {todo['evaluations']} evaluations")
         print(f"  work: {tot['A_train'] / 1e6:.1f}M attack steps + {tot['T'] / 1e6:.1f}M training steps in training; "
               f"{tot['A_eval_own'] / 1e6:.1f}M own-PGD and {tot['A_eval_foolbox'] / 1e6:.1f}M foolbox steps in "
               f"evaluation; {tot['F_eval'] / 1e6:.1f}M forward passes (Square, certification) (image passes)")

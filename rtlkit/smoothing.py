@@ -231,7 +231,7 @@ def median_certify_representation(head, z_samples: torch.Tensor, bound: float, r
     delta = torch.maximum((hi - m).amax(1), (m - lo).amax(1))
     verified = (top2[:, 0] - top2[:, 1]) > 2 * delta * bound
     return {"predict": logits.argmax(1).cpu().numpy(), "verified": verified.cpu().numpy(),
-            "delta": delta.cpu().numpy()}
+            "delta": delta.cpu().numpy(), "margin": (top2[:, 0] - top2[:, 1]).cpu().numpy()}
 
 
 def median_certify_logits(logit_samples: torch.Tensor, r: float, sigma: float, alpha: float,

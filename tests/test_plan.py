@@ -58,7 +58,9 @@ def test_estimate_from_benchmark_rates():
 
 def test_plan_of_the_smoke_profile_runs_nothing(runs_root):
     p = plan.plan(profiles.get("smoke"))
-    assert p.totals()["sources"] == 5 + 4 and not runs_root.exists()   # 01-03: 5; 04: AT, CR, SimCLR, ST
+    # 01-03: 5; 04: AT, CR, SimCLR, ST; 05: normal, noise, adv-d, adv-s and the split pair's normal (adv is 01's)
+    assert p.totals()["sources"] == 5 + 4 + 5 and not runs_root.exists()
+    assert p.totals()["heads"] > 0
 
 
 def test_default_profile_is_full_on_a_gpu_and_quick_on_the_cpu():
@@ -96,4 +98,23 @@ def test_work_counts_of_apgd_square_and_certification_in_closed_form(runs_root):
     t = p.totals()
     assert t["evaluations"] == 2 and t["A_eval_own"] == 16 * 30          # APGD: iterations x restarts
     assert t["F_eval"] == 16 * 50 + 20 * (10 + 90)                        # Square queries + noisy samples
+    assert not runs_root.exists()
+
+
+def test_work_counts_of_noisy_features_and_input_search_in_closed_form(runs_root):
+    from rtlkit.methods.lipschitz import HeadSpec, HeadTraining
+    from rtlkit.methods.search import InputSearch
+    from rtlkit.runs import HeadRun, NoisyDraws, get_or_noisy_features, get_or_table, recording
+    src = SourceRun(DataSpec("synthetic-a"), TINY, AdversarialTraining(epochs=1, attack=PGD(0.1, 2, 0.05)))
+    head = HeadRun(src, DataSpec("synthetic-b"), HeadSpec(), HeadTraining())
+    with recording() as rec:
+        get_or_noisy_features(src, DataSpec("synthetic-b"), NoisyDraws(0.1, 30, images=16))
+        get_or_table(head, "search", {"k": 1}, None, work=InputSearch(steps=7), n=12)
+    p = plan.Plan("t")
+    for run in rec.trainings:
+        p.add_training(run)
+    for run, attacks, test_n, *path in rec.evaluations:
+        p.add_evaluation(run, attacks, test_n, *path)
+    t = p.totals()
+    assert t["evaluations"] == 2 and t["heads"] == 1 and t["F_eval"] == 16 * 30 + 12 * 7 and t["A_eval_own"] == 12 * 7
     assert not runs_root.exists()

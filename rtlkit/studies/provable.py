@@ -11,8 +11,8 @@ draws (``rtlkit.smoothing``). eps, sigma and r are in [0,1] pixels (``Provable.p
 """
 from __future__ import annotations
 
+import copy
 import io
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -37,8 +37,10 @@ from ..training import AdversarialTraining, StandardTraining
 __all__ = ["lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs", "radius_curves", "panel"]
 
 CONSTRAINTS = ("none", "wn")
-TABLE1_EXTRAS = ("wn T=1", "wn-l2")   # Table 1 only: the wn head without our loss temperature; App. A.1's L2 rows
+TABLE1_EXTRAS = ("wn T=1", "wn-l2")   # Table 1: the wn head without our loss temperature; App. A.1's L2 rows
+SMOOTH_HEADS = ("none", "wn", "wn-l2")  # Tables 3-4: wn-l2 shows what the paper's bound of 1 would certify
 SMOOTHINGS = ("label", "representation", "logit")
+BOUND1 = "representation, bound 1 assumed"   # the certificate with lipschitz_bound(h) replaced by 1
 SPLITS = ("source", "target")
 
 
@@ -204,9 +206,13 @@ def _search_rows(model, run: HeadRun, pv: Provable, runtime: Runtime) -> pd.Data
     with attack_mode(model), torch.no_grad():
         z = feats(x)
         correct = head(z).argmax(1) == y
-    rep = representation_search(head.linears[0].weight.detach(), None, z, y)
+    # in float64: the closed form's 1e-6 overshoot past the boundary is below float32's resolution
+    # at these feature sizes, so a float32 check puts some z' back on the right side (p_z < 100 %)
+    h64 = copy.deepcopy(head).double()
+    rep = representation_search(h64.linears[0].weight.detach(), None, z.double(), y)
     with torch.no_grad():
-        rep_found = (head(rep["z"]).argmax(1) != y) & correct
+        rep_found = (h64(rep["z"]).argmax(1) != y) & correct
+    rep["z"] = rep["z"].float()
     out = pd.DataFrame({"index": d.index.numpy(), "label": d.y.numpy(), "correct": correct.cpu().numpy(),
                         "rep_found": rep_found.cpu().numpy(),
                         "rep_dist_l2": rep["distance"].float().cpu().numpy(),
@@ -255,7 +261,7 @@ def search_table(profile: Profile, runtime: Runtime | None = None, progress: boo
             for variant in CONSTRAINTS:
                 for seed in pv.head_seeds:
                     run = head_run(profile, mode, pair, split, variant, 1, seed)
-                    key = {"search": search, "images": pv.search_images, "tap": pv.tap}
+                    key = {"search": search, "images": pv.search_images, "tap": pv.tap, "v": 2}   # 2: p_z in float64
                     n = min(pv.search_images, len(run.data.test()))
                     t = get_or_table(run, "search", key, lambda m, run=run: _search_rows(m, run, pv, runtime), runtime,
                                      progress, work=search, n=n)
@@ -288,30 +294,35 @@ def _certify_head(h, bound: float, noisy: torch.Tensor, ordered: torch.Tensor, c
     label = certify_counts(sel, counts, Smoothing(sigma=pv.sigma, n0=n0, n=pv.pv_samples, alpha=pv.pv_alpha))
     label_ok = (label["predict"] == yy)
 
-    def rep(r, bonferroni=True):
-        return median_certify_representation(h, ordered, bound, r, pv.sigma, pv.pv_alpha, bonferroni, presorted=True,
+    def rep(r, bonferroni=True, b=bound):
+        return median_certify_representation(h, ordered, b, r, pv.sigma, pv.pv_alpha, bonferroni, presorted=True,
                                              logits=m_logits)
 
     def logit(r):
         return median_certify_logits(logits_sorted, r, pv.sigma, pv.pv_alpha, presorted=True)
     r = pv.r
     rp, rp_nb, lg = rep(r), rep(r, False), logit(r)
+    k1, k1_nb = rep(r, b=1.0), rep(r, False, b=1.0)   # as if h were 1-Lipschitz (the paper's WN with L2 rows)
     row = dict(a_b=float((base.cpu().numpy() == yy).mean()),
                label_a_v=float((label_ok & (label["radius"] >= r)).mean()),
                label_rad=float(label["radius"][label_ok].mean()) if label_ok.any() else 0.0,
                label_abstain=float((label["predict"] < 0).mean()),
                rep_a_m=float((rp["predict"] == yy).mean()), rep_a_v=float(((rp["predict"] == yy) & rp["verified"]).mean()),
                rep_a_v_no_bonferroni=float(((rp_nb["predict"] == yy) & rp_nb["verified"]).mean()),
+               rep_a_v_bound1=float(((k1["predict"] == yy) & k1["verified"]).mean()),
+               rep_a_v_bound1_no_bonferroni=float(((k1_nb["predict"] == yy) & k1_nb["verified"]).mean()),
                rep_delta=float(np.median(rp["delta"])), margin_needed=float(2 * np.median(rp["delta"]) * bound),
+               median_margin=float(np.median(rp["margin"])),
                logit_a_m=float((lg["predict"] == yy).mean()),
                logit_a_v=float(((lg["predict"] == yy) & lg["verified"]).mean()),
                lipschitz_bound=bound, n_test=len(yy))
     curve = []
     for radius in radii:
-        a, b = rep(radius), logit(radius)
+        a, b, a1 = rep(radius), logit(radius), rep(radius, b=1.0)
         curve += [dict(r=radius, method="label", a_v=float((label_ok & (label["radius"] >= radius)).mean())),
                   dict(r=radius, method="representation", a_v=float(((a["predict"] == yy) & a["verified"]).mean())),
-                  dict(r=radius, method="logit", a_v=float(((b["predict"] == yy) & b["verified"]).mean()))]
+                  dict(r=radius, method="logit", a_v=float(((b["predict"] == yy) & b["verified"]).mean())),
+                  dict(r=radius, method=BOUND1, a_v=float(((a1["predict"] == yy) & a1["verified"]).mean()))]
     return row, curve
 
 
@@ -325,7 +336,7 @@ def _smoothing(profile: Profile, runtime, progress, pairs, layer_set, keep_curve
                 noisy, clean, y = get_or_noisy_features(src, _data(profile, pair, split), draws(pv), runtime, progress,
                                                         tap=pv.tap)
                 if noisy.numel() == 0:
-                    for variant in CONSTRAINTS:   # recording: the heads are work too
+                    for variant in SMOOTH_HEADS:   # recording: the heads are work too
                         for layers in layer_set:
                             for seed in pv.head_seeds:
                                 _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
@@ -333,7 +344,7 @@ def _smoothing(profile: Profile, runtime, progress, pairs, layer_set, keep_curve
                 dev = runtime.device
                 noisy_d, clean_d = noisy[pv.pv_n0:].to(dev), clean.to(dev)
                 ordered = sorted_draws(noisy_d)
-                for variant in CONSTRAINTS:
+                for variant in SMOOTH_HEADS:
                     for layers in layer_set:
                         for seed in pv.head_seeds:
                             h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
@@ -494,7 +505,8 @@ def with_paper(ours: pd.DataFrame, table: str, setting_: str) -> pd.DataFrame:
 
 _MODE_COLOURS = {"normal": "tab:blue", "noise": "tab:green", "adv": "tab:red", "adv-d": "tab:orange",
                  "adv-s": "tab:purple"}
-_METHOD_STYLE = {"label": ("tab:gray", ":"), "logit": ("tab:blue", "--"), "representation": ("tab:red", "-")}
+_METHOD_STYLE = {"label": ("tab:gray", ":"), "logit": ("tab:blue", "--"), "representation": ("tab:red", "-"),
+                 BOUND1: ("tab:pink", "-.")}
 
 
 def _bars(ax, df: pd.DataFrame, group: str, hue: str, value: str, hue_order=None, colours=None):
@@ -539,39 +551,46 @@ def plot_table2(t2: pd.DataFrame, title: str = ""):
 
 
 def plot_smoothing(t: pd.DataFrame, title: str = ""):
-    """A_V at r by the three smoothings per mode; one panel per (layers, split, constraint)."""
-    keys = [(l, s, c) for l in sorted(t.layers.unique()) for s in SPLITS for c in CONSTRAINTS]
+    """A_V at r by the smoothings per mode (bars) and the base accuracy A_B (black ticks); one panel
+    per (layers, rows, head). "bound 1 assumed" is representation smoothing with h's Lipschitz bound
+    taken as 1, as the paper's WN (L2 rows) was: sound only for wn heads, where it is their bound."""
+    heads = [c for c in SMOOTH_HEADS if c in set(t.constraint)]
+    keys = [(l, s, c) for l in sorted(t.layers.unique()) for s in SPLITS for c in heads]
+    ncol = len(SPLITS) * len(heads)
     nrow = len(t.layers.unique())
-    fig, axes = plots.plt.subplots(nrow, 4, figsize=(16, 3.6 * nrow), squeeze=False)
+    fig, axes = plots.plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 3.6 * nrow), squeeze=False)
+    cols = (("label", "label_a_v"), ("logit", "logit_a_v"), ("representation", "rep_a_v"), (BOUND1, "rep_a_v_bound1"))
     for ax, (l, s, c) in zip(axes.flat, keys):
         part = t[(t.layers == l) & (t.split == s) & (t.constraint == c)]
-        long = pd.concat([part.assign(method=m, v=part[f"{p}_a_v"])
-                          for m, p in (("label", "label"), ("logit", "logit"), ("representation", "rep"))])
-        _bars(ax, long, "mode", "method", "v", list(SMOOTHINGS),
-              {m: _METHOD_STYLE[m][0] for m in SMOOTHINGS})
+        long = pd.concat([part.assign(method=m, v=part[col]) for m, col in cols])
+        _bars(ax, long, "mode", "method", "v", [m for m, _ in cols], {m: _METHOD_STYLE[m][0] for m, _ in cols})
         base = part.groupby("mode", sort=False).a_b.mean() * 100
         ax.scatter(np.arange(len(base)), base.values, marker="_", s=300, color="k", zorder=3, label="A_B (base)")
         ax.set_title(f"{l}-layer, {s}, {c}", fontsize=9)
         ax.set_ylabel("verified accuracy A_V (%)")
-    axes.flat[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axes.flat[ncol - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return plots.finish(fig, title)
 
 
-def plot_radius(curves: pd.DataFrame, split: str = "target", constraint: str = "wn", title: str = ""):
-    """A_V against r by the three smoothings, one panel per mode (4-layer heads)."""
-    part = curves[(curves.split == split) & (curves.constraint == constraint)]
-    modes = list(dict.fromkeys(part["mode"]))
-    fig, axes = plots.plt.subplots(1, max(1, len(modes)), figsize=(3.6 * max(1, len(modes)), 3.6), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        for m in SMOOTHINGS:
-            c = part[(part["mode"] == mode) & (part.method == m)].groupby("r").a_v.mean()
-            colour, ls = _METHOD_STYLE[m]
-            ax.plot(c.index, c.values * 100, color=colour, ls=ls, label=m)
-        ax.set_title(f"{mode} ({split}, {constraint})", fontsize=9)
-        ax.set_xlabel("L2 radius r")
-        ax.set_ylim(0, 100)
-    axes[0][0].set_ylabel("verified accuracy A_V (%)")
-    axes[0][0].legend(fontsize=7)
+def plot_radius(curves: pd.DataFrame, split: str = "target", heads=("wn", "wn-l2"), title: str = ""):
+    """A_V against r by each smoothing, one panel per mode, one row per head (4-layer heads)."""
+    heads = [h for h in ((heads,) if isinstance(heads, str) else heads) if h in set(curves.constraint)] or \
+        list(dict.fromkeys(curves.constraint))
+    modes = list(dict.fromkeys(curves["mode"]))
+    fig, axes = plots.plt.subplots(len(heads), max(1, len(modes)), figsize=(3.6 * max(1, len(modes)), 3.4 * len(heads)),
+                                   squeeze=False)
+    for row, head in zip(axes, heads):
+        part = curves[(curves.split == split) & (curves.constraint == head)]
+        for ax, mode in zip(row, modes):
+            for m in dict.fromkeys(part.method):
+                c = part[(part["mode"] == mode) & (part.method == m)].groupby("r").a_v.mean()
+                colour, ls = _METHOD_STYLE[m]
+                ax.plot(c.index, c.values * 100, color=colour, ls=ls, label=m)
+            ax.set_title(f"{mode} ({split}, {head})", fontsize=9)
+            ax.set_xlabel("L2 radius r")
+            ax.set_ylim(0, 100)
+        row[0].set_ylabel("verified accuracy A_V (%)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return plots.finish(fig, title)
 
 
@@ -586,9 +605,9 @@ def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive:
     pairs = list(dict.fromkeys(t1.pair)) if len(t1) else list(dict.fromkeys(t3.pair))
     pair = W.Dropdown(options=pairs, description="pair")
     modes = widgets.multi(list(dict.fromkeys(t3["mode"])), "mode")
-    constraint = W.Dropdown(options=list(CONSTRAINTS), value="wn", description="constraint")
+    constraint = W.Dropdown(options=list(SMOOTH_HEADS), value="wn", description="head")
     depth = W.Dropdown(options=[1, 4], value=4, description="layers")
-    methods = widgets.multi(list(SMOOTHINGS), "smoothing")
+    methods = widgets.multi(list(SMOOTHINGS) + [BOUND1], "smoothing")
     split = W.Dropdown(options=list(SPLITS), value="target", description="rows")
     out = W.Output()
 

@@ -12,7 +12,7 @@ BOOKS = figures.notebooks()
 
 
 def test_there_are_notebooks():
-    assert [b.name[:2] for b in BOOKS] == ["01", "02", "03", "04"]
+    assert [b.name[:2] for b in BOOKS] == ["01", "02", "03", "04", "05"]
 
 
 @pytest.mark.parametrize("book", BOOKS, ids=lambda b: b.stem)
@@ -36,10 +36,13 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
             manifest = manifests[path]
             assert (figs / manifest["figure"]).stat().st_size > 10_000
             table = pd.read_csv(figs / manifest["table"])
-            assert {"clean_acc", "robust_acc"} <= set(table.columns) and len(table) > 0
+            # 05's tables are head accuracies, search rates and verified accuracies, not clean / robust pairs
+            shares = ["clean_acc", "robust_acc"] if book.stem != "05_provable" else \
+                [c for c in ("acc", "a_b", "a_v", "p_z", "p_x", "label_a_v", "rep_a_v", "logit_a_v") if c in table]
+            assert shares and set(shares) <= set(table.columns) and len(table) > 0
             ours = table[table.source != "paper"] if "source" in table else table   # the paper's rows: as printed
             assert len(ours) > 0
-            assert ours[["clean_acc", "robust_acc"]].apply(lambda s: s.between(0, 1)).all().all()
+            assert ours[shares].apply(lambda s: s.between(0, 1)).all().all()
             assert manifest["profile"] == "smoke"
             assert manifest["wall_seconds_since_notebook_start"] > 0
             assert manifest["device"] and manifest["commit"]
@@ -48,22 +51,25 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
         "03_fig4_tradeoff.png", "03_fig5_low_data.png", "03_table4_pairs.png",
         "04_table2_noise.png", "04_table3_certified_sources.png", "04_table4_empirical.png", "04_fig2_empirical_gains.png",
         "04_table5_certified.png", "04_fig3_certified_gains.png", "04_certified_curves.png", "04_table6_empirical.png",
-        "04_table6_certified.png", "04_table7_standard_finetuning.png"}
+        "04_table6_certified.png", "04_table7_standard_finetuning.png",
+        "05_table1_lipschitz.png", "05_table2_search.png", "05_table3_smoothing.png", "05_table4_smoothing_pairs.png",
+        "05_radius.png"}
     for m in manifests.values():   # notebook 04's manifests say how every number was measured
         if m["notebook"] == "04_pretraining":
             assert {"N0", "N", "alpha", "sigma", "apgd_restarts", "square_queries", "cert_images", "eps_rule"} <= set(m)
     # every source is trained once and shared: the AT source (01, 02, 03), one FDM source per
     # (lambda, k) of the smoke grid (2), the extra pair's own AT + FDM sources (2), and 04's four
-    # pre-trainings (AT, CR, SimCLR, ST), which its tables share
+    # pre-trainings (AT, CR, SimCLR, ST), which its tables share; 05's normal, noise, adv-d, adv-s and the
+    # split pair's normal (its adv modes are 01's and 03's sources)
     sources = list((tmp_path / "runs").glob("source-*"))
-    assert len(sources) == 5 + 4
+    assert len(sources) == 5 + 4 + 5
     # rtlkit.plan, without running anything, names exactly the runs and evaluations the notebooks made
     from rtlkit import plan, profiles
     p = plan.plan(profiles.get("smoke"))
     made = {d.name for d in (tmp_path / "runs").iterdir() if d.name not in ("notebooks", ".locks")}
     assert set(p.trainings) == made
-    assert len(p.evaluations) == len(list((tmp_path / "runs").glob("*/eval-*.json"))) + \
-        len(list((tmp_path / "runs").glob("*/cert-*.json")))
+    assert len(p.evaluations) == sum(len(list((tmp_path / "runs").glob(f"*/{kind}-*.{ext}"))) for kind, ext in (
+        ("eval", "json"), ("cert", "json"), ("noisy", "pt"), ("search", "json")))
     assert p.totals(include_cached=False)["evaluations"] == 0 and not any(r["cached"] is False for r in p.trainings.values())
     # the suite's progress bar counted exactly these files, and they are all there now
     suite, _ = figures.suite_plan("smoke")

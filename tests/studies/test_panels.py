@@ -5,7 +5,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from rtlkit.studies import bn_ablation, cartl, layer_freezing, pretraining
+from rtlkit.studies import bn_ablation, cartl, layer_freezing, pretraining, provable
 
 W = pytest.importorskip("ipywidgets")
 
@@ -38,8 +38,13 @@ def panels():
               robust_acc=0.5, seed=0)
     curves = rows(target="a", pretraining="CR", r=[0.0, 0.5], sigma=0.5, certifiable=True, table3=True, robust_acc=0.5,
                   acr=0.6)
+    t1 = rows(pair=["p", "p", "q", "q"], mode=["normal", "adv"] * 2, constraint="wn", layers=4, split="target",
+              seed=0, acc=0.8, lipschitz_bound=1.0)
+    st = rows(pair="p", mode=["normal", "adv"], split="target", constraint="wn", layers=4, seed=0, a_b=0.9)
+    rc = pd.concat([rows(pair="p", mode=m, split="target", constraint="wn", layers=4, seed=0, r=[0.0, 0.1],
+                         method=meth, a_v=[0.8, 0.5]) for m in ("normal", "adv") for meth in provable.SMOOTHINGS])
     return {"01": layer_freezing.panel(ft, src, ft), "02": bn_ablation.panel(bn), "03": cartl.panel(grid, abl, lwf),
-            "04": pretraining.panel(t4, t5, curves)}
+            "04": pretraining.panel(t4, t5, curves), "05": provable.panel(t1, st, rc)}
 
 
 def test_panels_are_returned_with_controls_above_the_plot_and_every_option_shown():
