@@ -104,8 +104,10 @@ def head_spec(variant: str, layers: int) -> HeadSpec:
 
 
 def head_training(pv: Provable, variant: str) -> HeadTraining:
-    """App. A.1's Adam training; wn heads train on CE(T h(z)) (``wn_temperature``; "wn T=1": without)."""
-    temperature = pv.wn_temperature if variant in ("wn", "wn-l2") else None
+    """App. A.1's Adam training; wn heads train on CE(T h(z)) (``wn_temperature``). "wn T=1" and
+    "wn-l2" train on plain CE, as App. A.1 (with L2 rows the logits are not capped, and a loss
+    temperature would only shrink the margins that a bound of 1 would certify)."""
+    temperature = pv.wn_temperature if variant == "wn" else None
     return HeadTraining(lr=pv.head_lr, max_epochs=pv.head_max_epochs, temperature=temperature)
 
 
