@@ -187,32 +187,40 @@ class WideResNet(nn.Module):
         projection head, if any, is dropped. ``hidden`` = 0: one linear layer. Otherwise an MLP
         inside ``head.fc`` (Shafahi et al. Fig. 4): ``hidden`` x (Linear to ``width`` (default the
         feature width) [+ BatchNorm] + ReLU [+ Dropout]), then the linear classifier."""
-        check_int("hidden layers", hidden, 0)
-        check(is_real(dropout) and 0 <= dropout < 1, f"dropout must be in [0, 1), not {dropout!r}")
+        fc = mlp_head(self.feature_dim, num_classes, seed, hidden, width, bn, dropout)   # checks first
         if "projection" in self._modules:
             del self.projection
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        d = self.feature_dim
-        width = d if width is None else width
-        check_int("hidden width", width, 1)
-        dev = next(self.parameters()).device
-
-        def linear(n_in: int, n_out: int) -> nn.Linear:
-            fc = nn.Linear(n_in, n_out)
-            with torch.no_grad():
-                bound = 1 / n_in ** 0.5
-                fc.weight.copy_(torch.empty_like(fc.weight).uniform_(-bound, bound, generator=g))
-                fc.bias.zero_()
-            return fc
-        layers: list[nn.Module] = []
-        n_in = d
-        for _ in range(hidden):
-            layers += [linear(n_in, width)] + ([nn.BatchNorm1d(width)] if bn else []) + [nn.ReLU()] + \
-                ([nn.Dropout(dropout)] if dropout > 0 else [])
-            n_in = width
-        last = linear(n_in, num_classes)
-        self.head.fc = (nn.Sequential(*layers, last) if hidden else last).to(dev)
+        self.head.fc = fc.to(next(self.parameters()).device)
         return self
+
+
+def mlp_head(d: int, num_classes: int, seed: int | None = None, hidden: int = 0, width: int | None = None,
+             bn: bool = False, dropout: float = 0.0) -> nn.Module:
+    """A classifier on a ``d``-wide feature: one linear layer (``hidden`` = 0), or ``hidden`` x
+    (Linear to ``width`` (default d) [+ BatchNorm] + ReLU [+ Dropout]) and then the linear layer
+    (Shafahi et al. Fig. 4). Weights U(-1/sqrt(n_in), 1/sqrt(n_in)) from a generator seeded by
+    ``seed``, biases zero."""
+    check_int("hidden layers", hidden, 0)
+    check(is_real(dropout) and 0 <= dropout < 1, f"dropout must be in [0, 1), not {dropout!r}")
+    width = d if width is None else width
+    check_int("hidden width", width, 1)
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def linear(n_in: int, n_out: int) -> nn.Linear:
+        fc = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            bound = 1 / n_in ** 0.5
+            fc.weight.copy_(torch.empty_like(fc.weight).uniform_(-bound, bound, generator=g))
+            fc.bias.zero_()
+        return fc
+    layers: list[nn.Module] = []
+    n_in = d
+    for _ in range(hidden):
+        layers += [linear(n_in, width)] + ([nn.BatchNorm1d(width)] if bn else []) + [nn.ReLU()] + \
+            ([nn.Dropout(dropout)] if dropout > 0 else [])
+        n_in = width
+    last = linear(n_in, num_classes)
+    return nn.Sequential(*layers, last) if hidden else last
 
 
 def reinit_blocks(model: WideResNet, blocks: list[nn.Module], seed: int = 0) -> None:

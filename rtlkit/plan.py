@@ -45,6 +45,7 @@ NOTEBOOK_STEPS = {
                                        "certified_curves", "pretraining_ablation", "robust_finetuning_needed")),
     "05_provable": ("provable", ("lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs",
                                  "radius_curves")),
+    "06_shafahi": ("shafahi", ("sources_table", "probe_table", "low_data", "mlp_depth", "gradients", "lwf_tables")),
 }
 
 

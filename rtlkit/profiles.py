@@ -200,6 +200,45 @@ class Provable:
         return self.pv_r * self.pv_scale
 
 
+SOURCE_KINDS = ("robust", "natural")
+
+
+@dataclass(frozen=True)
+class Shafahi:
+    """Notebook 06 (Shafahi et al., ICLR 2020): frozen robust features, N per class, MLP heads,
+    input gradients, LwF tables. Defaults are the paper's (Fig. 3 arms, Fig. 4 depths, Tables 4-7's
+    lambda_d grids, App. A.2's arm-2 attack at eps 5/8 of the training eps, PGD-3, step 3/8 of it);
+    each field is a notebook parameter. ``per_class`` None means every training image."""
+    per_class: tuple = (10, 25, 100, None)              # Fig. 3's N per class
+    arm_steps: int = 1000                               # Fig. 3 arms 1-2: one optimizer-step budget at every N
+    depths: tuple[int, ...] = (0, 1, 2, 3, 5)            # Fig. 4: hidden layers
+    bn_dropout_depth: int = 2                           # Fig. 4's BN + dropout variant
+    dropout: float = 0.25
+    table4_extra_lams: tuple[float, ...] = (1e-7, 0.0025)        # Table 4 beside 03's grid
+    same_lams: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 0.001, 0.01, 0.1)   # Tables 5 / 7
+    split_lams: tuple[float, ...] = (0.001, 0.005, 0.01, 0.1)             # Table 6
+    grad_images: int = 8                                # Fig. 5
+    grad_percentile: float = 99.0                       # pictures clip |g| at this percentile
+    stroke_threshold: float = 0.3                       # (ours) the share of |g| on pixels brighter than this
+
+    def __post_init__(self):
+        for name in ("per_class", "depths", "same_lams", "split_lams"):
+            check(len(getattr(self, name)) >= 1, f"{name} is empty: give at least one value")
+        for n in self.per_class:
+            check(n is None or (is_int(n) and n >= 1), f"per_class entries are counts >= 1 or None (all), not {n!r}")
+        for d in self.depths:
+            check_int("depths entry", d, 0)
+        check_int("bn_dropout_depth", self.bn_dropout_depth, 1)
+        check(is_real(self.dropout) and 0 <= self.dropout < 1, f"dropout must be in [0, 1), not {self.dropout!r}")
+        check_int("arm_steps", self.arm_steps, 1)
+        check_int("grad_images", self.grad_images, 1)
+        check_real("grad_percentile", self.grad_percentile, 0, 100, low_open=True)
+        check_real("stroke_threshold", self.stroke_threshold, 0, 1)
+        for name in ("table4_extra_lams", "same_lams", "split_lams"):
+            for v in getattr(self, name):
+                check_real(f"{name} entry", v, 0)
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -222,6 +261,8 @@ class Profile:
     cartl_betas: tuple[float, ...] = (1.0, 0.6, 0.4)     # CARTL Table 2
     cartl_choice: tuple[float, float] = (0.005, 0.4)     # best of Table 2 at Case-6
     lwf_lams: tuple[float, ...] = (0.1, 0.01, 0.005, 0.001)  # CARTL Table 5
+    lwf_lr: float = 0.001                                # Shafahi Sec. 6 (LwFTraining's default)
+    lwf_weight_decay: float = 2e-4                       # Shafahi's released code
     fractions: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)  # CARTL Fig. 5
     cartl_seeds: tuple[int, ...] = (0, 1, 2)
     cartl_test_n: int | None = None                      # evaluate notebook 03 on a class-balanced subset
@@ -229,6 +270,7 @@ class Profile:
     pairs: tuple = ()      # Table 4: extra (source DataSpec or None for the profile's source, target DataSpec)
     pretraining: Pretraining | None = None   # notebook 04 (Vaishnavi et al.)
     provable: Provable | None = None         # notebook 05 (Provably Robust Transfer)
+    shafahi: Shafahi | None = None           # notebook 06 (Shafahi et al.)
 
     def __post_init__(self):
         for name in _GRIDS:
@@ -273,6 +315,10 @@ class Profile:
         if pt:
             check(self.pretraining is not None, f"profile {self.name} has no notebook-04 settings for {sorted(pt)}")
             changes["pretraining"] = replace(self.pretraining, **pt)
+        sh = {k: changes.pop(k) for k in list(changes) if k in _SH_FIELDS}
+        if sh:
+            check(self.shafahi is not None, f"profile {self.name} has no notebook-06 settings for {sorted(sh)}")
+            changes["shafahi"] = replace(self.shafahi, **sh)
         pv = {k: changes.pop(k) for k in list(changes) if k in _PV_FIELDS}
         if pv:
             check(self.provable is not None, f"profile {self.name} has no notebook-05 settings for {sorted(pv)}")
@@ -309,6 +355,8 @@ _PT_GRIDS = ("noise_sigmas", "radii", "pt_seeds", "table6_targets")
 _PV_FIELDS = tuple(f.name for f in dataclasses.fields(Provable)
                    if f.name not in ("main_pair", "table1_pairs", "table4_pairs", "pv_model"))
 _PV_GRIDS = ("pv_modes", "pv_radii", "head_seeds")
+_SH_FIELDS = tuple(f.name for f in dataclasses.fields(Shafahi))
+_SH_GRIDS = ("per_class", "depths", "table4_extra_lams", "same_lams", "split_lams")
 
 
 def _literal(value):
@@ -326,9 +374,15 @@ def parameter(name: str, value):
     """A notebook parameter parsed and checked: strings read as literals, a scalar grid as a
     one-value grid, and each value's type checked, so a bad one is a ConfigError naming it before
     any compute."""
-    known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES) | set(_PT_FIELDS) | set(_PV_FIELDS)
+    known = {f.name for f in dataclasses.fields(Profile)} | set(_ALIASES) | set(_PT_FIELDS) | set(_PV_FIELDS) | \
+        set(_SH_FIELDS)
     check(name in known, f"unknown parameter {name!r}; one of {', '.join(sorted(known))}")
     value = _literal(value)
+    if name in _SH_FIELDS:
+        if name in _SH_GRIDS:
+            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            check(len(value) >= 1, f"{name} is empty: give at least one value")
+        return value   # Shafahi's own checks name every bad entry
     if name in _PV_FIELDS:
         return _pv_parameter(name, value)
     if name in _GRIDS + _PT_GRIDS:
@@ -435,6 +489,7 @@ def _smoke() -> Profile:
     eps = 0.1
     return Profile(
         name="smoke",
+        lwf_lr=0.01, lwf_weight_decay=5e-4,   # what notebook 03 ran (its cache keys hold)
         source=DataSpec("synthetic-a"), target=DataSpec("synthetic-b", train_n=256),
         model=WRNSpec(10, 1, stem_stride=2),
         eps=eps,
@@ -458,13 +513,16 @@ def _smoke() -> Profile:
             table4_pairs=((None, DataSpec("synthetic-a", classes=(2, 3), train_n=128)),),
             pv_model=WRNSpec(10, 1, stem_stride=2), smooth_images=16, search_images=16, search_steps=5,
             pv_samples=60, pv_n0=10, pv_alpha=0.01, pv_radii=(0.0, 0.02, 0.04), pv_r=0.02, head_seeds=(0,),
-            head_lr=1e-2, head_max_epochs=6, normal_epochs=2, shared_adv=True))
+            head_lr=1e-2, head_max_epochs=6, normal_epochs=2, shared_adv=True),
+        shafahi=Shafahi(per_class=(4, 16, None), arm_steps=6, depths=(0, 1, 2), table4_extra_lams=(1e-7,),
+                        same_lams=(1e-5, 0.01), split_lams=(0.01,), grad_images=4))
 
 
 def _quick(gpu: bool) -> Profile:
     eps = EPS["mnist"]
     return Profile(
         name="quick",
+        lwf_lr=0.01, lwf_weight_decay=5e-4,   # what notebook 03 ran (its cache keys hold)
         source=DataSpec("fashion-mnist", train_n=None if gpu else 12000, test_n=1000),
         target=DataSpec("mnist-5k"),
         model=WRNSpec(16, 1, stem_stride=2),
@@ -483,7 +541,10 @@ def _quick(gpu: bool) -> Profile:
         # robustness to plain fine-tuning; from 24 the paper's order shows (CARTL > AT + NEFT > vanilla)
         cartl_finetune_epochs=24,
         pretraining=_offline_pretraining(gpu, quick=True),
-        provable=_offline_provable(gpu, True, WRNSpec(16, 1, stem_stride=2), _offline_pairs(None if gpu else 6000)))
+        provable=_offline_provable(gpu, True, WRNSpec(16, 1, stem_stride=2), _offline_pairs(None if gpu else 6000)),
+        # notebook 06 on 2 cores (<= 15 min with 01-03 warm): N in {10, 25, 100, all}, 150 steps per arm,
+        # hidden layers 0-3, Tables 5/7 without 5e-5
+        shafahi=Shafahi(arm_steps=300 if gpu else 150, depths=(0, 1, 2, 3), same_lams=(1e-5, 1e-4, 0.001, 0.01, 0.1)))
 
 
 def _full() -> Profile:
@@ -493,6 +554,7 @@ def _full() -> Profile:
     # pair's AT + FDM), then foolbox PGD-100, so sources train 15 epochs and every test set is 1,000.
     return Profile(
         name="full",
+        lwf_lr=0.01, lwf_weight_decay=5e-4,   # what notebook 03 ran (its cache keys hold)
         source=DataSpec("fashion-mnist", test_n=1000),
         target=DataSpec("mnist-5k"),
         model=WRNSpec(16, 4),
@@ -503,7 +565,8 @@ def _full() -> Profile:
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
         reinit_source=DataSpec("fashion-mnist", train_n=10000, test_n=1000),
         seeds=(0, 1, 2), pairs=_offline_pairs(None), pretraining=_offline_pretraining(True, quick=False),
-        provable=_offline_provable(True, False, WRNSpec(16, 4), _offline_pairs(None)))
+        provable=_offline_provable(True, False, WRNSpec(16, 4), _offline_pairs(None)),
+        shafahi=Shafahi(per_class=(10, 25, 50, 100, 250, None), arm_steps=1000))
 
 
 def _paper() -> Profile:
@@ -534,7 +597,8 @@ def _paper() -> Profile:
             table1_pairs=((DataSpec("svhn"), DataSpec("mnist")), (DataSpec("fashion-mnist"), DataSpec("kmnist")),
                           (DataSpec("cifar10"), DataSpec("stl10")), (DataSpec("mnist"), DataSpec("kmnist"))),
             table4_pairs=((DataSpec("mnist"), DataSpec("kmnist")), (DataSpec("fashion-mnist"), DataSpec("kmnist"))),
-            pv_model=WRNSpec(34, 10), pv_scale=0.3081))
+            pv_model=WRNSpec(34, 10), pv_scale=0.3081),
+        shafahi=Shafahi(per_class=(10, 25, 50, 100, 250, None), arm_steps=3900))
 
 
 PROFILES = ("smoke", "quick", "full", "paper")

@@ -197,8 +197,8 @@ class HeadRun(_OnSourceInputs):
     feature; ``model(x)`` is then not h(f(x)), so such a head is measured on features only."""
     source: SourceRun
     data: DataSpec
-    head: "HeadSpec"
-    method: "HeadTraining"
+    head: "HeadSpec | ProbeHead"          # a Lipschitz head (notebook 05) or a probe / MLP (notebook 06)
+    method: "HeadTraining | ProbeTraining"
     seed: int = 0
     head_sigma: float | None = None
     tap: int | None = None
@@ -390,11 +390,10 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
     desc = f"{run.kind} {run.data.label}" + (f" k={run.policy.k}" if policy else "")
     try:
         if isinstance(run, HeadRun):   # cheap (features cached): no checkpoints, a killed one starts again
-            from .methods.lipschitz import train_head
             z, y = get_or_features(run.source, run.data, "train", runtime, progress, run.head_sigma, run.seed,
                                    tap=run.tap)
             model = runtime.prepare(model)
-            history = train_head(model.head.fc, z, y, run.method, run.seed, progress, desc)   # moves them to fc
+            history = run.method.fit(model.head.fc, z, y, run.seed, progress, desc, runtime)   # moves them to fc
         else:
             history = train(model, run.train_data(), run.method, runtime, policy=policy,
                             checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)

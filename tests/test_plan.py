@@ -13,7 +13,8 @@ from rtlkit.transfer import TransferPolicy
 from conftest import TINY
 
 NOT_STEPS = {"summarise", "bn_table", "attack_disagreements", "with_paper",   # table helpers: they run nothing
-             "setting", "record", "relative_change", "regressions", "changes_vs_paper", "changes_with_paper"}
+             "setting", "record", "relative_change", "regressions", "changes_vs_paper", "changes_with_paper",
+             "gradient_summary", "split_vs_whole"}
 
 
 @pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)
@@ -58,8 +59,9 @@ def test_estimate_from_benchmark_rates():
 
 def test_plan_of_the_smoke_profile_runs_nothing(runs_root):
     p = plan.plan(profiles.get("smoke"))
-    # 01-03: 5; 04: AT, CR, SimCLR, ST; 05: normal, noise, adv-d, adv-s and the split pair's normal (adv is 01's)
-    assert p.totals()["sources"] == 5 + 4 + 5 and not runs_root.exists()
+    # 01-03: 5; 04: AT, CR, SimCLR, ST; 05: normal, noise, adv-d, adv-s and the split pair's normal (adv is 01's);
+    # 06: two natural sources and AT from scratch at each of Fig. 3's three N
+    assert p.totals()["sources"] == 5 + 4 + 5 + 2 + 3 and not runs_root.exists()
     assert p.totals()["heads"] > 0
 
 

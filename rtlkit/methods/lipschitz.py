@@ -180,6 +180,9 @@ class HeadTraining:
         if self.temperature is not None:
             check_real("head loss temperature", self.temperature, 0, low_open=True)
 
+    def fit(self, head, z, y, seed: int = 0, progress: bool = False, desc: str = "head", runtime=None) -> list[dict]:
+        return train_head(head, z, y, self, seed, progress, desc)
+
 
 def train_head(head: nn.Module, z: torch.Tensor, y: torch.Tensor, method: HeadTraining, seed: int = 0,
                progress: bool = False, desc: str = "head") -> list[dict]:

@@ -61,7 +61,8 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
         keys = dict(lam=lam, beta=beta)
     elif method == "LwF":          # AT source, end-to-end with feature distillation (k = all)
         lam_d = profile.lwf_lams[0] if lam_d is None else lam_d
-        lwf = LwFTraining(epochs=epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d, steps=steps)
+        lwf = LwFTraining(epochs=epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d, steps=steps,
+                          lr=profile.lwf_lr, weight_decay=profile.lwf_weight_decay)
         run = TransferRun(_source(profile, "at", data=source), target, TransferPolicy(k="all", bn_affine="freeze"),
                           lwf, seed)
         keys = dict(lam_d=lam_d)
@@ -71,7 +72,7 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
                  "target": target.label, **keys}
 
 
-def _measure(profile: Profile, runtime, progress, method: str, k, seed: int, test_n: int | None = None,
+def measure(profile: Profile, runtime, progress, method: str, k, seed: int, test_n: int | None = None,
              **kw) -> dict:
     run, keys = _transfer(profile, method, k, seed, **kw)
     m = get_or_evaluate(run, cartl_attacks(profile), runtime, progress, test_n=test_n or profile.cartl_test_n)
@@ -82,21 +83,21 @@ def _measure(profile: Profile, runtime, progress, method: str, k, seed: int, tes
 
 def cartl_grid(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """CARTL Table 2: lambda x beta x k, FDM source + NEFT fine-tuning."""
-    return pd.DataFrame([_measure(profile, runtime, progress, "CARTL", k, s, lam=lam, beta=b)
+    return pd.DataFrame([measure(profile, runtime, progress, "CARTL", k, s, lam=lam, beta=b)
                          for s in profile.cartl_seeds for k in profile.cartl_ks
                          for lam in profile.cartl_lams for b in profile.cartl_betas])
 
 
 def cartl_ablation(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """CARTL Table 3 at each k: AT + plain fine-tuning, AT + NEFT, FDM + NEFT (CARTL)."""
-    return pd.DataFrame([_measure(profile, runtime, progress, m, k, s)
+    return pd.DataFrame([measure(profile, runtime, progress, m, k, s)
                          for s in profile.cartl_seeds for k in profile.cartl_ks
                          for m in ("vanilla", "AT + NEFT", "CARTL")])
 
 
 def lwf_sweep(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """CARTL Table 5: LwF for each lambda_d."""
-    return pd.DataFrame([_measure(profile, runtime, progress, "LwF", "all", s, lam_d=ld)
+    return pd.DataFrame([measure(profile, runtime, progress, "LwF", "all", s, lam_d=ld)
                          for s in profile.cartl_seeds for ld in profile.lwf_lams])
 
 
@@ -114,7 +115,7 @@ def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = 
         steps = None if frac == 1 else budget
         for m in ("vanilla", "CARTL", "LwF"):
             for s in profile.cartl_seeds:
-                rows.append({**_measure(profile, runtime, progress, m, k, s, target=tgt, steps=steps),
+                rows.append({**measure(profile, runtime, progress, m, k, s, target=tgt, steps=steps),
                              "fraction": frac, "steps": budget})
     return pd.DataFrame(rows)
 
@@ -132,7 +133,7 @@ def more_pairs(profile: Profile, runtime: Runtime | None = None, progress: bool 
             continue
         for m in ("vanilla", "CARTL", "LwF"):
             for s in profile.cartl_seeds:
-                rows.append({**_measure(profile, runtime, progress, m, k, s, target=tgt, source=src),
+                rows.append({**measure(profile, runtime, progress, m, k, s, target=tgt, source=src),
                              "pair": f"{src_spec.label} -> {tgt.label}"})
     return pd.DataFrame(rows)
 
@@ -165,7 +166,7 @@ def budget_sweep(profile: Profile, runtime: Runtime | None = None, progress: boo
         for b in budgets:
             for m in ("vanilla", "AT + NEFT", "CARTL"):
                 for s in seeds:
-                    rows.append({**_measure(profile, runtime, progress, m, k, s, test_n=test_n, target=tgt, source=src,
+                    rows.append({**measure(profile, runtime, progress, m, k, s, test_n=test_n, target=tgt, source=src,
                                             steps=b * per_epoch),
                                  "pair": pair, "budget_epochs": b, "steps": b * per_epoch})
     return pd.DataFrame(rows)

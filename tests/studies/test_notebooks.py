@@ -12,7 +12,7 @@ BOOKS = figures.notebooks()
 
 
 def test_there_are_notebooks():
-    assert [b.name[:2] for b in BOOKS] == ["01", "02", "03", "04", "05"]
+    assert [b.name[:2] for b in BOOKS] == ["01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("book", BOOKS, ids=lambda b: b.stem)
@@ -37,10 +37,13 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
             assert (figs / manifest["figure"]).stat().st_size > 10_000
             table = pd.read_csv(figs / manifest["table"])
             # 05's tables are head accuracies, search rates and verified accuracies, not clean / robust pairs
-            shares = ["clean_acc", "robust_acc"] if book.stem != "05_provable" else \
-                [c for c in ("acc", "a_b", "a_v", "p_z", "p_x", "label_a_v", "rep_a_v", "logit_a_v") if c in table]
+            shares = {"05_provable": ("acc", "a_b", "a_v", "p_z", "p_x", "label_a_v", "rep_a_v", "logit_a_v"),
+                      "06_shafahi": ("clean_acc", "robust_acc", "train_acc", "stroke_share")}.get(book.stem)
+            shares = [c for c in shares if c in table] if shares else ["clean_acc", "robust_acc"]
             assert shares and set(shares) <= set(table.columns) and len(table) > 0
-            ours = table[table.source != "paper"] if "source" in table else table   # the paper's rows: as printed
+            # the paper's rows, as printed, are marked in column origin (06) or source (03-05)
+            ours = table[table.origin != "paper"] if "origin" in table else \
+                table[table.source != "paper"] if "source" in table else table
             assert len(ours) > 0
             assert ours[shares].apply(lambda s: s.between(0, 1)).all().all()
             assert manifest["profile"] == "smoke"
@@ -53,16 +56,18 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
         "04_table5_certified.png", "04_fig3_certified_gains.png", "04_certified_curves.png", "04_table6_empirical.png",
         "04_table6_certified.png", "04_table7_standard_finetuning.png",
         "05_table1_lipschitz.png", "05_table2_search.png", "05_table3_smoothing.png", "05_table4_smoothing_pairs.png",
-        "05_radius.png"}
+        "05_radius.png", "06_tables1_3_probes.png", "06_fig3_low_data.png", "06_fig4_mlp_depth.png",
+        "06_fig5_gradients.png", "06_tables4_7_lwf.png"}
     for m in manifests.values():   # notebook 04's manifests say how every number was measured
         if m["notebook"] == "04_pretraining":
             assert {"N0", "N", "alpha", "sigma", "apgd_restarts", "square_queries", "cert_images", "eps_rule"} <= set(m)
     # every source is trained once and shared: the AT source (01, 02, 03), one FDM source per
     # (lambda, k) of the smoke grid (2), the extra pair's own AT + FDM sources (2), and 04's four
     # pre-trainings (AT, CR, SimCLR, ST), which its tables share; 05's normal, noise, adv-d, adv-s and the
-    # split pair's normal (its adv modes are 01's and 03's sources)
+    # split pair's normal (its adv modes are 01's and 03's sources); 06's two natural sources and Fig. 3's
+    # AT from scratch at each N
     sources = list((tmp_path / "runs").glob("source-*"))
-    assert len(sources) == 5 + 4 + 5
+    assert len(sources) == 5 + 4 + 5 + 2 + 3
     # rtlkit.plan, without running anything, names exactly the runs and evaluations the notebooks made
     from rtlkit import plan, profiles
     p = plan.plan(profiles.get("smoke"))

@@ -5,7 +5,9 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from rtlkit.studies import bn_ablation, cartl, layer_freezing, pretraining, provable
+import numpy as np
+
+from rtlkit.studies import bn_ablation, cartl, layer_freezing, pretraining, provable, shafahi
 
 W = pytest.importorskip("ipywidgets")
 
@@ -44,7 +46,19 @@ def panels():
     rc = pd.concat([rows(pair="p", mode=m, split="target", constraint="wn", layers=4, seed=0, r=[0.0, 0.1],
                          method=meth, a_v=[0.8, 0.5]) for m in ("normal", "adv") for meth in provable.SMOOTHINGS])
     return {"01": layer_freezing.panel(ft, src, ft), "02": bn_ablation.panel(bn), "03": cartl.panel(grid, abl, lwf),
-            "04": pretraining.panel(t4, t5, curves), "05": provable.panel(t1, st, rc)}
+            "04": pretraining.panel(t4, t5, curves), "05": provable.panel(t1, st, rc), "06": _shafahi_panel()}
+
+
+def _shafahi_panel():
+    t23 = rows(pair=["p", "p", "q", "q"], source=["robust", "natural"] * 2, clean_acc=0.8, robust_acc=0.4)
+    f3 = rows(arm=list(shafahi.ARMS) * 2, per_class=["10"] * 3 + ["all"] * 3, clean_acc=0.8, robust_acc=0.4,
+              mean_acc=0.6, train_seconds=1.0)
+    f4 = rows(source=["robust", "robust", "natural", "natural"], hidden=[0, 1, 0, 1], bn_dropout=False, train_acc=0.9,
+              val_acc=0.8, robust_ce=0.4, robust_cw=0.3)
+    grads = pd.DataFrame([dict(model=f"{k} linear", source=k, image=i, label=i, stroke_share=0.3,
+                               grad=np.random.default_rng(i).normal(size=(4, 4)), image_pixels=np.ones((4, 4)) / 2)
+                          for k in ("robust", "natural") for i in range(3)])
+    return shafahi.panel(t23, f3, f4, grads)
 
 
 def test_panels_are_returned_with_controls_above_the_plot_and_every_option_shown():

@@ -1,0 +1,513 @@
+"""Notebook 06 · Shafahi et al. (ICLR 2020), "Adversarially robust transfer learning": robust
+deep features under a frozen extractor. Table 1 (robust and natural sources), Tables 2-3 (linear
+probes on every pair), Fig. 3 (N per class: AT from scratch, AT fine-tuning, a probe on frozen
+robust features), Fig. 4 (MLP heads), Fig. 5 (input gradients) and the LwF Tables 4-7: steps,
+plots and the widget panel.
+
+Probes and MLP heads are ``runs.HeadRun``s with ``methods.probes`` heads: they train on the
+source's cached features (computed once per source and dataset), so a probe costs one feature
+pass per image. Every robustness is the per-example minimum over PGD-20 with cross-entropy and
+with the CW margin (``cartl.cartl_attacks``), each kept in the CSVs; LwF runs are notebook 03's
+runs (cache hits where 03 ran them).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data as D
+from .. import plots, widgets
+from ..attacks import PGD
+from ..errors import ConfigError, DatasetNotFound, check
+from ..evaluate import input_gradient
+from ..methods.probes import ProbeHead, ProbeTraining
+from ..profiles import SOURCE_KINDS, Profile, Shafahi
+from ..runs import (DataSpec, HeadRun, SourceRun, TransferRun, get_or_evaluate, get_or_features, get_or_train,
+                    run_dir, shaped_for)
+from ..runtime import Runtime
+from ..training import AdversarialTraining, StandardTraining
+from ..transfer import TransferPolicy
+from .cartl import cartl_attacks, measure
+
+__all__ = ["sources_table", "probe_table", "low_data", "mlp_depth", "gradients", "lwf_tables", "panel"]
+
+ARMS = ("AT from scratch", "fine-tuned with AT", "transferred (probe)")
+
+
+def _sh(profile: Profile) -> Shafahi:
+    if profile.shafahi is None:
+        raise ConfigError(f"profile {profile.name} has no notebook-06 settings (Profile.shafahi)")
+    return profile.shafahi
+
+
+def source_run(profile: Profile, kind: str, data: DataSpec | None = None) -> SourceRun:
+    """The robust source (01-03's AT source on ``data``) or its natural twin: standard training
+    with the same data, model and schedule."""
+    check(kind in SOURCE_KINDS, f"unknown source kind {kind!r}; one of {', '.join(SOURCE_KINDS)}")
+    at = profile.source_method
+    method = at if kind == "robust" else \
+        StandardTraining(**{f.name: getattr(at, f.name) for f in dataclasses.fields(StandardTraining)})
+    return SourceRun(data or profile.source, profile.model, method, 0)
+
+
+def probe_run(profile: Profile, kind: str, target: DataSpec, source: DataSpec | None = None, hidden: int = 0,
+              bn: bool = False, seed: int = 0) -> HeadRun:
+    """A probe (``hidden`` = 0) or MLP head on the frozen features of a robust or natural source."""
+    sh = _sh(profile)
+    head = ProbeHead(hidden=hidden, bn=bn, dropout=sh.dropout if bn else 0.0)
+    return HeadRun(source_run(profile, kind, source), target, head, ProbeTraining(), seed)
+
+
+def _evaluate(profile: Profile, run, runtime, progress) -> dict:
+    m = get_or_evaluate(run, cartl_attacks(profile), runtime, progress, test_n=profile.cartl_test_n)
+    ce, cw = (m[f"robust_acc[{a.label}]"] for a in cartl_attacks(profile))
+    return {"clean_acc": m["clean_acc"], "robust_acc": m["robust_acc"], "robust_ce": ce, "robust_cw": cw,
+            "n_test": m["n_test"]}
+
+
+def _train_acc(run: HeadRun, runtime, progress) -> float:
+    """A head's accuracy on its whole training set (eval mode), from the cached features."""
+    model = get_or_train(run, runtime, progress)
+    if model is None:
+        return np.nan
+    z, y = get_or_features(run.source, run.data, "train", runtime, progress)
+    with torch.no_grad():
+        return float((model.head.fc.eval()(z.to(runtime.device)).argmax(1).cpu() == y).float().mean())
+
+
+def _seconds(run, runtime) -> float:
+    """The wall time a run's training took (train.json), NaN while recording or when unknown."""
+    import json
+    try:
+        return float(json.loads((run_dir(run, runtime) / "train.json").read_text())["wall_seconds"])
+    except (OSError, ValueError, KeyError):
+        return np.nan
+
+
+def _pairs(profile: Profile) -> list:
+    """(source DataSpec or None, target): the profile's own pair first, then its extra pairs."""
+    out = []
+    for src, tgt in ((None, profile.target),) + tuple(profile.pairs):
+        try:
+            (src or profile.source).train(), tgt.train()
+            out.append((src, tgt))
+        except DatasetNotFound as e:
+            print(f"skipped {(src or profile.source).label} -> {tgt.label}: {str(e).splitlines()[0]}")
+    return out
+
+
+def _label(profile, src, tgt) -> str:
+    return f"{(src or profile.source).label} -> {tgt.label}"
+
+
+def setting(profile: Profile) -> str:
+    return (f"{profile.source.label} -> {profile.target.label}, {profile.model.name}, eps = {profile.eps:g}, "
+            f"PGD-{profile.eval_attacks[0].steps} CE and CW on {profile.cartl_test_n or 'all'} test images "
+            f"({profile.name})")
+
+
+def record(profile: Profile) -> dict:
+    sh = _sh(profile)
+    return {"eps": profile.eps, "attacks": [a.label for a in cartl_attacks(profile)], "test_n": profile.cartl_test_n,
+            "probe": dataclasses.asdict(ProbeTraining()), "arm_steps": sh.arm_steps,
+            "per_class": [n if n is not None else "all" for n in sh.per_class], "depths": list(sh.depths),
+            "lwf_lr": profile.lwf_lr, "lwf_weight_decay": profile.lwf_weight_decay}
+
+
+# --------------------------------------------------------------------------- Table 1, Tables 2-3
+
+def sources_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Table 1: robust and natural sources on their own test sets (the whole source and the split
+    half), clean / PGD-20 CE / CW."""
+    rows = []
+    for data in dict.fromkeys([profile.source] + [s for s, _ in profile.pairs if s is not None]):
+        for kind in SOURCE_KINDS:
+            m = _evaluate(profile, source_run(profile, kind, data), runtime, progress)
+            rows.append(dict(source=kind, dataset=data.label, **m))
+    return pd.DataFrame(rows)
+
+
+def probe_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Tables 2-3: a linear probe on the frozen features of the robust and the natural source, on
+    every pair: validation (test) clean / PGD-20 CE / CW, and the probe's train accuracy."""
+    rows = []
+    for src, tgt in _pairs(profile):
+        for kind in SOURCE_KINDS:
+            run = probe_run(profile, kind, tgt, src)
+            rows.append(dict(pair=_label(profile, src, tgt), source=kind, train_acc=_train_acc(run, runtime, progress),
+                             **_evaluate(profile, run, runtime, progress)))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- Fig. 3
+
+def _n_label(n) -> str:
+    return "all" if n is None else str(n)
+
+
+def arm_run(profile: Profile, arm: str, n) -> SourceRun | TransferRun | HeadRun:
+    """Fig. 3's three arms on ``n`` training images per class of the target (None: all): AT from
+    scratch and AT fine-tuning of the robust source for ``arm_steps`` optimizer steps, and a probe
+    on the frozen robust source (trained to convergence, 50 epochs)."""
+    sh = _sh(profile)
+    target = replace(profile.target, per_class=n)
+    at = profile.source_method
+    eps = profile.eps
+    if arm == ARMS[0]:
+        return SourceRun(target, profile.model, replace(at, steps=sh.arm_steps), 0)
+    if arm == ARMS[1]:   # App. A.2: PGD-3 at 5/255 with step 3/255, against a training eps of 8/255
+        attack = PGD(eps=eps * 5 / 8, steps=3, step_size=eps * 3 / 8)
+        return TransferRun(source_run(profile, "robust"), target, TransferPolicy(k="all"),
+                           replace(at, steps=sh.arm_steps, attack=attack), 0)
+    if arm == ARMS[2]:
+        return probe_run(profile, "robust", target)
+    raise ConfigError(f"unknown arm {arm!r}; one of {', '.join(ARMS)}")
+
+
+def check_per_class(profile: Profile) -> None:
+    """Every N of Fig. 3 against the target's class counts: a ConfigError naming the class, before training."""
+    for n in _sh(profile).per_class:
+        if n is not None:
+            replace(profile.target, per_class=n).train()
+
+
+def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Fig. 3: clean, PGD-20 (min of CE and CW) and their mean for the three arms at each N per
+    class, with each arm's training seconds (the paper's 3x cost claim)."""
+    sh = _sh(profile)
+    check_per_class(profile)
+    rows = []
+    for n in sh.per_class:
+        for arm in ARMS:
+            run = arm_run(profile, arm, n)
+            m = _evaluate(profile, run, runtime, progress)
+            rows.append(dict(arm=arm, per_class=_n_label(n), train_images=len(run.data.train()),
+                             mean_acc=(m["clean_acc"] + m["robust_acc"]) / 2, train_seconds=_seconds(run, runtime),
+                             **m))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- Fig. 4
+
+def mlp_depth(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Fig. 4: MLP heads with 0..k hidden layers as wide as the feature on each source, and the
+    BN + dropout variant at ``bn_dropout_depth``: train and validation accuracy, PGD-20 CE and CW."""
+    sh = _sh(profile)
+    rows = []
+    for kind in SOURCE_KINDS:
+        heads = [(d, False) for d in sh.depths] + [(sh.bn_dropout_depth, True)]
+        for hidden, bn in heads:
+            run = probe_run(profile, kind, profile.target, hidden=hidden, bn=bn)
+            m = _evaluate(profile, run, runtime, progress)
+            rows.append(dict(source=kind, hidden=hidden, head=run.head.label, bn_dropout=bn,
+                             train_acc=_train_acc(run, runtime, progress), val_acc=m["clean_acc"], **m))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- Fig. 5
+
+GRADIENT_MODELS = (("natural", 0), ("robust", 0), ("robust", 1), ("robust", 2))
+
+
+def gradients(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Fig. 5: the input gradient of the cross-entropy at the true label for ``grad_images`` target
+    test images (evenly spaced), for the natural probe, the robust probe and robust MLP-1 / MLP-2;
+    per image the share of |grad| on stroke pixels (x > ``stroke_threshold``) (ours). Column
+    ``grad`` holds each gradient (H x W, channel-summed)."""
+    sh = _sh(profile)
+    runtime = runtime or Runtime()
+    rows = []
+    for kind, hidden in GRADIENT_MODELS:
+        run = probe_run(profile, kind, profile.target, hidden=hidden)
+        model = get_or_train(run, runtime, progress)
+        if model is None:
+            continue
+        test = run.test_data()
+        check(sh.grad_images <= len(test), f"grad_images = {sh.grad_images} is more than the {len(test)} test images "
+              f"of {run.data.label}")
+        d = D.evenly_spaced(test, sh.grad_images)
+        x = d.x.float().div(255).to(runtime.device)
+        g = input_gradient(model, runtime.inputs(x), d.y.to(runtime.device)).float().cpu()
+        img = x.cpu().mean(1)
+        for i in range(len(d)):
+            a = g[i].abs().sum(0)
+            stroke = img[i] > sh.stroke_threshold
+            rows.append(dict(model=f"{kind} {run.head.label}", source=kind, hidden=hidden, image=i,
+                             index=int(d.index[i]), label=int(d.y[i]),
+                             stroke_share=float(a[stroke].sum() / a.sum().clamp_min(1e-30)),
+                             stroke_pixels=float(stroke.float().mean()), grad_l1=float(a.sum()),
+                             grad=g[i].sum(0).numpy(), image_pixels=img[i].numpy()))
+    return pd.DataFrame(rows)
+
+
+def gradient_summary(g: pd.DataFrame) -> pd.DataFrame:
+    """Mean share of |grad| on stroke pixels per model, beside the share of pixels that are strokes."""
+    return g.groupby("model", sort=False).agg(stroke_share=("stroke_share", "mean"),
+                                              stroke_pixels=("stroke_pixels", "mean"), images=("image", "count")
+                                              ).reset_index()
+
+
+# --------------------------------------------------------------------------- Tables 4-7 (LwF)
+
+def lwf_tables(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Tables 4-7: LwF (feature distillation from the robust source, end to end) per lambda_d:
+    Table 4 on the profile's pair (03's grid and the extra lambdas, with both probes), Tables 5/7
+    on natural data of the source's own domain (01's re-init subset, beside the source), Table 6
+    on the split pair (with both probes)."""
+    sh = _sh(profile)
+    rows = []
+
+    def lwf(table, lam, target, source=None):
+        m = measure(profile, runtime, progress, "LwF", "all", 0, target=target, source=source, lam_d=lam)
+        rows.append(dict(table=table, model="LwF", lam_d=lam, target=target.label,
+                         **{k: m[k] for k in ("clean_acc", "robust_acc", "robust_ce", "robust_cw", "n_test")}))
+
+    def probes(table, target, source=None):
+        for kind in SOURCE_KINDS:
+            m = _evaluate(profile, probe_run(profile, kind, target, source), runtime, progress)
+            rows.append(dict(table=table, model=f"{kind} probe", lam_d=np.nan, target=target.label, **m))
+
+    for lam in dict.fromkeys(tuple(profile.lwf_lams) + tuple(sh.table4_extra_lams)):
+        lwf("Table 4", lam, profile.target)
+    probes("Table 4", profile.target)
+    m = _evaluate(profile, source_run(profile, "robust"), runtime, progress)
+    rows.append(dict(table="Tables 5/7", model="robust source", lam_d=np.nan, target=profile.source.label, **m))
+    for lam in sh.same_lams:
+        lwf("Tables 5/7", lam, profile.reinit_source)
+    split = [(s, t) for s, t in profile.pairs if s is not None and s.name == t.name]
+    for src, tgt in split[:1]:
+        for lam in sh.split_lams:
+            lwf("Table 6", lam, tgt, src)
+        probes("Table 6", tgt, src)
+    return pd.DataFrame(rows)
+
+
+def split_vs_whole(sources: pd.DataFrame, lwf: pd.DataFrame, lam: float = 0.01) -> pd.DataFrame:
+    """Shafahi App. D: the mean of the robust split-half source and LwF (lambda_d) on the other half,
+    beside AT on the whole source (Table 1)."""
+    t6 = lwf[(lwf.table == "Table 6") & (lwf.model == "LwF")]
+    pick = t6.iloc[(t6.lam_d - lam).abs().argsort()[:1]] if len(t6) else t6
+    half = sources[(sources.source == "robust")]
+    if len(pick) == 0 or len(half) < 2:
+        return pd.DataFrame()
+    whole, split_src = half.iloc[0], half.iloc[1]
+    return pd.DataFrame([
+        dict(model=f"mean of the robust half and LwF lambda_d={float(pick.lam_d.iloc[0]):g}",
+             clean_acc=(split_src.clean_acc + float(pick.clean_acc.iloc[0])) / 2,
+             robust_acc=(split_src.robust_acc + float(pick.robust_acc.iloc[0])) / 2),
+        dict(model=f"AT on the whole ({whole.dataset})", clean_acc=whole.clean_acc, robust_acc=whole.robust_acc)])
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+def _lw(table, target, rows):
+    return [dict(table=table, model=m, lam_d=l, target=target, clean_acc=a / 100, robust_acc=r / 100)
+            for m, l, a, r in rows]
+
+
+NA = np.nan
+PAPER = {   # the paper's CIFAR numbers as printed (Table 4's 1e-7 robustness is illegible in our copy)
+    "table1": pd.DataFrame([dict(source=k, dataset=d, clean_acc=a / 100, robust_ce=p / 100, robust_cw=c / 100,
+                                 robust_acc=min(p, c) / 100)
+                            for d, k, a, p, c in (("CIFAR-10+", "natural", 95.01, 0.0, 0.0),
+                                                  ("CIFAR-10+", "robust", 87.25, 45.84, 46.96),
+                                                  ("CIFAR-100+", "natural", 78.84, 0.0, 0.0),
+                                                  ("CIFAR-100+", "robust", 59.87, 22.76, 23.16))]),
+    "lwf": pd.DataFrame(
+        _lw("Table 4", "CIFAR-10", [("LwF", 1e-7, 89.07, NA), ("LwF", 0.001, 86.15, 4.70), ("LwF", 0.0025, 81.90, 15.42),
+                                    ("LwF", 0.005, 79.35, 17.61), ("LwF", 0.01, 77.73, 17.55), ("LwF", 0.1, 73.39, 18.62),
+                                    ("natural probe", NA, 83.05, 0.0), ("robust probe", NA, 72.05, 17.70)])
+        + _lw("Tables 5/7", "CIFAR-100", [("LwF", 1e-5, 61.53, 21.83), ("LwF", 5e-5, 61.71, 23.44),
+                                          ("LwF", 1e-4, 61.38, 23.95), ("LwF", 0.001, 60.17, 24.31),
+                                          ("LwF", 0.01, 59.87, 24.10), ("robust source", NA, 59.87, 22.76)])
+        + _lw("Table 6", "CIFAR-100 (other half)", [("LwF", 0.001, 73.30, 1.92), ("LwF", 0.005, 66.96, 10.52),
+                                                    ("LwF", 0.01, 63.32, 15.68), ("LwF", 0.1, 55.14, 17.26),
+                                                    ("natural probe", NA, 71.44, 0.0), ("robust probe", NA, 58.48, 15.86)])),
+    # Sec. 4.2.1: PGD-20 accuracy of MLP heads on a *natural* ImageNet source, by hidden layers
+    "fig4_natural_pgd": {0: 0.0, 1: 0.03, 2: 0.09, 3: 0.31, 5: 6.61},
+}
+
+
+def with_paper(ours: pd.DataFrame, table: str, setting_: str) -> pd.DataFrame:
+    """Our rows (source "rtlkit" in column ``origin``) and the paper's (``origin`` "paper")."""
+    ours = ours.assign(origin="rtlkit", setting=setting_)
+    if table not in PAPER or not isinstance(PAPER[table], pd.DataFrame):
+        return ours
+    return pd.concat([ours, PAPER[table].assign(origin="paper", setting="paper (CIFAR)")], ignore_index=True)
+
+
+# --------------------------------------------------------------------------- plots
+
+_KIND = {"robust": "tab:red", "natural": "tab:blue"}
+_ARM = {ARMS[0]: "tab:gray", ARMS[1]: "tab:orange", ARMS[2]: "tab:red"}
+
+
+def _grouped(ax, df, group, hue, value, colours=None, order=None):
+    groups = list(dict.fromkeys(df[group]))
+    hues = order or list(dict.fromkeys(df[hue]))
+    g = df.groupby([group, hue], sort=False)[value].mean()
+    w = 0.8 / max(1, len(hues))
+    for i, h in enumerate(hues):
+        ax.bar(np.arange(len(groups)) + (i - (len(hues) - 1) / 2) * w, [g.get((x, h), np.nan) * 100 for x in groups],
+               w, label=str(h), color=(colours or {}).get(h))
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels([str(x).replace(" -> ", "\n-> ") for x in groups], fontsize=7)
+    ax.set_ylim(0, 100)
+
+
+def plot_sources_and_probes(t1: pd.DataFrame, t23: pd.DataFrame, title: str = ""):
+    """Table 1 (sources on their own data) and Tables 2-3 (probes on each pair): clean and robust."""
+    fig, axes = plots.plt.subplots(1, 3, figsize=(15, 4))
+    long1 = pd.concat([t1.assign(m=t1.source + " clean", v=t1.clean_acc), t1.assign(m=t1.source + " PGD-20", v=t1.robust_acc)])
+    _grouped(axes[0], long1, "dataset", "m", "v")
+    axes[0].set_title("Table 1: sources on their own test set", fontsize=9)
+    for ax, metric, name in ((axes[1], "clean_acc", "clean"), (axes[2], "robust_acc", "PGD-20 (min CE, CW)")):
+        _grouped(ax, t23, "pair", "source", metric, _KIND)
+        ax.set_title(f"Tables 2-3: linear probes, {name}", fontsize=9)
+    for ax in axes:
+        ax.set_ylabel("%")
+        ax.legend(fontsize=7)
+    return plots.finish(fig, title)
+
+
+def plot_low_data(f3: pd.DataFrame, title: str = ""):
+    """Fig. 3: clean, PGD-20 and their mean per N per class, one bar per arm; seconds in the legend."""
+    fig, axes = plots.plt.subplots(1, 3, figsize=(15, 4))
+    secs = f3.groupby("arm", sort=False).train_seconds.mean()
+    for ax, (metric, name) in zip(axes, (("clean_acc", "(a) clean"), ("robust_acc", "(b) PGD-20"),
+                                         ("mean_acc", "(c) average"))):
+        _grouped(ax, f3, "per_class", "arm", metric, _ARM, list(ARMS))
+        ax.set_xlabel("training images per class")
+        ax.set_title(name, fontsize=9)
+    axes[0].set_ylabel("%")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    axes[-1].legend(handles, [f"{a} ({secs.get(a, np.nan):.0f} s)" for a in labels], fontsize=7,
+                    loc="upper left", bbox_to_anchor=(1.01, 1))
+    return plots.finish(fig, title)
+
+
+def plot_depth(f4: pd.DataFrame, title: str = ""):
+    """Fig. 4: train / val accuracy and PGD-20 CE / CW against hidden layers, per source; the BN +
+    dropout variant as separate markers."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+    for ax, kind in zip(axes[0], SOURCE_KINDS):
+        part = f4[f4.source == kind]
+        plain, bndo = part[~part.bn_dropout.astype(bool)], part[part.bn_dropout.astype(bool)]
+        for col, style, name in (("train_acc", "-o", "train"), ("val_acc", "-s", "val"), ("robust_ce", "--^", "PGD-20 CE"),
+                                 ("robust_cw", ":v", "PGD-20 CW")):
+            line, = ax.plot(plain.hidden, plain[col] * 100, style, label=name)
+            ax.scatter(bndo.hidden, bndo[col] * 100, marker="*", s=120, color=line.get_color(),
+                       label=f"{name}, BN + dropout" if len(bndo) else None)
+        ax.set_xlabel("hidden layers")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 102)
+        ax.set_title(f"{kind} source", fontsize=9)
+        ax.legend(fontsize=7)
+    return plots.finish(fig, title)
+
+
+def plot_gradients(g: pd.DataFrame, percentile: float = 99.0, page: int = 0, per_page: int = 8, title: str = ""):
+    """Fig. 5: the images and, below, each model's input gradient (|g| clipped at ``percentile``)."""
+    images = sorted(g.image.unique())[page * per_page:(page + 1) * per_page]
+    models = list(dict.fromkeys(g.model))
+    fig, axes = plots.plt.subplots(1 + len(models), max(1, len(images)), figsize=(1.6 * max(1, len(images)),
+                                   1.7 * (1 + len(models))), squeeze=False)
+    for j, i in enumerate(images):
+        first = g[g.image == i].iloc[0]
+        axes[0][j].imshow(np.asarray(first.image_pixels), cmap="gray", vmin=0, vmax=1)
+        axes[0][j].set_title(f"label {first.label}", fontsize=7)
+        for r, m in enumerate(models, start=1):
+            row = g[(g.image == i) & (g.model == m)].iloc[0]
+            a = np.asarray(row.grad)
+            lim = np.percentile(np.abs(a), percentile) or 1.0
+            axes[r][j].imshow(np.clip(a, -lim, lim), cmap="seismic", vmin=-lim, vmax=lim)
+            axes[r][j].set_title(f"{row.stroke_share:.0%} on strokes", fontsize=6)
+    for r, m in enumerate(["image"] + models):
+        axes[r][0].set_ylabel(m, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return plots.finish(fig, title + f" (|grad| clipped at its {percentile:g}th percentile)")
+
+
+def plot_lwf(t: pd.DataFrame, title: str = ""):
+    """Tables 4-7: clean and PGD-20 per lambda_d, one panel per table, probes / source as dashed lines."""
+    tables = list(dict.fromkeys(t.table))
+    fig, axes = plots.plt.subplots(1, len(tables), figsize=(5 * len(tables), 4), squeeze=False)
+    for ax, name in zip(axes[0], tables):
+        part = t[t.table == name]
+        lw = part[part.model == "LwF"].sort_values("lam_d")
+        ax.plot(lw.lam_d, lw.clean_acc * 100, "-o", color="tab:blue", label="LwF clean")
+        ax.plot(lw.lam_d, lw.robust_acc * 100, "-o", color="tab:red", label="LwF PGD-20")
+        for _, r in part[part.model != "LwF"].iterrows():
+            style = ":" if "natural" in r.model else "--"
+            ax.axhline(r.clean_acc * 100, color="tab:blue", ls=style, lw=1, label=f"{r.model} clean")
+            ax.axhline(r.robust_acc * 100, color="tab:red", ls=style, lw=1, label=f"{r.model} PGD-20")
+        ax.set_xscale("log")
+        ax.set_xlabel("λ_d")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{name}: -> {lw.target.iloc[0] if len(lw) else ''}", fontsize=9)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("%")
+    return plots.finish(fig, title)
+
+
+# --------------------------------------------------------------------------- widget panel
+
+def panel(t23: pd.DataFrame, f3: pd.DataFrame, f4: pd.DataFrame, grads: pd.DataFrame, interactive: bool = True):
+    """Pick a view (pairs, N per class, depth, gradients), pairs, sources, N, depth and a gradient
+    page; re-plots from the cached tables."""
+    if not interactive:
+        return None
+    import ipywidgets as W
+    view = W.Dropdown(options=["probes by pair", "N per class", "MLP depth", "input gradients"], description="view")
+    pairs = widgets.multi(list(dict.fromkeys(t23.pair)), "pair")
+    sources = widgets.multi(list(SOURCE_KINDS), "source")
+    ns = widgets.multi(list(dict.fromkeys(f3.per_class)) if len(f3) else [], "N/class")
+    depth = W.IntSlider(value=int(f4.hidden.max()) if len(f4) else 0, min=0, max=int(f4.hidden.max()) if len(f4) else 0,
+                        description="max depth")
+    n_img = int(grads.image.nunique()) if len(grads) else 0
+    page = W.IntSlider(value=0, min=0, max=max(0, (n_img - 1) // 4), description="gradient page")
+    out = W.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            if view.value == "probes by pair":
+                rows = t23[t23.pair.isin(pairs.value) & t23.source.isin(sources.value)]
+                if rows.empty:
+                    widgets.nothing_selected("pair and one source")
+                    return
+                fig, ax = plots.plt.subplots(figsize=(7, 3.6))
+                long = pd.concat([rows.assign(m=rows.source + " clean", v=rows.clean_acc),
+                                  rows.assign(m=rows.source + " PGD-20", v=rows.robust_acc)])
+                _grouped(ax, long, "pair", "m", "v")
+                ax.legend(fontsize=7)
+            elif view.value == "N per class":
+                rows = f3[f3.per_class.isin(ns.value)]
+                if rows.empty:
+                    widgets.nothing_selected("N per class")
+                    return
+                plot_low_data(rows)
+            elif view.value == "MLP depth":
+                rows = f4[f4.source.isin(sources.value) & (f4.hidden <= depth.value)]
+                if rows.empty:
+                    widgets.nothing_selected("source")
+                    return
+                plot_depth(rows)
+            else:
+                rows = grads[grads.source.isin(sources.value)]
+                if rows.empty:
+                    widgets.nothing_selected("source")
+                    return
+                plot_gradients(rows, page=page.value, per_page=4)
+            plots.plt.show()
+
+    for w in (view, pairs, sources, ns, depth, page):
+        w.observe(redraw, "value")
+    redraw()
+    return widgets.arrange([view, depth, page, pairs, sources, ns], out)
