@@ -211,6 +211,7 @@ class Shafahi:
     each field is a notebook parameter. ``per_class`` None means every training image."""
     per_class: tuple = (10, 25, 100, None)              # Fig. 3's N per class
     arm_steps: int = 1000                               # Fig. 3 arms 1-2: one optimizer-step budget at every N
+    probe_min_steps: int = 500                          # (ours) Fig. 3's probe: at least this many SGD steps
     depths: tuple[int, ...] = (0, 1, 2, 3, 5)            # Fig. 4: hidden layers
     bn_dropout_depth: int = 2                           # Fig. 4's BN + dropout variant
     dropout: float = 0.25
@@ -231,6 +232,7 @@ class Shafahi:
         check_int("bn_dropout_depth", self.bn_dropout_depth, 1)
         check(is_real(self.dropout) and 0 <= self.dropout < 1, f"dropout must be in [0, 1), not {self.dropout!r}")
         check_int("arm_steps", self.arm_steps, 1)
+        check_int("probe_min_steps", self.probe_min_steps, 1)
         check_int("grad_images", self.grad_images, 1)
         check_real("grad_percentile", self.grad_percentile, 0, 100, low_open=True)
         check_real("stroke_threshold", self.stroke_threshold, 0, 1)

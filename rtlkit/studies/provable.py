@@ -599,15 +599,17 @@ def plot_radius(curves: pd.DataFrame, split: str = "target", heads=("wn", "wn-l2
 # --------------------------------------------------------------------------- widget panel
 
 def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive: bool = True):
-    """Pick a pair, modes, constraint, depth and smoothings; re-plots A_V against r (main pair),
-    or the accuracy of the chosen heads (Table 1) for another pair, from the cached tables."""
+    """Pick a pair, modes, head, depth, rows and smoothings; re-plots from the cached tables:
+    left, A_V against r on the main pair (4-layer heads of the chosen kind); right, Table 1's
+    accuracy of the chosen pair's heads at the chosen depth."""
     if not interactive:
         return None
     import ipywidgets as W
     pairs = list(dict.fromkeys(t1.pair)) if len(t1) else list(dict.fromkeys(t3.pair))
     pair = W.Dropdown(options=pairs, description="pair")
     modes = widgets.multi(list(dict.fromkeys(t3["mode"])), "mode")
-    constraint = W.Dropdown(options=list(SMOOTH_HEADS), value="wn", description="head")
+    constraint = W.Dropdown(options=[c for c in SMOOTH_HEADS if c in set(curves.constraint)] or list(SMOOTH_HEADS),
+                            value="wn", description="head")
     depth = W.Dropdown(options=[1, 4], value=4, description="layers")
     methods = widgets.multi(list(SMOOTHINGS) + [BOUND1], "smoothing")
     split = W.Dropdown(options=list(SPLITS), value="target", description="rows")
@@ -620,17 +622,26 @@ def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive:
             if not picked or not chosen:
                 widgets.nothing_selected("mode and one smoothing")
                 return
-            c = curves[(curves.pair == pair.value) & (curves["mode"].isin(picked)) & curves.method.isin(chosen)
-                       & (curves.layers == depth.value)]
+            c = curves[curves["mode"].isin(picked) & curves.method.isin(chosen) & (curves.constraint == constraint.value)
+                       & (curves.split == split.value)]
+            rows = t1[(t1.pair == pair.value) & t1["mode"].isin(picked) & (t1.layers == depth.value)
+                      & (t1.split == split.value)]
+            fig, axes = plots.plt.subplots(1, 2, figsize=(12, 3.8))
+            for m in dict.fromkeys(c.method):
+                part = c[c.method == m].groupby("r").a_v.mean()
+                colour, ls = _METHOD_STYLE[m]
+                axes[0].plot(part.index, part.values * 100, color=colour, ls=ls, label=m)
+            axes[0].set_title(f"A_V against r: {constraint.value} heads, {split.value} rows, modes "
+                              f"{', '.join(sorted(picked))}", fontsize=8)
+            axes[0].set_xlabel("L2 radius r")
+            axes[0].set_ylim(0, 100)
             if len(c):
-                plot_radius(c, split.value, constraint.value, f"{pair.value}: A_V against r")
-            else:
-                rows = t1[(t1.pair == pair.value) & (t1["mode"].isin(picked)) & (t1.layers == depth.value)]
-                if rows.empty:
-                    widgets.nothing_selected(f"mode with results on {pair.value} at {depth.value} layer(s) "
-                                             "(curves: the main pair's 4-layer heads; Table 1: normal and adv)")
-                    return
-                plot_table1(rows, f"{pair.value}: accuracy (radius curves are for the main pair)")
+                axes[0].legend(fontsize=7)
+            if len(rows):
+                _bars(axes[1], rows, "mode", "constraint", "acc")
+                axes[1].legend(fontsize=7)
+            axes[1].set_title(f"Table 1: {pair.value}, {depth.value}-layer heads, {split.value} rows", fontsize=8)
+            axes[1].set_ylabel("accuracy (%)")
             plots.plt.show()
 
     for w in (pair, modes, constraint, depth, methods, split):

@@ -55,11 +55,23 @@ def source_run(profile: Profile, kind: str, data: DataSpec | None = None) -> Sou
 
 
 def probe_run(profile: Profile, kind: str, target: DataSpec, source: DataSpec | None = None, hidden: int = 0,
-              bn: bool = False, seed: int = 0) -> HeadRun:
-    """A probe (``hidden`` = 0) or MLP head on the frozen features of a robust or natural source."""
+              bn: bool = False, seed: int = 0, epochs: int | None = None) -> HeadRun:
+    """A probe (``hidden`` = 0) or MLP head on the frozen features of a robust or natural source
+    (App. A.2's 50 epochs unless ``epochs`` says more)."""
     sh = _sh(profile)
     head = ProbeHead(hidden=hidden, bn=bn, dropout=sh.dropout if bn else 0.0)
-    return HeadRun(source_run(profile, kind, source), target, head, ProbeTraining(), seed)
+    method = ProbeTraining() if epochs is None else ProbeTraining(epochs=epochs)
+    return HeadRun(source_run(profile, kind, source), target, head, method, seed)
+
+
+def probe_epochs(profile: Profile, target: DataSpec) -> int | None:
+    """Epochs that give a probe at least ``probe_min_steps`` SGD steps (a convex probe trains to
+    convergence: 50 epochs of one batch, at 10 images per class, are 50 steps); None: App. A.2's 50."""
+    sh, bs = _sh(profile), ProbeTraining().batch_size
+    n = len(target.train())
+    per_epoch = n // bs if n >= bs else 1
+    need = -(-sh.probe_min_steps // per_epoch)
+    return need if need > ProbeTraining().epochs else None
 
 
 def _evaluate(profile: Profile, run, runtime, progress) -> dict:
@@ -164,7 +176,7 @@ def arm_run(profile: Profile, arm: str, n) -> SourceRun | TransferRun | HeadRun:
         return TransferRun(source_run(profile, "robust"), target, TransferPolicy(k="all"),
                            replace(at, steps=sh.arm_steps, attack=attack), 0)
     if arm == ARMS[2]:
-        return probe_run(profile, "robust", target)
+        return probe_run(profile, "robust", target, epochs=probe_epochs(profile, target))
     raise ConfigError(f"unknown arm {arm!r}; one of {', '.join(ARMS)}")
 
 
@@ -187,6 +199,7 @@ def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = 
             m = _evaluate(profile, run, runtime, progress)
             rows.append(dict(arm=arm, per_class=_n_label(n), train_images=len(run.data.train()),
                              mean_acc=(m["clean_acc"] + m["robust_acc"]) / 2, train_seconds=_seconds(run, runtime),
+                             probe_train_acc=_train_acc(run, runtime, progress) if isinstance(run, HeadRun) else np.nan,
                              **m))
     return pd.DataFrame(rows)
 
@@ -459,17 +472,16 @@ def plot_lwf(t: pd.DataFrame, title: str = ""):
 # --------------------------------------------------------------------------- widget panel
 
 def panel(t23: pd.DataFrame, f3: pd.DataFrame, f4: pd.DataFrame, grads: pd.DataFrame, interactive: bool = True):
-    """Pick a view (pairs, N per class, depth, gradients), pairs, sources, N, depth and a gradient
-    page; re-plots from the cached tables."""
+    """Pick pairs, sources, N per class, the largest depth and a gradient page; re-plots from the
+    cached tables: probes by pair, Fig. 3 at the chosen N, Fig. 4 up to the depth, and Fig. 5's page."""
     if not interactive:
         return None
     import ipywidgets as W
-    view = W.Dropdown(options=["probes by pair", "N per class", "MLP depth", "input gradients"], description="view")
     pairs = widgets.multi(list(dict.fromkeys(t23.pair)), "pair")
     sources = widgets.multi(list(SOURCE_KINDS), "source")
-    ns = widgets.multi(list(dict.fromkeys(f3.per_class)) if len(f3) else [], "N/class")
-    depth = W.IntSlider(value=int(f4.hidden.max()) if len(f4) else 0, min=0, max=int(f4.hidden.max()) if len(f4) else 0,
-                        description="max depth")
+    ns = widgets.multi(list(dict.fromkeys(f3.per_class)), "N/class")
+    top = int(f4.hidden.max()) if len(f4) else 0
+    depth = W.IntSlider(value=top, min=0, max=top, description="max depth")
     n_img = int(grads.image.nunique()) if len(grads) else 0
     page = W.IntSlider(value=0, min=0, max=max(0, (n_img - 1) // 4), description="gradient page")
     out = W.Output()
@@ -477,37 +489,36 @@ def panel(t23: pd.DataFrame, f3: pd.DataFrame, f4: pd.DataFrame, grads: pd.DataF
     def redraw(*_):
         with out:
             out.clear_output(wait=True)
-            if view.value == "probes by pair":
-                rows = t23[t23.pair.isin(pairs.value) & t23.source.isin(sources.value)]
-                if rows.empty:
-                    widgets.nothing_selected("pair and one source")
-                    return
-                fig, ax = plots.plt.subplots(figsize=(7, 3.6))
-                long = pd.concat([rows.assign(m=rows.source + " clean", v=rows.clean_acc),
-                                  rows.assign(m=rows.source + " PGD-20", v=rows.robust_acc)])
-                _grouped(ax, long, "pair", "m", "v")
-                ax.legend(fontsize=7)
-            elif view.value == "N per class":
-                rows = f3[f3.per_class.isin(ns.value)]
-                if rows.empty:
-                    widgets.nothing_selected("N per class")
-                    return
-                plot_low_data(rows)
-            elif view.value == "MLP depth":
-                rows = f4[f4.source.isin(sources.value) & (f4.hidden <= depth.value)]
-                if rows.empty:
-                    widgets.nothing_selected("source")
-                    return
-                plot_depth(rows)
-            else:
-                rows = grads[grads.source.isin(sources.value)]
-                if rows.empty:
-                    widgets.nothing_selected("source")
-                    return
-                plot_gradients(rows, page=page.value, per_page=4)
+            if not pairs.value or not sources.value or not ns.value:
+                widgets.nothing_selected("pair, one source and one N per class")
+                return
+            probes = t23[t23.pair.isin(pairs.value) & t23.source.isin(sources.value)]
+            low = f3[f3.per_class.isin(ns.value)]
+            deep = f4[f4.source.isin(sources.value) & (f4.hidden <= depth.value)]
+            fig, axes = plots.plt.subplots(1, 3, figsize=(15, 3.6))
+            long = pd.concat([probes.assign(m=probes.source + " clean", v=probes.clean_acc),
+                              probes.assign(m=probes.source + " PGD-20", v=probes.robust_acc)])
+            _grouped(axes[0], long, "pair", "m", "v")
+            axes[0].set_title("linear probes", fontsize=9)
+            _grouped(axes[1], low.assign(m=low.arm), "per_class", "m", "mean_acc", _ARM, list(ARMS))
+            axes[1].set_title("Fig. 3: mean of clean and PGD-20, by N per class", fontsize=9)
+            for kind, part in deep.groupby("source", sort=False):
+                part = part[~part.bn_dropout.astype(bool)]
+                axes[2].plot(part.hidden, part.val_acc * 100, "-o", color=_KIND[kind], label=f"{kind} val")
+                axes[2].plot(part.hidden, part.robust_acc * 100, "--^", color=_KIND[kind], label=f"{kind} PGD-20")
+            axes[2].set_xlabel("hidden layers")
+            axes[2].set_ylim(0, 100)
+            axes[2].set_title("Fig. 4", fontsize=9)
+            for ax in axes:
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=6)
             plots.plt.show()
+            g = grads[grads.source.isin(sources.value)]
+            if len(g):
+                plot_gradients(g, page=page.value, per_page=4)
+                plots.plt.show()
 
-    for w in (view, pairs, sources, ns, depth, page):
+    for w in (pairs, sources, ns, depth, page):
         w.observe(redraw, "value")
     redraw()
-    return widgets.arrange([view, depth, page, pairs, sources, ns], out)
+    return widgets.arrange([depth, page, pairs, sources, ns], out)
