@@ -54,7 +54,7 @@ def _shafahi_panel():
     f3 = rows(arm=list(shafahi.ARMS) * 2, per_class=["10"] * 3 + ["all"] * 3, clean_acc=0.8, robust_acc=0.4,
               mean_acc=0.6, train_seconds=1.0)
     f4 = rows(source=["robust", "robust", "natural", "natural"], hidden=[0, 1, 0, 1], bn_dropout=False, train_acc=0.9,
-              val_acc=0.8, robust_ce=0.4, robust_cw=0.3)
+              val_acc=0.8, robust_ce=0.4, robust_cw=0.3, robust_acc=0.3)
     grads = pd.DataFrame([dict(model=f"{k} linear", source=k, image=i, label=i, stroke_share=0.3,
                                grad=np.random.default_rng(i).normal(size=(4, 4)), image_pixels=np.ones((4, 4)) / 2)
                           for k in ("robust", "natural") for i in range(3)])
