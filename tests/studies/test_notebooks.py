@@ -45,7 +45,10 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
             ours = table[table.origin != "paper"] if "origin" in table else \
                 table[table.source != "paper"] if "source" in table else table
             assert len(ours) > 0
-            assert ours[shares].apply(lambda s: s.between(0, 1)).all().all()
+            if book.stem == "06_shafahi":   # a combined table: train_acc is blank on Table 1's source rows
+                assert ours[shares].apply(lambda s: s.notna().any() and s.dropna().between(0, 1).all()).all()
+            else:
+                assert ours[shares].apply(lambda s: s.between(0, 1)).all().all()
             assert manifest["profile"] == "smoke"
             assert manifest["wall_seconds_since_notebook_start"] > 0
             assert manifest["device"] and manifest["commit"]
