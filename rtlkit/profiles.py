@@ -132,7 +132,6 @@ class Provable:
     tap: int | None = None                    # None: the penultimate feature
 
     def __post_init__(self):
-        from .smoothing import median_radius_limit, median_samples_needed
         for name in ("main_pair", "table1_pairs", "table4_pairs"):
             pairs = (getattr(self, name),) if name == "main_pair" else getattr(self, name)
             check(len(pairs) >= 1, f"{name} is empty: give at least one (source, target) pair")

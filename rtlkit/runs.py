@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -43,6 +44,10 @@ from .runtime import Runtime, seed_all
 from .methods.neft import NEFT, settle
 from .training import AdversarialTraining, Checkpoints, StandardTraining, train
 from .transfer import TransferPolicy, prepare_target
+
+if TYPE_CHECKING:   # heads: notebook 05's Lipschitz heads, notebook 06's probes
+    from .methods.lipschitz import HeadSpec, HeadTraining
+    from .methods.probes import ProbeHead, ProbeTraining
 
 
 def runs_root() -> Path:

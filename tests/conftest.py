@@ -42,3 +42,16 @@ def tiny_model(classes=4, seed=0):
 def state_of(module):
     """A detached copy of a module's state_dict."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Training, model building, evaluation and data loading fail the test: a bad setting must be
+    reported before any of them."""
+    from rtlkit import runs
+    from rtlkit import training as T
+
+    def started(*a, **k):
+        raise AssertionError("compute started before the bad setting was reported")
+    for mod, name in ((T, "train"), (runs, "train"), (runs, "build"), (runs, "evaluate"), (D, "load")):
+        monkeypatch.setattr(mod, name, started)

@@ -27,9 +27,9 @@ from ..evaluate import input_gradient
 from ..methods.probes import ProbeHead, ProbeTraining
 from ..profiles import SOURCE_KINDS, Profile, Shafahi
 from ..runs import (DataSpec, HeadRun, SourceRun, TransferRun, get_or_evaluate, get_or_features, get_or_train,
-                    run_dir, shaped_for)
+                    run_dir)
 from ..runtime import Runtime
-from ..training import AdversarialTraining, StandardTraining
+from ..training import StandardTraining
 from ..transfer import TransferPolicy
 from .cartl import cartl_attacks, measure
 
