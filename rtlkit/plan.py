@@ -96,7 +96,7 @@ class Plan:
                                 "A": images * steps, "T": t, "cached": is_cached(run),
                                 "what": f"{run.data.label}" + (f" k={run.policy.k}" if isinstance(run, TransferRun) else "")}
 
-    def add_evaluation(self, run, attacks, test_n: int | None, path=None) -> None:
+    def add_evaluation(self, run, attacks, test_n: int | None, path=None, redo=None) -> None:
         """An evaluation by attacks (``runs.get_or_evaluate``), a certification by one smoothing
         (``runs.get_or_certify``, recorded with ``[smoothing]``), or other per-image work recorded
         with the file it leaves (noisy features, input search: ``attack_steps`` and
@@ -105,20 +105,20 @@ class Plan:
         self.add_training(run)
         key = (run_dir(run).name, tuple(a.label for a in attacks), test_n) if path is None else (str(path),)
         if key in self.evaluations:
-            return
+            return self.evaluations[key]
         if path is not None:
             w = attacks[0]
             self.evaluations[key] = {"run": run_dir(run).name, "attacks": [w.label], "n_test": test_n,
                                      "A_own": w.attack_steps * test_n, "A_foolbox": 0, "F": w.forward_passes * test_n,
                                      "cached": path.is_file(), "path": str(path)}
-            return
+            return self.evaluations[key]
         if attacks and isinstance(attacks[0], Smoothing):
             n = min(test_n or _n_test(run.data), _n_test(run.data))
             s = attacks[0]
             path = cert_path(run, s, test_n)
             self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": 0, "A_foolbox": 0,
                                      "F": (s.n0 + s.n) * n, "cached": path.is_file(), "path": str(path)}
-            return
+            return self.evaluations[key]
         spec = replace(run.data, test_n=test_n) if test_n else run.data
         n = _n_test(spec)
         own = sum(_attack_steps(a) for a in attacks if not isinstance(a, FoolboxPGD)) * n
@@ -127,6 +127,7 @@ class Plan:
         path = eval_path(run, attacks, test_n)
         self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": own, "A_foolbox": fb,
                                  "F": fwd, "cached": path.is_file(), "path": str(path)}
+        return self.evaluations[key]
 
     def paths(self) -> list[str]:
         """The file each planned training (its completion marker) and evaluation (its JSON) leaves
@@ -144,9 +145,10 @@ class Plan:
                 "F_eval": sum(r.get("F", 0) for r in ev)}
 
 
-def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
-    """Every unique training and evaluation the notebooks (all, or those named) would run."""
-    p = Plan(profile.name, profile.model.name)
+def record(profile: Profile, notebooks: list[str] | None = None):
+    """The notebooks' (all, or those named) requests to the cache, in order, with nothing run
+    (``runs.recording``), and the steps skipped for missing data."""
+    skipped = []
     with recording() as rec, contextlib.redirect_stdout(sys.stderr):
         for nb, (study, steps) in NOTEBOOK_STEPS.items():
             if notebooks and not any(nb.startswith(n) for n in notebooks):
@@ -156,7 +158,14 @@ def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
                 try:
                     getattr(module, step)(profile, None, False)
                 except DatasetNotFound as e:
-                    p.skipped.append(f"{nb}: {step}: {str(e).splitlines()[0]}")
+                    skipped.append(f"{nb}: {step}: {str(e).splitlines()[0]}")
+    return rec, skipped
+
+
+def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
+    """Every unique training and evaluation the notebooks (all, or those named) would run."""
+    p = Plan(profile.name, profile.model.name)
+    rec, p.skipped = record(profile, notebooks)
     for run in rec.trainings:
         p.add_training(run)
     for run, attacks, test_n, *path in rec.evaluations:

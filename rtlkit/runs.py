@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -686,7 +687,8 @@ def get_or_noisy_features(source: SourceRun, data: DataSpec, draws: NoisyDraws, 
     check_tap(tap, source.model.n_blocks)
     if _RECORDING:
         n = len(test_images(data, draws.images, data.seed))
-        _RECORDING[-1].evaluations.append((source, [draws], n, noisy_features_path(source, data, draws, None, tap)))
+        redo = functools.partial(get_or_noisy_features, source, data, draws, None, False, tap)   # for rtlkit.launch
+        _RECORDING[-1].evaluations.append((source, [draws], n, noisy_features_path(source, data, draws, None, tap), redo))
         return torch.zeros(0, 0, 0), torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     runtime = runtime or Runtime()
 
@@ -731,7 +733,8 @@ def get_or_table(run, name: str, key, compute, runtime: Runtime | None = None, p
     measured and every numeric column's mean (checked on load, like evaluations). ``work`` (with
     ``label``, ``attack_steps``, ``forward_passes`` per image) and ``n`` are what rtlkit.plan counts."""
     if _RECORDING:
-        _RECORDING[-1].evaluations.append((run, [work], n, table_path(run, name, key)))
+        redo = functools.partial(get_or_table, run, name, key, compute, None, False, work, n)   # for rtlkit.launch
+        _RECORDING[-1].evaluations.append((run, [work], n, table_path(run, name, key), redo))
         return pd.DataFrame()
     runtime = runtime or Runtime()
     path = table_path(run, name, key, runtime)

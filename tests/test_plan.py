@@ -115,8 +115,8 @@ def test_work_counts_of_noisy_features_and_input_search_in_closed_form(runs_root
     p = plan.Plan("t")
     for run in rec.trainings:
         p.add_training(run)
-    for run, attacks, test_n, *path in rec.evaluations:
-        p.add_evaluation(run, attacks, test_n, *path)
+    for run, attacks, test_n, *rest in rec.evaluations:
+        p.add_evaluation(run, attacks, test_n, *rest)
     t = p.totals()
     assert t["evaluations"] == 2 and t["heads"] == 1 and t["F_eval"] == 16 * 30 + 12 * 7 and t["A_eval_own"] == 12 * 7
     assert not runs_root.exists()
