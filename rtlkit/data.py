@@ -372,6 +372,7 @@ class Loader:
     drop_last: bool = False
     device: str | torch.device = "cpu"
     seed: int = 0
+    shard: bool = False   # under torchrun: each global batch made as one process would, this rank's rows of it
     _dev_data: ImageData = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -397,4 +398,7 @@ class Loader:
             x = d.x[idx].float().div_(255)
             if self.augment is not None and self.augment.active:
                 x = augment_batch(x, self.augment, g)
+            if self.shard:
+                from .distributed import shard
+                x, idx = shard(x), shard(idx)
             yield x, d.y[idx], d.index[idx]

@@ -48,6 +48,7 @@ class Item:
     call: object
     training: bool = False
     state: dict = field(default_factory=dict)
+    run: object = None   # a training's run config
 
 
 def _evaluation_call(run, attacks, test_n, path=None, redo=None):
@@ -74,7 +75,7 @@ def items(profile, notebooks: list[str] | None = None, include_cached: bool = Fa
             key = str(run_dir(r) / MARKER)
             if key not in out:
                 out[key] = Item(key, 0 if isinstance(r, SourceRun) else 1, f"{r.kind} {r.data.label}",
-                                functools.partial(_train, r), training=True)
+                                functools.partial(_train, r), training=True, run=r)
     for entry in rec.evaluations:
         run, attacks, test_n, *rest = entry
         row = p.add_evaluation(run, attacks, test_n, *rest[:1])
@@ -86,7 +87,7 @@ def items(profile, notebooks: list[str] | None = None, include_cached: bool = Fa
             k = str(run_dir(r) / MARKER)
             if k not in out:
                 out[k] = Item(k, 0 if isinstance(r, SourceRun) else 1, f"{r.kind} {r.data.label}",
-                              functools.partial(_train, r), training=True)
+                              functools.partial(_train, r), training=True, run=r)
     work = sorted(out.values(), key=lambda i: i.wave)
     if not include_cached:
         work = [i for i in work if not Path(i.key).is_file()]

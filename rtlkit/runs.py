@@ -282,6 +282,11 @@ def run_lock(folder: Path):
     (filelock: flock, or its soft lock where a file system has none), so a holder that dies,
     even by kill -9, releases it: a dead holder's lock is broken by the kernel, not by guessing."""
     from filelock import FileLock, Timeout
+
+    from . import distributed
+    if not distributed.is_main():   # under torchrun rank 0 holds the run's lock for the whole group
+        yield
+        return
     locks = folder.parent / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(locks / f"{folder.name}.lock"), is_singleton=True, thread_local=False,
@@ -376,21 +381,29 @@ def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, p
         return None
     runtime = runtime or Runtime()
     folder = run_dir(run, runtime)
+    from . import distributed
     with run_lock(folder):
         model = _initial_model(run, runtime, progress)
-        marker = read_marker(folder)
-        state = _verified_state(folder, marker) if marker is not None else None
-        if state is not None:
+        if distributed.is_main():
+            marker = read_marker(folder)
+            state = _verified_state(folder, marker) if marker is not None else None
+        if distributed.broadcast(state is not None if distributed.is_main() else None):   # rank 0 decides
+            if not distributed.is_main():   # rank 0 verified these bytes
+                state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
             model.load_state_dict(state)
             return runtime.prepare(model).eval()
         return _train(run, folder, model, runtime, progress)
 
 
 def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: bool) -> WideResNet:
-    sweep_tmp(folder)   # we hold the lock: any temp file here is a dead writer's
+    from . import distributed
+    main = distributed.is_main()   # under torchrun only rank 0 writes; the others train beside it
+    if main:
+        sweep_tmp(folder)   # we hold the lock: any temp file here is a dead writer's
     made = not folder.is_dir()
+    distributed.barrier()
     folder.mkdir(parents=True, exist_ok=True)
-    shas = {"config.json": atomic_write_json(folder / "config.json", to_jsonable(run))}
+    shas = {"config.json": atomic_write_json(folder / "config.json", to_jsonable(run))} if main else {}
     t0 = time.time()
     policy = run.policy if isinstance(run, TransferRun) else None
     desc = f"{run.kind} {run.data.label}" + (f" k={run.policy.k}" if policy else "")
@@ -404,19 +417,23 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
             history = train(model, run.train_data(), run.method, runtime, policy=policy,
                             checkpoint=folder / "checkpoint.pt", seed=run.seed, progress=progress, desc=desc)
     except BaseException:
-        if made and not Checkpoints(folder / "checkpoint.pt").files():
+        if main and made and not Checkpoints(folder / "checkpoint.pt").files():
             shutil.rmtree(folder, ignore_errors=True)   # nothing worth keeping: leave no half-made run
         raise
     if getattr(run, "neft", None) is not None:
         settle(model)
     model = model.eval()
-    shas["model.pt"] = atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                                         folder / "model.pt")
-    shas["train.json"] = atomic_write_json(folder / "train.json", {
-        "history": history, "wall_seconds": time.time() - t0, "device": runtime.describe(),
-        "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "torch": torch.__version__})
-    atomic_write_json(folder / MARKER, {"run": folder.name, "artefacts": shas})
-    fault_point("marker-written")
+    if main:
+        shas["model.pt"] = atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                             folder / "model.pt")
+        scale = {"processes": distributed.world_size(), "sync_bn": distributed.sync_bn()} \
+            if distributed.world_size() > 1 else {}
+        shas["train.json"] = atomic_write_json(folder / "train.json", {
+            "history": history, "wall_seconds": time.time() - t0, "device": runtime.describe(),
+            "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "torch": torch.__version__, **scale})
+        atomic_write_json(folder / MARKER, {"run": folder.name, "artefacts": shas})
+        fault_point("marker-written")
+    distributed.barrier()   # the run is complete on disk before any rank returns
     return model
 
 

@@ -18,6 +18,7 @@ from .attacks import PGD, attack_mode
 from .data import ImageData, Loader
 from .errors import check, check_int, check_real, is_real
 from .io import atomic_write_bytes, fault_point, set_aside, sha256_bytes, torch_bytes
+from . import distributed
 from .runtime import Runtime, seed_all
 from .transfer import TransferPolicy
 
@@ -110,6 +111,7 @@ def train_step(method: StandardTraining, model, fwd, opt, x, y, runtime: Runtime
     loss, logits = method.batch_loss(model, fwd, x, y, runtime, idx, state)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.all_reduce_grads([p for g in opt.param_groups for p in g["params"]])   # no-op in one process
     opt.step()
     return loss.detach(), logits.detach()
 
@@ -174,13 +176,17 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     """
     runtime = runtime or Runtime()
     model = runtime.prepare(model)
+    synced = distributed.active() and distributed.sync_bn()
+    if synced:
+        distributed.convert_sync_bn(model, runtime.device)
     params = [p for p in model.parameters() if p.requires_grad]
     check(len(params) > 0, "nothing to train: every parameter is frozen")
     opt = make_optimizer(params, method, runtime)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(method), method.gamma)
     drop_last = len(data) >= method.batch_size
+    distributed.check_batch(method.batch_size, len(data))
     loader = Loader(data, method.batch_size, shuffle=True, augment=data.info.augment if method.augment else None,
-                    drop_last=drop_last, device=runtime.device, seed=seed)
+                    drop_last=drop_last, device=runtime.device, seed=seed, shard=distributed.world_size() > 1)
     budget = method.steps   # a step budget runs the epochs it spans, the last one cut short, and
     if budget is not None:  # steps the learning rate per step; hooks see those epochs in method.epochs
         method = dataclasses.replace(method, epochs=-(-budget // len(loader)))
@@ -220,17 +226,22 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
             fault_point("step")
         if budget is None:
             sched.step()
+        tot_loss, tot_correct, n = distributed.all_sum(tot_loss, tot_correct, torch.tensor(float(n)))
+        n = int(n)
         rec = {"epoch": epoch + 1, "loss": float(tot_loss) / max(n, 1), "train_acc": float(tot_correct) / max(n, 1),
                "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "images": n}
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
-        if ckpt is not None:
+        if ckpt is not None and distributed.is_main():
             # wall times stay out of the checkpoint, so that identical runs write identical bytes
             # (a resumed run's train.json has "seconds" for the epochs it ran itself)
             ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "epoch": epoch + 1, "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history]},
                       epoch + 1)
+        distributed.barrier()   # the checkpoint is whole before any rank goes on
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rec)
+    if synced:
+        distributed.revert_bn(model)
     model.eval()
     return history

@@ -1,0 +1,199 @@
+"""One run on several GPUs (or CPU processes): data parallelism under ``torchrun``.
+
+    torchrun --nproc_per_node=8 -m rtlkit.run --profile paper source-<hash>
+
+With ``WORLD_SIZE`` > 1 every training method trains data-parallel; with one process nothing
+here does anything, so the same code runs on one device unchanged.
+
+- Batches: the device-resident ``Loader`` draws each epoch's permutation from the run's seed, the
+  same on every rank, makes each *global* batch of the method's ``batch_size`` exactly as one
+  process would (augmentation included), and gives rank r the rows r, r + W, ... of it. The
+  global batch, the config and the cache key do not depend on the number of processes.
+- Gradients: after each backward the gradients are averaged over ranks in one flat all-reduce:
+  DistributedDataParallel's arithmetic, done explicitly after backward instead of through DDP's
+  forward hooks. So methods that reach past ``model.forward`` (FDM's clean ``model.features``,
+  LwF's ``penultimate``, NEFT's parametrised layers) and LwF's warm start, which changes
+  ``requires_grad`` mid-run, need nothing special: whatever has a gradient is averaged.
+- BatchNorm: per-rank batch statistics by default, as the reference AT code (Madry et al.) and
+  DDP do; ``RTLKIT_SYNC_BN=1`` computes them over the global batch (``torch.nn.SyncBatchNorm`` on
+  GPUs; :class:`GroupBatchNorm`, an all-reduce of sums and squares, on gloo / the CPU, where
+  SyncBatchNorm cannot run). Only synced statistics reproduce one-process training.
+- Per-rank work that must agree: LwF's precomputed source features are computed by every rank
+  for its own shard rows (it computes them for the whole training set, the same on each rank);
+  NEFT's spectral-norm power iteration runs on each rank from the same seed on the same
+  (averaged) weights, so it stays identical; ``torch.compile`` compiles each rank's blocks for
+  its per-rank batch shape.
+- Files: rank 0 alone holds the run's lock and writes checkpoints, model.pt, train.json and the
+  completion marker; the others wait at a barrier. A checkpoint holds no trace of the world size,
+  so a run resumes under any number of processes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .errors import check
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def active() -> bool:
+    return world_size() > 1 and dist.is_available() and dist.is_initialized()
+
+
+def init(device: str = "cpu") -> None:
+    """Join the process group torchrun describes (gloo on the CPU, nccl on GPUs); nothing when alone."""
+    if world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
+        return
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def sync_bn() -> bool:
+    return os.environ.get("RTLKIT_SYNC_BN", "0") not in ("", "0", "false", "no")
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast(obj):
+    """Rank 0's value of ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_batch(batch_size: int, n: int) -> None:
+    """Each global batch must split evenly over the ranks (the mean of equal shards' means is the
+    global mean)."""
+    w = world_size()
+    if w > 1:
+        check(batch_size % w == 0, f"batch size {batch_size} does not split over {w} processes")
+        check(n >= w, f"{w} processes but only {n} training examples: each rank needs at least one")
+        if n < batch_size:
+            check(n % w == 0, f"a single batch of {n} examples does not split over {w} processes")
+
+
+def shard(x: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a global batch: r, r + W, ..."""
+    return x[rank()::world_size()] if world_size() > 1 else x
+
+
+def all_reduce_grads(params) -> None:
+    """Average the gradients over ranks in one flat all-reduce (what DDP's buckets do)."""
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world_size())
+    off = 0
+    for g in grads:
+        g.copy_(flat[off:off + g.numel()].view_as(g))
+        off += g.numel()
+
+
+def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
+    """Sums over ranks of scalar tensors (epoch loss and accuracy totals)."""
+    if not active():
+        return list(values)
+    flat = torch.stack([v.reshape(()).float() for v in values])
+    dist.all_reduce(flat)
+    return list(flat.unbind())
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A sum over ranks whose backward sums the gradients over ranks (each rank's loss depends on
+    every rank's input through the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+class GroupBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are over the global batch: the per-channel sums and
+    sums of squares are all-reduced (with autograd, so gradients see the global statistics too).
+    For gloo and the CPU, where ``torch.nn.SyncBatchNorm`` refuses to run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+        c = x.shape[1]
+        local_n = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        stats = _AllReduceSum.apply(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), local_n]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 0.1
+            self.running_mean.mul_(1 - m).add_(m * mean.detach())
+            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+            self.num_batches_tracked.add_(1)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+
+
+def convert_sync_bn(model: nn.Module, device: str) -> nn.Module:
+    """Every BatchNorm2d synced over the ranks (in place where possible); the state_dict keys and
+    values are unchanged, so checkpoints and model.pt stay interchangeable."""
+    if device.startswith("cuda"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            g = GroupBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            g.load_state_dict(child.state_dict())
+            g.train(child.training)
+            g.to(next(child.buffers()).device)
+            if child.affine:   # the transfer policy's frozen or trained BN affine carries over
+                g.weight.requires_grad_(child.weight.requires_grad)
+                g.bias.requires_grad_(child.bias.requires_grad)
+            setattr(model, name, g)
+        else:
+            convert_sync_bn(child, device)
+    return model
+
+
+def revert_bn(model: nn.Module) -> nn.Module:
+    """Plain BatchNorm2d again (after training), with the synced statistics."""
+    for name, child in model.named_children():
+        if isinstance(child, (GroupBatchNorm, nn.SyncBatchNorm)):
+            b = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            b.load_state_dict(child.state_dict())
+            b.train(child.training)
+            b.to(next(child.buffers()).device)
+            if child.affine:
+                b.weight.requires_grad_(child.weight.requires_grad)
+                b.bias.requires_grad_(child.bias.requires_grad)
+            setattr(model, name, b)
+        else:
+            revert_bn(child)
+    return model

@@ -1,0 +1,83 @@
+"""Data parallelism under torchrun (gloo, 2 CPU processes): with synced BN statistics the same
+weights as one process; a kill between epochs resumes to an uninterrupted run's weights; only
+rank 0 writes. (CI has no GPU: NCCL and SyncBatchNorm proper are exercised by bench/device.sh.)"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtlkit import ConfigError, distributed
+from rtlkit.runs import get_or_train, run_dir
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ddp_child  # noqa: E402
+
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+pytestmark = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
+
+
+def torchrun(runs: Path, *kinds: str, n: int = 2, **env) -> subprocess.CompletedProcess:
+    e = {**os.environ, "RTLKIT_RUNS": str(runs), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([TORCHRUN, f"--nproc_per_node={n}", "--standalone",
+                           str(Path(__file__).parent / "ddp_child.py"), *kinds], env=e, capture_output=True, text=True,
+                          timeout=300)
+
+
+def weights(runs: Path, run) -> dict:
+    return torch.load(runs / run_dir(run).name / "model.pt", weights_only=True)
+
+
+def test_two_processes_with_synced_bn_train_the_weights_of_one(tmp_path, monkeypatch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    monkeypatch.setenv("RTLKIT_RUNS", str(one))
+    get_or_train(ddp_child.source(), progress=False)
+    r = torchrun(two, "source", RTLKIT_SYNC_BN="1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = weights(one, ddp_child.source()), weights(two, ddp_child.source())
+    assert set(a) == set(b)
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    import json
+    tj = json.loads((two / run_dir(ddp_child.source()).name / "train.json").read_text())
+    assert tj["processes"] == 2 and tj["sync_bn"] is True
+    assert not list(two.glob("*/*.tmp*"))                       # one writer: nothing half-written
+
+
+def test_a_kill_between_epochs_resumes_to_the_uninterrupted_weights(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert torchrun(whole, "source").returncode == 0
+    r = torchrun(killed, "source", RTLKIT_FAULT="step:6")       # 4 steps an epoch: dies in epoch 2
+    assert r.returncode != 0
+    folder = killed / run_dir(ddp_child.source()).name
+    assert list(folder.glob("checkpoint-e0001-*.pt")) and not (folder / "complete.json").exists()
+    assert torchrun(killed, "source").returncode == 0            # resumes from epoch 1's checkpoint
+    a, b = weights(whole, ddp_child.source()), weights(killed, ddp_child.source())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_global_batch_must_split_over_the_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="does not split over 3"):
+        distributed.check_batch(32, 128)
+    with pytest.raises(ConfigError, match="only 2 training examples"):
+        distributed.check_batch(3, 2)
+
+
+def test_rtlkit_run_trains_a_suites_runs_by_name_under_torchrun(tmp_path, capsys, monkeypatch):
+    from rtlkit import plan, profiles
+    from rtlkit import run as cli
+    monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
+    assert cli.main(["--profile", "smoke", "--only", "01", "--list"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names[0].startswith("source-") and len(names) == 7
+    assert cli.main(["not-a-run", "--profile", "smoke"]) == 2
+    e = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([TORCHRUN, "--nproc_per_node=2", "--standalone", "-m", "rtlkit.run", "--profile", "smoke",
+                        "--only", "01", "--all"], env=e, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = plan.plan(profiles.get("smoke"), ["01"])
+    assert all(row["cached"] for row in p.trainings.values())     # every training done, by 2 processes
