@@ -3,6 +3,7 @@
 #   bench/device.sh bench      # WRN-34-10 throughput table + accuracy check  -> BENCHMARKS.md
 #   bench/device.sh calibrate  # WRN-16-4 (the `full` model) rates + the `full` suite's time estimate
 #   bench/device.sh figures    # the `full` figures (empty cache), manifests with wall times
+#   bench/device.sh ddp        # DDP scaling of PGD-7 AT on WRN-34-10 over every GPU the device has (issue 15)
 # Outputs go under $OUT (the device tool's folder) or bench/results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,5 +21,7 @@ case "${1:-bench}" in
   figures)
     export RTLKIT_RUNS="$OUT/runs"
     python -m rtlkit.figures --profile full --figures-dir "$OUT/figures" ;;
-  *) echo "usage: $0 bench|calibrate|figures" >&2; exit 2 ;;
+  ddp)
+    python -m bench.ddp_scaling --model wrn-34-10 --procs 1 2 4 8 --out "$OUT" ;;
+  *) echo "usage: $0 bench|calibrate|figures|ddp" >&2; exit 2 ;;
 esac
