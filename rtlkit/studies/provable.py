@@ -111,12 +111,21 @@ def head_training(pv: Provable, variant: str) -> HeadTraining:
     return HeadTraining(lr=pv.head_lr, max_epochs=pv.head_max_epochs, temperature=temperature)
 
 
-def head_run(profile: Profile, mode: str, pair, split: str, variant: str, layers: int, seed: int) -> HeadRun:
-    """h_S (``split="source"``: the source's own rows) or h_T (the target's) on a mode's frozen f."""
+def head_run(profile: Profile, mode: str, pair, split: str, variant: str, layers: int, seed: int,
+             head_sigma: float | None = None) -> HeadRun:
+    """h_S (``split="source"``: the source's own rows) or h_T (the target's) on a mode's frozen f;
+    with ``head_sigma``, trained on the features of noisy copies x + sigma N(0, I)."""
     pv = _pv(profile)
     data = pair_source(profile, pair) if split == "source" else pair[1]
     return HeadRun(source_run(profile, mode, pair), data, head_spec(variant, layers), head_training(pv, variant), seed,
-                   tap=pv.tap)
+                   head_sigma, tap=pv.tap)
+
+
+def smooth_heads(pv: Provable, mode: str, curves: bool = False) -> list[tuple[str, float | None]]:
+    """The heads Tables 3-4 certify: none, wn, wn-l2 on clean features, and for adv-s also none and
+    wn trained on noisy features (``head_sigma`` = sigma, as the smoothing draws them)."""
+    out = [(v, None) for v in SMOOTH_HEADS]
+    return out + ([("none", pv.sigma), ("wn", pv.sigma)] if mode == "adv-s" and not curves else [])
 
 
 def _data(profile: Profile, pair, split: str) -> DataSpec:
@@ -135,9 +144,9 @@ def _present(profile: Profile, pairs) -> list:
     return out
 
 
-def _head(profile, runtime, progress, mode, pair, split, variant, layers, seed):
+def _head(profile, runtime, progress, mode, pair, split, variant, layers, seed, head_sigma=None):
     """The trained head module (on the runtime's device) of a HeadRun; None while rtlkit.plan records."""
-    model = get_or_train(head_run(profile, mode, pair, split, variant, layers, seed), runtime, progress)
+    model = get_or_train(head_run(profile, mode, pair, split, variant, layers, seed, head_sigma), runtime, progress)
     return None if model is None else model.head.fc.eval()
 
 
@@ -337,21 +346,22 @@ def _smoothing(profile: Profile, runtime, progress, pairs, layer_set, keep_curve
             for split in SPLITS:
                 noisy, clean, y = get_or_noisy_features(src, _data(profile, pair, split), draws(pv), runtime, progress,
                                                         tap=pv.tap)
+                heads = smooth_heads(pv, mode, keep_curves)
                 if noisy.numel() == 0:
-                    for variant in SMOOTH_HEADS:   # recording: the heads are work too
+                    for variant, hs in heads:   # recording: the heads are work too
                         for layers in layer_set:
                             for seed in pv.head_seeds:
-                                _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
+                                _head(profile, runtime, progress, mode, pair, split, variant, layers, seed, hs)
                     continue
                 dev = runtime.device
                 noisy_d, clean_d = noisy[pv.pv_n0:].to(dev), clean.to(dev)
                 ordered = sorted_draws(noisy_d)
-                for variant in SMOOTH_HEADS:
+                for variant, hs in heads:
                     for layers in layer_set:
                         for seed in pv.head_seeds:
-                            h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
+                            h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed, hs)
                             keys = dict(pair=pair_label(profile, pair), mode=mode, split=split, constraint=variant,
-                                        layers=layers, seed=seed)
+                                        layers=layers, seed=seed, head_sigma=hs if hs else np.nan)
                             row, curve = _certify_head(h, lipschitz_bound(h), noisy.to(dev), ordered, clean_d, y, pv,
                                                        pv.pv_radii if keep_curves else ())
                             rows.append({**keys, **row})
@@ -556,6 +566,7 @@ def plot_smoothing(t: pd.DataFrame, title: str = ""):
     """A_V at r by the smoothings per mode (bars) and the base accuracy A_B (black ticks); one panel
     per (layers, rows, head). "bound 1 assumed" is representation smoothing with h's Lipschitz bound
     taken as 1, as the paper's WN (L2 rows) was: sound only for wn heads, where it is their bound."""
+    t = t[t.head_sigma.isna()] if "head_sigma" in t else t   # heads on clean features (noisy-feature heads: CSV)
     heads = [c for c in SMOOTH_HEADS if c in set(t.constraint)]
     keys = [(l, s, c) for l in sorted(t.layers.unique()) for s in SPLITS for c in heads]
     ncol = len(SPLITS) * len(heads)

@@ -169,9 +169,11 @@ def test_the_smoke_study_gives_every_table_with_the_papers_rows_beside(runs_root
     t2 = S.search_table(P, None, False)
     assert (t2.p_z == 1).all()                                     # the closed form always crosses the boundary
     t3 = S.smoothing_table(P, None, False)
-    assert len(t3) == 5 * 2 * 3 * 2 and t3[["label_a_v", "rep_a_v", "logit_a_v"]].le(t3.a_b.max() + 1).all().all()
+    assert len(t3) == 5 * 2 * 3 * 2 + 2 * 2 * 2 and t3[["label_a_v", "rep_a_v", "logit_a_v"]].le(t3.a_b.max() + 1).all().all()
     assert (t3.rep_a_v <= t3.rep_a_m).all() and (t3.logit_a_v <= t3.logit_a_m).all()
     assert (t3.rep_a_v <= t3.rep_a_v_no_bonferroni).all() and (t3.rep_a_v_bound1 <= t3.rep_a_v_bound1_no_bonferroni).all()
+    noisy_h = t3[t3.head_sigma.notna()]
+    assert set(noisy_h["mode"]) == {"adv-s"} and set(noisy_h.constraint) == {"none", "wn"}   # head_sigma heads
     wn = t3[t3.constraint == "wn"]
     assert (abs(wn.rep_a_v - wn.rep_a_v_bound1) < 1e-9).all()          # a wn head's bound is 1 (to rounding)
     curves = S.radius_curves(P, None, False)
