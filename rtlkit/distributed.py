@@ -38,25 +38,28 @@ import torch.nn as nn
 from .errors import check
 
 
+def active() -> bool:
+    """Whether this process trains as one rank of several (after :func:`init`)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """The ranks training together: 1 unless :func:`init` joined a group (a WORLD_SIZE in the
+    environment alone never shards a batch that no all-reduce would put back together)."""
+    return dist.get_world_size() if active() else 1
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return dist.get_rank() if active() else 0
 
 
 def is_main() -> bool:
     return rank() == 0
 
 
-def active() -> bool:
-    return world_size() > 1 and dist.is_available() and dist.is_initialized()
-
-
 def init(device: str = "cpu") -> None:
     """Join the process group torchrun describes (gloo on the CPU, nccl on GPUs); nothing when alone."""
-    if world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

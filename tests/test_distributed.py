@@ -61,6 +61,8 @@ def test_a_kill_between_epochs_resumes_to_the_uninterrupted_weights(tmp_path):
 
 def test_a_global_batch_must_split_over_the_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
+    assert distributed.world_size() == 1          # an environment alone shards nothing: no group, no all-reduce
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ConfigError, match="does not split over 3"):
         distributed.check_batch(32, 128)
     with pytest.raises(ConfigError, match="only 2 training examples"):
