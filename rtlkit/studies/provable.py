@@ -521,26 +521,12 @@ _METHOD_STYLE = {"label": ("tab:gray", ":"), "logit": ("tab:blue", "--"), "repre
                  BOUND1: ("tab:pink", "-.")}
 
 
-def _bars(ax, df: pd.DataFrame, group: str, hue: str, value: str, hue_order=None, colours=None):
-    groups = list(dict.fromkeys(df[group]))
-    hues = hue_order or list(dict.fromkeys(df[hue]))
-    g = df.groupby([group, hue], sort=False)[value].mean()
-    width = 0.8 / max(1, len(hues))
-    for i, h in enumerate(hues):
-        vals = [g.get((x, h), np.nan) * 100 for x in groups]
-        ax.bar(np.arange(len(groups)) + (i - (len(hues) - 1) / 2) * width, vals, width, label=str(h),
-               color=(colours or {}).get(h))
-    ax.set_xticks(np.arange(len(groups)))
-    ax.set_xticklabels([str(x).replace(" -> ", "\n-> ") for x in groups], fontsize=7)
-    ax.set_ylim(0, 100)
-
-
 def plot_table1(t1: pd.DataFrame, title: str = ""):
     """Target and source accuracy per pair, one bar per head (constraint x layers), mean over modes and seeds."""
     t1 = t1.assign(head=t1.constraint + ", " + t1.layers.astype(str) + "-layer")
     fig, axes = plots.plt.subplots(1, 2, figsize=(13, 4), squeeze=False)
     for ax, split in zip(axes[0], SPLITS):
-        _bars(ax, t1[t1.split == split], "pair", "head", "acc")
+        plots.grouped_bars(ax, t1[t1.split == split], "pair", "head", "acc")
         ax.set_ylabel(f"{split} accuracy (%)")
         ax.set_title(f"h_{split[0].upper()} ({split} rows)", fontsize=9)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -555,7 +541,7 @@ def plot_table2(t2: pd.DataFrame, title: str = ""):
         long = pd.concat([part.assign(metric="p_z (rep. found)", v=part.p_z),
                           part.assign(metric="p_x (reachable)", v=part.p_x),
                           part.assign(metric="Acc", v=part.acc)])
-        _bars(ax, long, "mode", "metric", "v")
+        plots.grouped_bars(ax, long, "mode", "metric", "v")
         ax.set_title(f"{split}, {c}", fontsize=9)
         ax.set_ylabel("%")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -576,7 +562,8 @@ def plot_smoothing(t: pd.DataFrame, title: str = ""):
     for ax, (l, s, c) in zip(axes.flat, keys):
         part = t[(t.layers == l) & (t.split == s) & (t.constraint == c)]
         long = pd.concat([part.assign(method=m, v=part[col]) for m, col in cols])
-        _bars(ax, long, "mode", "method", "v", [m for m, _ in cols], {m: _METHOD_STYLE[m][0] for m, _ in cols})
+        plots.grouped_bars(ax, long, "mode", "method", "v", order=[m for m, _ in cols],
+                           colours={m: _METHOD_STYLE[m][0] for m, _ in cols})
         base = part.groupby("mode", sort=False).a_b.mean() * 100
         ax.scatter(np.arange(len(base)), base.values, marker="_", s=300, color="k", zorder=3, label="A_B (base)")
         ax.set_title(f"{l}-layer, {s}, {c}", fontsize=9)
@@ -649,7 +636,7 @@ def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive:
             if len(c):
                 axes[0].legend(fontsize=7)
             if len(rows):
-                _bars(axes[1], rows, "mode", "constraint", "acc")
+                plots.grouped_bars(axes[1], rows, "mode", "constraint", "acc")
                 axes[1].legend(fontsize=7)
             axes[1].set_title(f"Table 1: {pair.value}, {depth.value}-layer heads, {split.value} rows", fontsize=8)
             axes[1].set_ylabel("accuracy (%)")

@@ -359,27 +359,14 @@ _KIND = {"robust": "tab:red", "natural": "tab:blue"}
 _ARM = {ARMS[0]: "tab:gray", ARMS[1]: "tab:orange", ARMS[2]: "tab:red"}
 
 
-def _grouped(ax, df, group, hue, value, colours=None, order=None):
-    groups = list(dict.fromkeys(df[group]))
-    hues = order or list(dict.fromkeys(df[hue]))
-    g = df.groupby([group, hue], sort=False)[value].mean()
-    w = 0.8 / max(1, len(hues))
-    for i, h in enumerate(hues):
-        ax.bar(np.arange(len(groups)) + (i - (len(hues) - 1) / 2) * w, [g.get((x, h), np.nan) * 100 for x in groups],
-               w, label=str(h), color=(colours or {}).get(h))
-    ax.set_xticks(np.arange(len(groups)))
-    ax.set_xticklabels([str(x).replace(" -> ", "\n-> ") for x in groups], fontsize=7)
-    ax.set_ylim(0, 100)
-
-
 def plot_sources_and_probes(t1: pd.DataFrame, t23: pd.DataFrame, title: str = ""):
     """Table 1 (sources on their own data) and Tables 2-3 (probes on each pair): clean and robust."""
     fig, axes = plots.plt.subplots(1, 3, figsize=(15, 4))
     long1 = pd.concat([t1.assign(m=t1.source + " clean", v=t1.clean_acc), t1.assign(m=t1.source + " PGD-20", v=t1.robust_acc)])
-    _grouped(axes[0], long1, "dataset", "m", "v")
+    plots.grouped_bars(axes[0], long1, "dataset", "m", "v")
     axes[0].set_title("Table 1: sources on their own test set", fontsize=9)
     for ax, metric, name in ((axes[1], "clean_acc", "clean"), (axes[2], "robust_acc", "PGD-20 (min CE, CW)")):
-        _grouped(ax, t23, "pair", "source", metric, _KIND)
+        plots.grouped_bars(ax, t23, "pair", "source", metric, colours=_KIND)
         ax.set_title(f"Tables 2-3: linear probes, {name}", fontsize=9)
     for ax in axes:
         ax.set_ylabel("%")
@@ -393,7 +380,7 @@ def plot_low_data(f3: pd.DataFrame, title: str = ""):
     secs = f3.groupby("arm", sort=False).train_seconds.mean()
     for ax, (metric, name) in zip(axes, (("clean_acc", "(a) clean"), ("robust_acc", "(b) PGD-20"),
                                          ("mean_acc", "(c) average"))):
-        _grouped(ax, f3, "per_class", "arm", metric, _ARM, list(ARMS))
+        plots.grouped_bars(ax, f3, "per_class", "arm", metric, order=list(ARMS), colours=_ARM)
         ax.set_xlabel("training images per class")
         ax.set_title(name, fontsize=9)
     axes[0].set_ylabel("%")
@@ -498,9 +485,10 @@ def panel(t23: pd.DataFrame, f3: pd.DataFrame, f4: pd.DataFrame, grads: pd.DataF
             fig, axes = plots.plt.subplots(1, 3, figsize=(15, 3.6))
             long = pd.concat([probes.assign(m=probes.source + " clean", v=probes.clean_acc),
                               probes.assign(m=probes.source + " PGD-20", v=probes.robust_acc)])
-            _grouped(axes[0], long, "pair", "m", "v")
+            plots.grouped_bars(axes[0], long, "pair", "m", "v")
             axes[0].set_title("linear probes", fontsize=9)
-            _grouped(axes[1], low.assign(m=low.arm), "per_class", "m", "mean_acc", _ARM, list(ARMS))
+            plots.grouped_bars(axes[1], low.assign(m=low.arm), "per_class", "m", "mean_acc", order=list(ARMS),
+                               colours=_ARM)
             axes[1].set_title("Fig. 3: mean of clean and PGD-20, by N per class", fontsize=9)
             for kind, part in deep.groupby("source", sort=False):
                 part = part[~part.bn_dropout.astype(bool)]
