@@ -111,7 +111,8 @@ def train_step(method: StandardTraining, model, fwd, opt, x, y, runtime: Runtime
     loss, logits = method.batch_loss(model, fwd, x, y, runtime, idx, state)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    distributed.all_reduce_grads([p for g in opt.param_groups for p in g["params"]])   # no-op in one process
+    if distributed.active():   # data-parallel: average the gradients over the ranks
+        distributed.all_reduce_grads([p for g in opt.param_groups for p in g["params"]])
     opt.step()
     return loss.detach(), logits.detach()
 

@@ -91,7 +91,8 @@ class ProbeTraining(StandardTraining):
             g = torch.Generator(device=dev).manual_seed(seed * 100003 + epoch)
             order = torch.randperm(n, device=dev, generator=g)
             head.train()
-            tot, correct = 0.0, 0
+            tot = torch.zeros((), device=dev)
+            correct = torch.zeros((), dtype=torch.long, device=dev)
             for i in range(batches):
                 b = order[i * bs:(i + 1) * bs]
                 logits = head(zs[b])
@@ -99,11 +100,11 @@ class ProbeTraining(StandardTraining):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                tot += float(loss.detach()) * len(b)
-                correct += int((logits.argmax(1) == y[b]).sum())
+                tot += loss.detach() * len(b)   # on the device: no host sync per step
+                correct += (logits.argmax(1) == y[b]).sum()
             sched.step()
-            history.append({"epoch": epoch + 1, "loss": tot / (batches * min(bs, n)),
-                            "train_acc": correct / (batches * min(bs, n)), "lr": opt.param_groups[0]["lr"]})
+            history.append({"epoch": epoch + 1, "loss": float(tot) / (batches * min(bs, n)),
+                            "train_acc": int(correct) / (batches * min(bs, n)), "lr": opt.param_groups[0]["lr"]})
         if self.standardise:
             fold(head, mu, sd)
         head.eval()
