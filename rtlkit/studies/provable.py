@@ -290,7 +290,7 @@ def draws(pv: Provable) -> NoisyDraws:
 def _certify_head(h, bound: float, noisy: torch.Tensor, ordered: torch.Tensor, clean: torch.Tensor, y: torch.Tensor,
                   pv: Provable, radii) -> tuple[dict, list[dict]]:
     """A head's Table 3 row at r and its verified accuracy at each of ``radii`` by the three smoothings."""
-    n0, k = pv.pv_n0, None
+    n0 = pv.pv_n0
     with torch.no_grad():
         base = h(clean).argmax(1)
         votes = h(noisy.flatten(0, 1)).view(noisy.shape[0], noisy.shape[1], -1)
@@ -354,15 +354,15 @@ def _smoothing(profile: Profile, runtime, progress, pairs, layer_set, keep_curve
                                 _head(profile, runtime, progress, mode, pair, split, variant, layers, seed, hs)
                     continue
                 dev = runtime.device
-                noisy_d, clean_d = noisy[pv.pv_n0:].to(dev), clean.to(dev)
-                ordered = sorted_draws(noisy_d)
+                noisy, clean = noisy.to(dev), clean.to(dev)   # once per (source, data), for every head
+                ordered = sorted_draws(noisy[pv.pv_n0:])
                 for variant, hs in heads:
                     for layers in layer_set:
                         for seed in pv.head_seeds:
                             h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed, hs)
                             keys = dict(pair=pair_label(profile, pair), mode=mode, split=split, constraint=variant,
                                         layers=layers, seed=seed, head_sigma=hs if hs else np.nan)
-                            row, curve = _certify_head(h, lipschitz_bound(h), noisy.to(dev), ordered, clean_d, y, pv,
+                            row, curve = _certify_head(h, lipschitz_bound(h), noisy, ordered, clean, y, pv,
                                                        pv.pv_radii if keep_curves else ())
                             rows.append({**keys, **row})
                             curves += [{**keys, **c} for c in curve]
