@@ -66,16 +66,16 @@ def items(profile, notebooks: list[str] | None = None, include_cached: bool = Fa
     p = P.Plan(profile.name, profile.model.name)
     rec, skipped = P.record(profile, notebooks)
     out: dict[str, Item] = {}
+
+    def add_training(run) -> None:   # a transfer's or a head's source too
+        if hasattr(run, "source"):
+            add_training(run.source)
+        key = str(run_dir(run) / MARKER)
+        if key not in out:
+            out[key] = Item(key, 0 if isinstance(run, SourceRun) else 1, f"{run.kind} {run.data.label}",
+                            functools.partial(_train, run), training=True, run=run)
     for run in rec.trainings:
-        chain = []
-        while run is not None:   # a transfer's or a head's source first
-            chain.append(run)
-            run = getattr(run, "source", None)
-        for r in reversed(chain):
-            key = str(run_dir(r) / MARKER)
-            if key not in out:
-                out[key] = Item(key, 0 if isinstance(r, SourceRun) else 1, f"{r.kind} {r.data.label}",
-                                functools.partial(_train, r), training=True, run=r)
+        add_training(run)
     for entry in rec.evaluations:
         run, attacks, test_n, *rest = entry
         row = p.add_evaluation(run, attacks, test_n, *rest[:1])
@@ -83,11 +83,7 @@ def items(profile, notebooks: list[str] | None = None, include_cached: bool = Fa
         if key not in out:
             out[key] = Item(key, 2, f"{', '.join(row['attacks'])} on {run.kind} {run.data.label}",
                             _evaluation_call(run, attacks, test_n, *rest))
-        for r in [run] + ([run.source] if hasattr(run, "source") else []):
-            k = str(run_dir(r) / MARKER)
-            if k not in out:
-                out[k] = Item(k, 0 if isinstance(r, SourceRun) else 1, f"{r.kind} {r.data.label}",
-                              functools.partial(_train, r), training=True, run=r)
+        add_training(run)
     work = sorted(out.values(), key=lambda i: i.wave)
     if not include_cached:
         work = [i for i in work if not Path(i.key).is_file()]

@@ -239,6 +239,16 @@ class Shafahi:
             for v in getattr(self, name):
                 check_real(f"{name} entry", v, 0)
 
+    def check_data(self, target: DataSpec) -> None:
+        """What needs the target's data (loaded, nothing trained): every N per class (a ConfigError
+        naming a class too small) and the gradient images against its test set."""
+        for n in self.per_class:
+            if n is not None:
+                replace(target, per_class=n).train()
+        n_test = len(target.test())
+        check(self.grad_images <= n_test, f"grad_images = {self.grad_images} is more than the {n_test} test images "
+              f"of {target.label}")
+
 
 @dataclass(frozen=True)
 class Profile:

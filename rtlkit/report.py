@@ -98,14 +98,7 @@ def probe_datasets(profile: Profile) -> None:
         for split in ("train", "test"):
             D.load(spec.name, split)
     if profile.shafahi is not None:   # notebook 06: every N per class and the gradient images fit the target
-        from dataclasses import replace
-        from .errors import check
-        for n in profile.shafahi.per_class:
-            if n is not None:
-                replace(profile.target, per_class=n).train()   # a ConfigError naming the class too small
-        n_test = len(profile.target.test())
-        check(profile.shafahi.grad_images <= n_test, f"grad_images = {profile.shafahi.grad_images} is more than the "
-              f"{n_test} test images of {profile.target.label}")
+        profile.shafahi.check_data(profile.target)
 
 
 def start(notebook: str, profile: str = "quick", figures_dir: str | None = None, device: str | None = None,

@@ -180,18 +180,11 @@ def arm_run(profile: Profile, arm: str, n) -> SourceRun | TransferRun | HeadRun:
     raise ConfigError(f"unknown arm {arm!r}; one of {', '.join(ARMS)}")
 
 
-def check_per_class(profile: Profile) -> None:
-    """Every N of Fig. 3 against the target's class counts: a ConfigError naming the class, before training."""
-    for n in _sh(profile).per_class:
-        if n is not None:
-            replace(profile.target, per_class=n).train()
-
-
 def low_data(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """Fig. 3: clean, PGD-20 (min of CE and CW) and their mean for the three arms at each N per
     class, with each arm's training seconds (the paper's 3x cost claim)."""
     sh = _sh(profile)
-    check_per_class(profile)
+    sh.check_data(profile.target)   # every N fits the target's classes, before any training
     rows = []
     for n in sh.per_class:
         for arm in ARMS:
@@ -232,6 +225,7 @@ def gradients(profile: Profile, runtime: Runtime | None = None, progress: bool =
     per image the share of |grad| on stroke pixels (x > ``stroke_threshold``) (ours). Column
     ``grad`` holds each gradient (H x W, channel-summed)."""
     sh = _sh(profile)
+    sh.check_data(profile.target)
     runtime = runtime or Runtime()
     rows = []
     for kind, hidden in GRADIENT_MODELS:
@@ -239,10 +233,7 @@ def gradients(profile: Profile, runtime: Runtime | None = None, progress: bool =
         model = get_or_train(run, runtime, progress)
         if model is None:
             continue
-        test = run.test_data()
-        check(sh.grad_images <= len(test), f"grad_images = {sh.grad_images} is more than the {len(test)} test images "
-              f"of {run.data.label}")
-        d = D.evenly_spaced(test, sh.grad_images)
+        d = D.evenly_spaced(run.test_data(), sh.grad_images)
         x = d.x.float().div(255).to(runtime.device)
         g = input_gradient(model, runtime.inputs(x), d.y.to(runtime.device)).float().cpu()
         img = x.cpu().mean(1)
