@@ -165,38 +165,33 @@ class GroupBatchNorm(nn.BatchNorm2d):
         return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
 
 
+def _swap_bn(model: nn.Module, swap, cls) -> nn.Module:
+    """Every BatchNorm module for which ``swap(m)`` holds replaced, in place, by a ``cls`` with its
+    state, mode, device and the requires_grad of its affine parameters (a transfer policy's frozen
+    or trained BN carries over)."""
+    for name, child in model.named_children():
+        if swap(child):
+            new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            new.to(next(child.buffers()).device)
+            if child.affine:
+                new.weight.requires_grad_(child.weight.requires_grad)
+                new.bias.requires_grad_(child.bias.requires_grad)
+            setattr(model, name, new)
+        else:
+            _swap_bn(child, swap, cls)
+    return model
+
+
 def convert_sync_bn(model: nn.Module, device: str) -> nn.Module:
     """Every BatchNorm2d synced over the ranks (in place where possible); the state_dict keys and
     values are unchanged, so checkpoints and model.pt stay interchangeable."""
     if device.startswith("cuda"):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            g = GroupBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            g.load_state_dict(child.state_dict())
-            g.train(child.training)
-            g.to(next(child.buffers()).device)
-            if child.affine:   # the transfer policy's frozen or trained BN affine carries over
-                g.weight.requires_grad_(child.weight.requires_grad)
-                g.bias.requires_grad_(child.bias.requires_grad)
-            setattr(model, name, g)
-        else:
-            convert_sync_bn(child, device)
-    return model
+    return _swap_bn(model, lambda m: type(m) is nn.BatchNorm2d, GroupBatchNorm)
 
 
 def revert_bn(model: nn.Module) -> nn.Module:
     """Plain BatchNorm2d again (after training), with the synced statistics."""
-    for name, child in model.named_children():
-        if isinstance(child, (GroupBatchNorm, nn.SyncBatchNorm)):
-            b = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            b.load_state_dict(child.state_dict())
-            b.train(child.training)
-            b.to(next(child.buffers()).device)
-            if child.affine:
-                b.weight.requires_grad_(child.weight.requires_grad)
-                b.bias.requires_grad_(child.bias.requires_grad)
-            setattr(model, name, b)
-        else:
-            revert_bn(child)
-    return model
+    return _swap_bn(model, lambda m: isinstance(m, (GroupBatchNorm, nn.SyncBatchNorm)), nn.BatchNorm2d)
