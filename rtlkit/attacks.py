@@ -85,16 +85,7 @@ class PGD:
         if self.eps == 0 or self.steps == 0:
             return x.detach()
         x = x.detach()
-        if self.random_start:
-            if self.norm == "linf":
-                delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
-            else:
-                d = torch.randn_like(x)
-                r = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device) ** (1 / x[0].numel())
-                delta = d / _l2_norm(d) * r * self.eps
-            x_adv = (x + delta).clamp_(0, 1)
-        else:
-            x_adv = x.clone()
+        x_adv = (x + self._start(x)).clamp_(0, 1) if self.random_start else x.clone()
         keep = FirstFooling(y) if worst else None
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
@@ -114,6 +105,20 @@ class PGD:
                     x_adv = x + delta
                 x_adv = x_adv.clamp_(0, 1)
         return keep.worst(x_adv.detach()) if keep is not None else x_adv.detach()
+
+    def _start(self, x: torch.Tensor) -> torch.Tensor:
+        """The random start, uniform in the eps-ball, from the global RNG."""
+        if self.norm == "linf":
+            return torch.empty_like(x).uniform_(-self.eps, self.eps)
+        d = torch.randn_like(x)
+        r = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device) ** (1 / x[0].numel())
+        return d / _l2_norm(d) * r * self.eps
+
+    def skip(self, x: torch.Tensor) -> None:
+        """Draw from the global RNG what :meth:`perturb` draws for a batch shaped like ``x``, and drop
+        it: a rank that leaves a batch to another keeps the one-process random stream."""
+        if self.random_start and self.eps != 0 and self.steps != 0:
+            self._start(x)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with attack_mode(model):
@@ -145,13 +150,22 @@ class FoolboxPGD:
     def label(self) -> str:
         return f"foolbox PGD-{self.steps} {self.norm} eps={self.eps:.4g} step={self.step_size:.4g}"
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _attack(self):
         try:
             import foolbox as fb
         except ImportError as e:  # pragma: no cover
             raise ImportError("foolbox evaluation needs foolbox 3: pip install foolbox==3.3.4") from e
         cls = fb.attacks.LinfPGD if self.norm == "linf" else fb.attacks.L2PGD
-        attack = cls(abs_stepsize=self.step_size, steps=self.steps, random_start=True)
+        return fb, cls(abs_stepsize=self.step_size, steps=self.steps, random_start=True)
+
+    def skip(self, x: torch.Tensor) -> None:
+        """Draw what foolbox draws from the global RNG for a batch like ``x`` (its random start,
+        the only draw its PGD makes), and drop it; see :meth:`PGD.skip`."""
+        import eagerpy as ep
+        self._attack()[1].get_random_start(ep.astensor(x.detach()), self.eps)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fb, attack = self._attack()
         keep = FirstFooling(y)   # foolbox returns its last iterate: keep each example's first fooling one
         with attack_mode(model):
             fmodel = fb.PyTorchModel(_Watched(model, keep).eval(), bounds=(0, 1), device=x.device)
@@ -227,6 +241,9 @@ class _AutoAttackAdapter:
         check(self.norm in _AA_NORM, f"{name} norm must be 'linf' or 'l2', not {self.norm!r}")
         check_real(f"{name} eps", self.eps, 0, 1 if self.norm == "linf" else None, low_open=True)
         check_int(f"{name} seed", self.seed, 0)
+
+    def skip(self, x: torch.Tensor) -> None:
+        """Nothing: these attacks seed their own RNG per batch and restore the global one."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with attack_mode(model):

@@ -23,6 +23,14 @@ here does anything, so the same code runs on one device unchanged.
   NEFT's spectral-norm power iteration runs on each rank from the same seed on the same
   (averaged) weights, so it stays identical; ``torch.compile`` compiles each rank's blocks for
   its per-rank batch shape.
+- Evaluation and certification: the test set's batches (certification: its groups of images)
+  are dealt out to the ranks, r, r + W, ..., and the per-example rows are gathered back in order,
+  so the CSV is a one-process run's. A batch keeps the one-process RNG stream: a rank draws and
+  drops the random starts of the batches it leaves to others (``PGD.skip``); APGD, Square and the
+  smoothing noise seed their own generators per batch. More ranks than batches leaves some idle;
+  more ranks than test examples is an error before any compute.
+- Other cached per-image work (frozen features, notebook 05's noisy features and input search):
+  every rank computes the same tensors, rank 0 alone verifies and writes.
 - Files: rank 0 alone holds the run's lock and writes checkpoints, model.pt, train.json and the
   completion marker; the others wait at a barrier. A checkpoint holds no trace of the world size,
   so a run resumes under any number of processes.
@@ -93,6 +101,37 @@ def check_batch(batch_size: int, n: int) -> None:
         check(n >= w, f"{w} processes but only {n} training examples: each rank needs at least one")
         if n < batch_size:
             check(n % w == 0, f"a single batch of {n} examples does not split over {w} processes")
+
+
+def check_shards(n: int, what: str = "test examples") -> None:
+    """Evaluation and certification shard their work by rank: more ranks than examples is an error
+    (before any compute), not a rank with nothing to do."""
+    w = world_size()
+    if w > 1:
+        check(n >= w, f"{w} processes but only {n} {what}: each rank needs at least one; run at most {n} processes")
+
+
+def owns(i: int) -> bool:
+    """Whether this rank does the i-th piece of sharded work (pieces r, r + W, ...)."""
+    return i % world_size() == rank()
+
+
+def gather(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` alone)."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gathered(pieces: dict) -> list:
+    """The values of every rank's ``{piece index: value}`` in piece order: the pieces a sharded
+    loop did, put back in the order one process does them."""
+    merged: dict = {}
+    for part in gather(pieces):
+        merged.update(part)
+    return [merged[i] for i in sorted(merged)]
 
 
 def shard(x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -29,33 +30,37 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
              runtime: Runtime | None = None, batch_size: int = 500, progress: bool = True) -> EvalResult:
     """Clean accuracy and robust accuracy (an example counts as robust only if it survives every
     attack given) on all of ``data``."""
+    from . import distributed
     runtime = runtime or Runtime()
     attacks = [attacks] if hasattr(attacks, "label") else list(attacks)   # one attack, or several
     names = [a.label for a in attacks]
+    distributed.check_shards(len(data))
     loader = Loader(data, batch_size, device=runtime.device)
-    rows: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "clean_correct": []}
-    for n in names:
-        rows[n] = []
+    done: dict[int, dict[str, torch.Tensor]] = {}   # batch -> columns; under torchrun, this rank's batches
     with attack_mode(model):
         fwd = runtime.compiled(model)
-        for x, y, idx in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        for b, (x, y, idx) in enumerate(tqdm(loader, desc="evaluate", leave=False, disable=not progress)):
             n = len(y)
             if runtime.compile and n < batch_size:
                 x, y = pad_rows(x, batch_size), pad_rows(y, batch_size)  # one graph: no tail-batch recompile
             x = runtime.inputs(x)
+            if not distributed.owns(b):   # another rank's batch: keep the random stream, skip the work
+                for a in attacks:
+                    a.skip(x)
+                continue
             with torch.no_grad(), runtime.autocast():
                 clean = fwd(x).argmax(1) == y
-            rows["index"].append(idx)
-            rows["label"].append(y[:n])
-            rows["clean_correct"].append(clean[:n])
+            cols = done[b] = {"index": idx, "label": y[:n], "clean_correct": clean[:n]}
             for a, name in zip(attacks, names):
                 if isinstance(a, FoolboxPGD):
                     x_adv = a(model, x, y)
                 else:
                     x_adv = a.perturb(fwd, x, y, runtime.autocast)
                 with torch.no_grad(), runtime.autocast():
-                    rows[name].append(((fwd(runtime.inputs(x_adv)).argmax(1) == y) & clean)[:n])
-    df = pd.DataFrame({k: torch.cat(v).cpu().numpy() for k, v in rows.items()})
+                    cols[name] = ((fwd(runtime.inputs(x_adv)).argmax(1) == y) & clean)[:n]
+    done = {b: {k: v.cpu().numpy() for k, v in cols.items()} for b, cols in done.items()}   # one sync, at the end
+    parts = distributed.gathered(done)
+    df = pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in ["index", "label", "clean_correct", *names]})
     df["robust_correct"] = df[names].all(axis=1) if names else df["clean_correct"]
     return EvalResult(float(df.clean_correct.mean()), float(df.robust_correct.mean()),
                       {n: float(df[n].mean()) for n in names}, df)

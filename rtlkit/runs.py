@@ -485,9 +485,18 @@ def _eval_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
 def _model_for(run, folder: Path, runtime: Runtime, progress: bool) -> tuple[WideResNet, str]:
     """The run's model (cached or trained now) and the sha256 of its model.pt, with the folder's
     stale temp files swept (the caller holds the run's lock)."""
+    from . import distributed
     model = get_or_train(run, runtime, progress)
-    sweep_tmp(folder)
-    return model, read_marker(folder)["artefacts"]["model.pt"]
+    if distributed.is_main():   # the other ranks never sweep: a temp file may be rank 0's, mid-write
+        sweep_tmp(folder)
+    return model, read_marker(folder, repair=False)["artefacts"]["model.pt"]
+
+
+def _main_looks(lookup):
+    """What rank 0 finds in the cache (``lookup()``, under the run's lock that it alone holds),
+    on every rank; ``lookup()`` itself with one process."""
+    from . import distributed
+    return distributed.broadcast(lookup() if distributed.is_main() else None)
 
 
 def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD], runtime: Runtime | None = None,
@@ -501,26 +510,35 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
     if _RECORDING:
         _RECORDING[-1].evaluations.append((run, attacks, test_n))
         return _placeholder_metrics(attacks, test_n or 0)
+    from . import distributed
     runtime = runtime or Runtime()
     path = eval_path(run, attacks, test_n, runtime)
-    with run_lock(path.parent):
+
+    def lookup():
         marker = read_marker(path.parent)
         cached = _cached_result(path, marker, ".csv", ",", _eval_mismatches) if marker is not None else None
-        if cached is not None:
-            return cached[0]
-        model, model_sha = _model_for(run, path.parent, runtime, progress)
-        seed_all(run.seed)
-        t0 = time.time()
+        return cached[0] if cached is not None else None
+    with run_lock(path.parent):
+        hit = _main_looks(lookup)
+        if hit is not None:
+            return hit
         test = run.test_data()
         if test_n:
             test = D.subset(test, test_n, run.data.seed)
-        res = evaluate(model, test, attacks, runtime, batch_size, progress)
-        out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
-               "eval_seconds": time.time() - t0, "device": runtime.describe(), "numerics": runtime.numerics(),
-               "threads": torch.get_num_threads(), "model_sha256": model_sha,
-               "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), csv_bytes(res.examples))}
-        atomic_write_json(path, out)
-        return json.loads(json.dumps(out))   # exactly what a later cache hit returns
+        distributed.check_shards(len(test))   # before any training or attack
+        model, model_sha = _model_for(run, path.parent, runtime, progress)
+        seed_all(run.seed)
+        t0 = time.time()
+        res = evaluate(model, test, attacks, runtime, batch_size, progress)   # under torchrun: sharded, gathered
+        out = None
+        if distributed.is_main():
+            out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
+                   "eval_seconds": time.time() - t0, "device": runtime.describe(), "numerics": runtime.numerics(),
+                   "threads": torch.get_num_threads(), "model_sha256": model_sha,
+                   **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
+                   "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), csv_bytes(res.examples))}
+            atomic_write_json(path, out)
+        return json.loads(json.dumps(distributed.broadcast(out)))   # exactly what a later cache hit returns
 
 
 # --------------------------------------------------------------------------- certificates
@@ -553,35 +571,46 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
         _RECORDING[-1].evaluations.append((run, [smoothing], test_n))
         return {"smoothed_acc": 0.0, "certified_acc": 0.0, "acr": 0.0, "abstain": 0.0, "n_test": test_n or 0,
                 "table": pd.DataFrame()}
+    from . import distributed
     runtime = runtime or Runtime()
     path = cert_path(run, smoothing, test_n, runtime)
-    with run_lock(path.parent):
+
+    def lookup():
         marker = read_marker(path.parent)
         cached = _cached_result(path, marker, ".tsv", "\t", _cert_mismatches) if marker is not None else None
-        df = cached[1] if cached is not None else None
+        return cached[1] if cached is not None else None
+    with run_lock(path.parent):
+        df = _main_looks(lookup)
         if df is None:
-            model, model_sha = _model_for(run, path.parent, runtime, progress)
             test = D.evenly_spaced(run.test_data(), test_n)
+            distributed.check_shards(len(test))   # before any training or noise
+            model, model_sha = _model_for(run, path.parent, runtime, progress)
             classes = test.info.num_classes
-            parts, t_start = [], time.time()
-            for start in tqdm(range(0, len(test), images_per_call), desc="certify", leave=False, disable=not progress):
+            done, t_start = {}, time.time()   # each group of images draws from a generator of its own
+            for i, start in enumerate(tqdm(range(0, len(test), images_per_call), desc="certify", leave=False,
+                                           disable=not progress)):
+                if not distributed.owns(i):   # under torchrun: another rank's group
+                    continue
                 sl = slice(start, start + images_per_call)
                 x = runtime.inputs(test.x[sl].float().div(255).to(runtime.device))
                 t0 = time.time()
                 c = certify(model, x, smoothing, classes, runtime.autocast)
-                parts.append(pd.DataFrame({"index": test.index[sl].numpy(), "label": test.y[sl].numpy(), **c,
-                                           "seconds": (time.time() - t0) / len(x)}))
-            df = pd.concat(parts, ignore_index=True)
+                done[i] = pd.DataFrame({"index": test.index[sl].numpy(), "label": test.y[sl].numpy(), **c,
+                                        "seconds": (time.time() - t0) / len(x)})
+            df = pd.concat(distributed.gathered(done), ignore_index=True)
             df["correct"] = (df.predict == df.label) & (df.predict >= 0)
             df = df[["index", "label", "predict", "count", "p_lower", "radius", "correct", "seconds"]]
             s = summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), 0.0)
             tsv = df.to_csv(sep="\t", index=False, float_format="%.17g").encode()
-            atomic_write_json(path, {
-                **{k: s[k] for k in ("smoothed_acc", "acr", "abstain")}, "n_test": len(df),
-                "smoothing": to_jsonable(smoothing), "certify_seconds": time.time() - t_start,
-                "device": runtime.describe(), "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
-                "model_sha256": model_sha,
-                "tsv_sha256": atomic_write_bytes(path.with_suffix(".tsv"), tsv)})
+            if distributed.is_main():
+                atomic_write_json(path, {
+                    **{k: s[k] for k in ("smoothed_acc", "acr", "abstain")}, "n_test": len(df),
+                    "smoothing": to_jsonable(smoothing), "certify_seconds": time.time() - t_start,
+                    "device": runtime.describe(), "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
+                    "model_sha256": model_sha,
+                    **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
+                    "tsv_sha256": atomic_write_bytes(path.with_suffix(".tsv"), tsv)})
+            distributed.barrier()
             df = pd.read_csv(io.BytesIO(tsv), sep="\t")   # exactly what a later cache hit reads
     return {**summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), eps),
             "n_test": len(df), "eps": eps, "table": df}
@@ -601,8 +630,10 @@ def _cached_tensors(source: SourceRun, path: Path, runtime: Runtime, progress: b
     """Tensors computed from ``source``'s model, cached in ``path`` with a JSON beside it recording
     their sha256 and the model.pt they came from: served only when both match (a broken file is
     set aside and computed again). ``compute(model)`` returns a dict of CPU tensors."""
+    from . import distributed
     meta = path.with_suffix(".json")
-    with run_lock(path.parent):
+
+    def lookup():
         marker = read_marker(path.parent)
         if marker is not None and meta.is_file() and path.is_file():
             try:
@@ -615,17 +646,24 @@ def _cached_tensors(source: SourceRun, path: Path, runtime: Runtime, progress: b
             except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
                 set_aside(path, str(e) if type(e) is ValueError else f"unreadable ({type(e).__name__})")
                 set_aside(meta, f"belongs to the broken {path.name}")
+        return None
+    with run_lock(path.parent):
+        out = lookup() if distributed.is_main() else None
+        if _main_looks(lambda: out is not None):   # under torchrun the other ranks read what rank 0 verified
+            return out if out is not None else torch.load(path, map_location="cpu", weights_only=True)
         model, model_sha = _model_for(source, path.parent, runtime, progress)
         t0 = time.time()
-        with torch.no_grad():
+        with torch.no_grad():   # under torchrun every rank computes the same tensors; rank 0 writes them
             out = compute(model.eval())
-        blob = io.BytesIO()
-        torch.save(out, blob)
-        sha = atomic_write_bytes(path, blob.getvalue())
-        atomic_write_json(meta, {"sha256": sha, "model_sha256": model_sha, **to_jsonable(about),
-                                 "shapes": {k: list(v.shape) for k, v in out.items()}, "seconds": time.time() - t0,
-                                 "device": runtime.describe(), "numerics": runtime.numerics(),
-                                 "threads": torch.get_num_threads()})
+        if distributed.is_main():
+            blob = io.BytesIO()
+            torch.save(out, blob)
+            sha = atomic_write_bytes(path, blob.getvalue())
+            atomic_write_json(meta, {"sha256": sha, "model_sha256": model_sha, **to_jsonable(about),
+                                     "shapes": {k: list(v.shape) for k, v in out.items()}, "seconds": time.time() - t0,
+                                     "device": runtime.describe(), "numerics": runtime.numerics(),
+                                     "threads": torch.get_num_threads()})
+        distributed.barrier()
         return out
 
 
@@ -753,21 +791,29 @@ def get_or_table(run, name: str, key, compute, runtime: Runtime | None = None, p
         redo = functools.partial(get_or_table, run, name, key, compute, None, False, work, n)   # for rtlkit.launch
         _RECORDING[-1].evaluations.append((run, [work], n, table_path(run, name, key), redo))
         return pd.DataFrame()
+    from . import distributed
     runtime = runtime or Runtime()
     path = table_path(run, name, key, runtime)
-    with run_lock(path.parent):
+
+    def lookup():
         marker = read_marker(path.parent)
         cached = _cached_result(path, marker, ".csv", ",", _table_mismatches) if marker is not None else None
-        if cached is not None:
-            return cached[1]
+        return cached[1] if cached is not None else None
+    with run_lock(path.parent):
+        df = _main_looks(lookup)
+        if df is not None:
+            return df
         model, model_sha = _model_for(run, path.parent, runtime, progress)
         t0 = time.time()
-        df = compute(model)
+        df = compute(model)   # under torchrun every rank computes the same table; rank 0 writes it
         data = df.to_csv(index=False, float_format="%.17g").encode()
         df = pd.read_csv(io.BytesIO(data))   # exactly what a later cache hit reads
         means = {c: float(df[c].mean()) for c in df.columns if pd.api.types.is_numeric_dtype(df[c])}
-        atomic_write_json(path, {"key": to_jsonable(key), "n_test": len(df), "column_means": means,
-                                 "seconds": time.time() - t0, "device": runtime.describe(),
-                                 "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
-                                 "model_sha256": model_sha, "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), data)})
+        if distributed.is_main():
+            atomic_write_json(path, {"key": to_jsonable(key), "n_test": len(df), "column_means": means,
+                                     "seconds": time.time() - t0, "device": runtime.describe(),
+                                     "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
+                                     "model_sha256": model_sha,
+                                     "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), data)})
+        distributed.barrier()
         return df

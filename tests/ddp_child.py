@@ -1,7 +1,8 @@
-"""A torchrun child for tests/test_distributed.py: train one small run (RTLKIT_RUNS) data-parallel.
-RTLKIT_FAULT kills every rank at a chosen step (rtlkit.io.fault_point).
+"""A torchrun child for tests/test_distributed.py: train one small run (RTLKIT_RUNS) data-parallel,
+or evaluate / certify the source run sharded over the ranks. RTLKIT_FAULT kills every rank at a
+chosen step (rtlkit.io.fault_point).
 
-    torchrun --nproc_per_node=2 tests/ddp_child.py source|neft
+    torchrun --nproc_per_node=2 tests/ddp_child.py source|neft|evaluate|certify
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rtlkit import distributed                             # noqa: E402
+from rtlkit.attacks import APGD, PGD, FoolboxPGD           # noqa: E402
 from rtlkit.methods.neft import NEFT                       # noqa: E402
 from rtlkit.models import WRNSpec                          # noqa: E402
-from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_train  # noqa: E402
+from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train  # noqa: E402
+from rtlkit.smoothing import Smoothing                     # noqa: E402
 from rtlkit.runtime import Runtime                         # noqa: E402
 from rtlkit.training import StandardTraining               # noqa: E402
 from rtlkit.transfer import TransferPolicy                 # noqa: E402
@@ -23,6 +26,20 @@ def source() -> SourceRun:
     # plain SGD-momentum with augmentation: no PGD random start, so one process and two agree in bits' reach
     return SourceRun(DataSpec("synthetic-a", train_n=128), WRNSpec(10, 1, stem_stride=2),
                      StandardTraining(epochs=3, lr=0.05, batch_size=32), 0)
+
+
+# every attack that draws random numbers (PGD and foolbox from the global RNG, APGD its own seed)
+ATTACKS = [PGD(eps=0.1, steps=3, step_size=0.04), FoolboxPGD(eps=0.5, steps=3, step_size=0.2, norm="l2"),
+           APGD(eps=0.5, n_iter=3, n_restarts=1)]
+SMOOTHING = Smoothing(sigma=0.25, n0=8, n=64, batch=50)
+
+
+def evaluate(runtime=None):   # 5 batches of 16 (the last of 8): uneven over 2 ranks
+    return get_or_evaluate(source(), ATTACKS, runtime, progress=False, batch_size=16, test_n=72)
+
+
+def certify(runtime=None):    # 4 groups of 3 images (the last of 1)
+    return get_or_certify(source(), SMOOTHING, 0.1, runtime, progress=False, test_n=10, images_per_call=3)
 
 
 def run_of(kind: str):
@@ -37,5 +54,8 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     distributed.init("cpu")
     for kind in sys.argv[1:]:
-        get_or_train(run_of(kind), Runtime(device="cpu"), progress=False)
+        if kind in ("evaluate", "certify"):
+            globals()[kind](Runtime(device="cpu"))
+        else:
+            get_or_train(run_of(kind), Runtime(device="cpu"), progress=False)
     distributed.barrier()

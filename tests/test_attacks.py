@@ -273,3 +273,22 @@ def test_l2_square_on_a_size_its_start_cannot_tile_is_a_clear_error():
         Square(eps=0.5, n_queries=5)(model, x, y)
     Square(eps=0.5, n_queries=5)(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 2)),
                                  torch.rand(2, 1, 16, 16), y)
+
+
+@pytest.mark.parametrize("attack", [PGD(eps=0.1, steps=3, step_size=0.05), PGD(eps=1.0, steps=3, step_size=0.4, norm="l2"),
+                                    FoolboxPGD(eps=0.1, steps=3, step_size=0.05),
+                                    FoolboxPGD(eps=1.0, steps=3, step_size=0.4, norm="l2")],
+                         ids=lambda a: a.label)
+def test_skipping_a_batch_draws_what_attacking_it_draws(trained_tiny, attack):
+    """A rank that leaves a batch to another calls ``skip``: the next batch it attacks must see the
+    random start that one process, attacking both, gives it (sharded evaluation keeps its bits)."""
+    model, test = trained_tiny
+    xa, xb, y = test.x[:16].float() / 255, test.x[16:32].float() / 255, test.y[16:32]
+    torch.manual_seed(0)
+    attack(model, xa, test.y[:16])
+    both = attack(model, xb, y)
+    torch.manual_seed(0)
+    attack.skip(xa)
+    assert torch.equal(attack(model, xb, y), both)
+    torch.manual_seed(0)
+    assert not torch.equal(attack(model, xb, y), both)   # the stream matters: without the skip it differs

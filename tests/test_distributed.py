@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtlkit import ConfigError, distributed
-from rtlkit.runs import get_or_train, run_dir
+from rtlkit.runs import get_or_train, is_cached, run_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_child  # noqa: E402
@@ -68,6 +68,45 @@ def test_a_kill_between_epochs_resumes_to_the_uninterrupted_weights(tmp_path):
     assert torchrun(killed, "source").returncode == 0            # resumes from epoch 1's checkpoint
     a, b = weights(whole, ddp_child.source()), weights(killed, ddp_child.source())
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_evaluate_and_certify_to_the_one_process_tables(tmp_path, monkeypatch):
+    """The test set's batches (certification: its groups of images) dealt out to 2 ranks, the rows
+    gathered: the per-example CSV and TSV are the one-process files, byte for byte (the TSV's
+    timing column aside), though PGD and foolbox draw their random starts from one stream."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    monkeypatch.setenv("RTLKIT_RUNS", str(one))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as each torchrun child: the same kernels
+    try:
+        ddp_child.evaluate(), ddp_child.certify()
+    finally:
+        torch.set_num_threads(threads)
+    folder = run_dir(ddp_child.source()).name
+    (two / folder).mkdir(parents=True)
+    for f in (one / folder).iterdir():   # the same trained model; no evaluation
+        if f.name.split("-")[0] not in ("eval", "cert"):
+            shutil.copy(f, two / folder / f.name)
+    r = torchrun(two, "evaluate", "certify")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for pattern in ("eval-*.csv", "cert-*.tsv"):
+        a, = (one / folder).glob(pattern)
+        b = two / folder / a.name
+        cut = (lambda t: [line.rsplit("\t", 1)[0] for line in t.splitlines()]) if pattern.endswith("tsv") else str
+        assert cut(a.read_text()) == cut(b.read_text()), pattern
+    import json
+    assert json.loads(next((two / folder).glob("eval-*.json")).read_text())["processes"] == 2
+    assert not list(two.glob("*/*.tmp*"))
+
+
+def test_more_processes_than_test_examples_is_one_error_before_any_work(monkeypatch, runs_root):
+    from rtlkit.runs import get_or_certify, get_or_evaluate
+    monkeypatch.setattr(distributed, "world_size", lambda: 100)
+    with pytest.raises(ConfigError, match="100 processes but only 72 test examples"):
+        get_or_evaluate(ddp_child.source(), ddp_child.ATTACKS, test_n=72)
+    with pytest.raises(ConfigError, match="100 processes but only 10 test examples"):
+        get_or_certify(ddp_child.source(), ddp_child.SMOOTHING, 0.1, test_n=10)
+    assert not is_cached(ddp_child.source())   # nothing trained
 
 
 def test_a_global_batch_must_split_over_the_processes(monkeypatch):
