@@ -46,6 +46,7 @@ def _worker(a) -> None:
     loader = Loader(data, a.batch, shuffle=True, drop_last=True, device=device, seed=0,
                     shard=distributed.world_size() > 1)
     model.train()
+    parallel = distributed.DataParallel(model, model, method, runtime, None) if distributed.active() else None
     t0 = None
     for i, (x, y, idx) in enumerate(loader):
         if i == a.warmup:
@@ -53,7 +54,7 @@ def _worker(a) -> None:
                 torch.cuda.synchronize()
             distributed.barrier()
             t0 = time.perf_counter()
-        train_step(method, model, model, opt, x, y, runtime)
+        train_step(method, model, model, opt, x, y, runtime, parallel=parallel)
     if cuda:
         torch.cuda.synchronize()
     distributed.barrier()
@@ -61,6 +62,7 @@ def _worker(a) -> None:
     if distributed.is_main():
         Path(a.result).write_text(json.dumps({"procs": distributed.world_size(), "seconds": seconds,
                                               "img_s": a.batch * a.steps / seconds}))
+    distributed.finish()
 
 
 def main(argv=None) -> int:

@@ -9,15 +9,19 @@ here does anything, so the same code runs on one device unchanged.
   same on every rank, makes each *global* batch of the method's ``batch_size`` exactly as one
   process would (augmentation included), and gives rank r the rows r, r + W, ... of it. The
   global batch, the config and the cache key do not depend on the number of processes.
-- Gradients: after each backward the gradients are averaged over ranks in one flat all-reduce:
-  DistributedDataParallel's arithmetic, done explicitly after backward instead of through DDP's
-  forward hooks. So methods that reach past ``model.forward`` (FDM's clean ``model.features``,
-  LwF's ``penultimate``, NEFT's parametrised layers) and LwF's warm start, which changes
-  ``requires_grad`` mid-run, need nothing special: whatever has a gradient is averaged.
+- Gradients: ``torch.nn.parallel.DistributedDataParallel`` averages them in the backward. It
+  wraps the method's whole batch loss (:class:`DataParallel`), not the model's ``forward``: so
+  methods that reach past ``model.forward`` (FDM's adversarial and clean ``model.features`` and
+  ``forward_from``, LwF's ``penultimate``, SimCLR's projection) are one DDP forward per step, the
+  attack inside it runs with the weights' ``requires_grad`` off (no gradient reaches DDP's hooks),
+  and LwF's warm start, which changes ``requires_grad`` mid-run, rebuilds the wrapper.
 - BatchNorm: per-rank batch statistics by default, as the reference AT code (Madry et al.) and
   DDP do; ``RTLKIT_SYNC_BN=1`` computes them over the global batch (``torch.nn.SyncBatchNorm`` on
   GPUs; :class:`GroupBatchNorm`, an all-reduce of sums and squares, on gloo / the CPU, where
   SyncBatchNorm cannot run). Only synced statistics reproduce one-process training.
+- Losses that couple a batch's examples: SimCLR's NT-Xent gathers every rank's projections
+  (:func:`all_gather_rows`), so each view's negatives are the global batch's, as in one process.
+  Every other method's loss is a mean of per-example terms.
 - Per-rank work that must agree: LwF's precomputed source features are computed by every rank
   for its own shard rows (it computes them for the whole training set, the same on each rank);
   NEFT's spectral-norm power iteration runs on each rank from the same seed on the same
@@ -72,6 +76,15 @@ def init(device: str = "cpu") -> None:
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def finish() -> None:
+    """Leave the group (after a barrier): every rank done, no collective left in flight. Without
+    it gloo can abort the process at exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def sync_bn() -> bool:
@@ -139,20 +152,49 @@ def shard(x: torch.Tensor) -> torch.Tensor:
     return x[rank()::world_size()] if world_size() > 1 else x
 
 
-def all_reduce_grads(params) -> None:
-    """Average the gradients over ranks in one flat all-reduce (what DDP's buckets do)."""
-    if not active():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat.div_(world_size())
-    off = 0
-    for g in grads:
-        g.copy_(flat[off:off + g.numel()].view_as(g))
-        off += g.numel()
+class _BatchLoss(nn.Module):
+    """The module DDP wraps: its forward is a method's whole batch loss (its attack, every call it
+    makes into the model, its penalty). DDP then sees one forward per step, however many times and
+    through whichever entry (``features``, ``penultimate``, ``forward_from``) the method uses the
+    model, and each parameter's gradient is ready once, summed over those uses."""
+
+    def __init__(self, model: nn.Module, fwd, method, runtime, state):
+        super().__init__()
+        self.model = model
+        self._call = (fwd, method, runtime, state)
+
+    def forward(self, x, y, idx=None):
+        fwd, method, runtime, state = self._call
+        return method.batch_loss(self.model, fwd, x, y, runtime, idx, state)
+
+
+class DataParallel:
+    """A method's batch loss under ``torch.nn.parallel.DistributedDataParallel``: calling it runs
+    the loss; the backward averages the gradients over the ranks (DDP's buckets, overlapped with
+    the backward). DDP averages only the parameters that required grad when it was built, so it is
+    built again when that set changes (LwF's warm start unfreezes the body after its warm epochs;
+    every rank changes it at the same step). Settings:
+
+    - ``find_unused_parameters``: a method may leave trainable parameters out of a step's loss
+      (SimCLR's classifier, a head during a warm start); DDP marks them ready instead of waiting;
+    - ``broadcast_buffers=False``: BatchNorm keeps per-rank statistics unless synced (``sync_bn``),
+      as without DDP; rebuilt wrappers skip DDP's initial broadcast for the same reason.
+    """
+
+    def __init__(self, model: nn.Module, fwd, method, runtime, state):
+        self.loss = _BatchLoss(model, fwd, method, runtime, state)
+        self.ddp, self.trainable = None, None
+        self.cuda = runtime.is_cuda
+
+    def __call__(self, x, y, idx=None):
+        trainable = tuple(id(p) for p in self.loss.parameters() if p.requires_grad)
+        if trainable != self.trainable:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(
+                self.loss, device_ids=[torch.cuda.current_device()] if self.cuda else None,
+                broadcast_buffers=False, find_unused_parameters=True, init_sync=self.ddp is None)
+            self.trainable = trainable
+        return self.ddp(x, y, idx)
 
 
 def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
@@ -179,6 +221,31 @@ class _AllReduceSum(torch.autograd.Function):
         g = g.clone()
         dist.all_reduce(g)
         return g
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Every rank's rows, in rank order; the backward gives each rank the gradient of its own rows
+    summed over the ranks (each rank's loss reaches every rank's rows through the gather)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        g = g.contiguous().clone()
+        dist.all_reduce(g)
+        n = len(g) // world_size()
+        return g[rank() * n:(rank() + 1) * n]
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` of every rank, in rank order (equal shards), with gradients; ``x`` alone.
+    A loss that couples a batch's examples (SimCLR's negatives) sees the global batch: with each
+    rank's loss the mean over its own rows, DDP's average of the gradients is one process's."""
+    return _AllGatherRows.apply(x) if active() else x
 
 
 class GroupBatchNorm(nn.BatchNorm2d):

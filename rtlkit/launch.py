@@ -49,6 +49,7 @@ class Item:
     training: bool = False
     state: dict = field(default_factory=dict)
     run: object = None   # a training's run config
+    n: int = 0           # an evaluation's test examples (what torchrun's ranks share)
 
 
 def _evaluation_call(run, attacks, test_n, path=None, redo=None):
@@ -82,7 +83,7 @@ def items(profile, notebooks: list[str] | None = None, include_cached: bool = Fa
         key = row["path"]
         if key not in out:
             out[key] = Item(key, 2, f"{', '.join(row['attacks'])} on {run.kind} {run.data.label}",
-                            _evaluation_call(run, attacks, test_n, *rest))
+                            _evaluation_call(run, attacks, test_n, *rest), n=row["n_test"] or 0)
         add_training(run)
     work = sorted(out.values(), key=lambda i: i.wave)
     if not include_cached:

@@ -275,13 +275,58 @@ def run_dir(run, runtime: Runtime | None = None) -> Path:
     return runs_root() / f"{run.kind}-{run_key(run, runtime)}"
 
 
+LOCK_MODES = ("auto", "flock", "lease")
+
+
+@functools.lru_cache(maxsize=None)
+def _has_flock(locks: str) -> bool:
+    """Whether the file system of the folder ``locks`` takes flock (NFS does, through its byte-range
+    locks; some cluster file systems mounted without locking do not)."""
+    import errno
+    import fcntl
+    probe = Path(locks) / f".flock-probe-{os.getpid()}"
+    fd = os.open(probe, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
+            return False
+        raise
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def lock_mode(locks: Path) -> str:
+    """``RTLKIT_LOCK``: flock (the kernel frees a dead holder's lock), lease (a lock file naming
+    pid and host, renewed by a heartbeat: a peer breaks it at once when the holder's pid is dead on
+    its own host, and after ``RTLKIT_LOCK_LEASE_S`` seconds without renewal from any host), or auto
+    (flock where the file system has it, else lease). Every worker on a cache must use one mode."""
+    mode = os.environ.get("RTLKIT_LOCK", "auto") or "auto"
+    check(mode in LOCK_MODES, f"RTLKIT_LOCK must be one of {', '.join(LOCK_MODES)}, not {mode!r}")
+    if mode == "auto":
+        return "flock" if _has_flock(str(locks)) else "lease"
+    return mode
+
+
+def _lock(locks: Path, name: str):
+    from filelock import FileLock, SoftFileLease
+    if lock_mode(locks) == "flock":
+        return FileLock(str(locks / f"{name}.lock"), is_singleton=True, thread_local=False, preserve_lock_file=True)
+    lease = float(os.environ.get("RTLKIT_LOCK_LEASE_S", "120"))
+    check_real("RTLKIT_LOCK_LEASE_S", lease, 0, low_open=True)
+    return SoftFileLease(str(locks / f"{name}.lease"), lease_duration=lease, is_singleton=True, thread_local=False)
+
+
 @contextlib.contextmanager
 def run_lock(folder: Path):
     """Hold the per-run lock of ``folder`` (reentrant in this process). A second process asking for
-    the same run waits here, then finds the first one's result. The lock is an OS file lock
-    (filelock: flock, or its soft lock where a file system has none), so a holder that dies,
-    even by kill -9, releases it: a dead holder's lock is broken by the kernel, not by guessing."""
-    from filelock import FileLock, Timeout
+    the same run waits here, then finds the first one's result. A dead holder's lock is broken
+    (:func:`lock_mode`): by the kernel for flock, even after kill -9; by its pid and host, or its
+    lease running out, for the lease that file systems without flock get."""
+    from filelock import Timeout
 
     from . import distributed
     if not distributed.is_main():   # under torchrun rank 0 holds the run's lock for the whole group
@@ -289,8 +334,7 @@ def run_lock(folder: Path):
         return
     locks = folder.parent / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(locks / f"{folder.name}.lock"), is_singleton=True, thread_local=False,
-                    preserve_lock_file=True)
+    lock = _lock(locks, folder.name)
     try:
         lock.acquire(timeout=2)
     except Timeout:

@@ -104,15 +104,18 @@ def make_optimizer(params, method: StandardTraining, runtime: Runtime) -> torch.
                            weight_decay=method.weight_decay, **opt_kw)
 
 
-def train_step(method: StandardTraining, model, fwd, opt, x, y, runtime: Runtime, idx=None, state=None):
-    """One optimisation step on a batch (the attack, if the method has one, included).
-    Returns the detached loss and logits; nothing here waits for the device."""
+def train_step(method: StandardTraining, model, fwd, opt, x, y, runtime: Runtime, idx=None, state=None,
+               parallel: distributed.DataParallel | None = None):
+    """One optimisation step on a batch (the attack, if the method has one, included); with
+    ``parallel`` (under torchrun), through DistributedDataParallel, whose backward averages the
+    gradients over the ranks. Returns the detached loss and logits; nothing here waits for the device."""
     x = runtime.inputs(x)
-    loss, logits = method.batch_loss(model, fwd, x, y, runtime, idx, state)
+    if parallel is not None:
+        loss, logits = parallel(x, y, idx)
+    else:
+        loss, logits = method.batch_loss(model, fwd, x, y, runtime, idx, state)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if distributed.active():   # data-parallel: average the gradients over the ranks
-        distributed.all_reduce_grads([p for g in opt.param_groups for p in g["params"]])
     opt.step()
     return loss.detach(), logits.detach()
 
@@ -202,6 +205,7 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
         sched.load_state_dict(saved["scheduler"])
         start, history = saved["epoch"], saved["history"]
     fwd = runtime.compiled(model)
+    parallel = distributed.DataParallel(model, fwd, method, runtime, state) if distributed.active() else None
     bar = tqdm(range(start, method.epochs), desc=desc, disable=not progress, initial=start, total=method.epochs)
     for epoch in bar:
         t0 = time.time()
@@ -218,7 +222,7 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
         for i, (x, y, idx) in enumerate(loader):
             if budget is not None and epoch * len(loader) + i >= budget:
                 break
-            loss, logits = train_step(method, model, fwd, opt, x, y, runtime, idx, state)
+            loss, logits = train_step(method, model, fwd, opt, x, y, runtime, idx, state, parallel)
             tot_loss += loss * len(y)
             tot_correct += method.correct(logits, y)
             n += len(y)

@@ -2,7 +2,7 @@
 or evaluate / certify the source run sharded over the ranks. RTLKIT_FAULT kills every rank at a
 chosen step (rtlkit.io.fault_point).
 
-    torchrun --nproc_per_node=2 tests/ddp_child.py source|neft|evaluate|certify
+    torchrun --nproc_per_node=2 tests/ddp_child.py source|neft|fdm|lwf|evaluate|certify|nt_xent
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rtlkit import distributed                             # noqa: E402
 from rtlkit.attacks import APGD, PGD, FoolboxPGD           # noqa: E402
+from rtlkit.methods.fdm import FDMTraining                # noqa: E402
+from rtlkit.methods.lwf import LwFTraining                 # noqa: E402
 from rtlkit.methods.neft import NEFT                       # noqa: E402
 from rtlkit.models import WRNSpec                          # noqa: E402
 from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train  # noqa: E402
@@ -45,8 +47,42 @@ def certify(runtime=None):    # 4 groups of 3 images (the last of 1)
 def run_of(kind: str):
     if kind == "source":
         return source()
+    if kind == "fdm":   # PGD without a random start: the attack on a rank's rows is one process's on them
+        return SourceRun(DataSpec("synthetic-a", train_n=128), WRNSpec(10, 1, stem_stride=2),
+                         FDMTraining(epochs=2, lr=0.05, batch_size=32, lam=0.05, k=1,
+                                     attack=PGD(eps=0.1, steps=2, step_size=0.05, random_start=False)), 0)
+    if kind == "lwf":   # a warm epoch (head only), then the whole network: DDP is built again
+        return TransferRun(source(), DataSpec("synthetic-b", train_n=64), TransferPolicy(k="all", bn_affine="freeze"),
+                           LwFTraining(epochs=2, batch_size=16, lam_d=0.1, warm_fraction=0.5), 0)
     return TransferRun(source(), DataSpec("synthetic-b", train_n=64), TransferPolicy(k=3),
                        StandardTraining(epochs=2, lr=0.05, batch_size=16), 0, NEFT(0.6))
+
+
+def nt_xent_check() -> None:
+    """SimCLR's loss on 2 ranks (each with its rows r, r + W of the global batch, as the Loader
+    deals them): DDP's average of the gradients, the loss and the count of correct partners must
+    be one process's on the whole batch. Exits non-zero otherwise."""
+    import torch
+    from rtlkit.methods.simclr import SimCLRTraining, contrastive_loss, nt_xent
+    torch.manual_seed(0)
+    x1, x2, w = torch.randn(8, 5), torch.randn(8, 5), torch.randn(5, 4, requires_grad=True)
+    whole, _ = nt_xent(x1 @ w, x2 @ w, 0.5)
+    g_whole, = torch.autograd.grad(whole, w)
+    r, n = distributed.rank(), distributed.world_size()
+    loss, logits = contrastive_loss(x1[r::n] @ w, x2[r::n] @ w, 0.5)
+    loss.backward()
+    g = w.grad.clone()
+    torch.distributed.all_reduce(g)
+    mean_loss, correct = distributed.all_sum(loss.detach(), SimCLRTraining().correct(logits, None))
+    sim = torch.nn.functional.normalize(torch.cat([x1 @ w, x2 @ w]), dim=1) @ \
+        torch.nn.functional.normalize(torch.cat([x1 @ w, x2 @ w]), dim=1).T
+    sim.fill_diagonal_(-2)
+    right = int((sim[:8].argmax(1) == torch.arange(8, 16)).sum())
+    ok = (torch.allclose(g / n, g_whole, atol=1e-6) and abs(float(mean_loss) / n - float(whole)) < 1e-6
+          and int(correct) == right)
+    if not ok:
+        raise SystemExit(f"rank {r}: grad {(g / n - g_whole).abs().max():.3g}, loss {float(mean_loss) / n} vs "
+                         f"{float(whole)}, correct {int(correct)} vs {right}")
 
 
 if __name__ == "__main__":
@@ -56,6 +92,8 @@ if __name__ == "__main__":
     for kind in sys.argv[1:]:
         if kind in ("evaluate", "certify"):
             globals()[kind](Runtime(device="cpu"))
+        elif kind == "nt_xent":
+            nt_xent_check()
         else:
             get_or_train(run_of(kind), Runtime(device="cpu"), progress=False)
-    distributed.barrier()
+    distributed.finish()

@@ -58,6 +58,28 @@ def test_two_processes_with_synced_bn_train_the_weights_of_one(tmp_path, monkeyp
     assert not list(two.glob("*/*.tmp*"))                       # one writer: nothing half-written
 
 
+def test_methods_that_reach_past_forward_or_change_what_trains_match_one_process(tmp_path, monkeypatch):
+    """Under DistributedDataParallel: FDM (its attack, adversarial and clean ``features`` and
+    ``forward_from`` in one step) and LwF (a head-only warm epoch, then the whole network: the DDP
+    wrapper is built again) train the one-process weights; SimCLR's loss, gradient and accuracy on
+    2 ranks are one process's on the global batch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    monkeypatch.setenv("RTLKIT_RUNS", str(one))
+    for kind in ("fdm", "lwf"):
+        get_or_train(ddp_child.run_of(kind), progress=False)
+    r = torchrun(two, "fdm", "lwf", "nt_xent", RTLKIT_SYNC_BN="1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for kind in ("fdm", "lwf"):
+        run = ddp_child.run_of(kind)
+        a, b = weights(one, run), weights(two, run)
+        worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+        assert worst < 1e-5, (kind, worst)
+    lwf = weights(two, ddp_child.run_of("lwf"))
+    src = weights(two, ddp_child.source())
+    body = [k for k in src if k.startswith("blocks.0.") and "conv" in k]   # BN affine frozen: convs only
+    assert body and all(not torch.equal(lwf[k], src[k]) for k in body)   # the body trained after the warm epoch
+
+
 def test_a_kill_between_epochs_resumes_to_the_uninterrupted_weights(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert torchrun(whole, "source").returncode == 0
@@ -68,6 +90,23 @@ def test_a_kill_between_epochs_resumes_to_the_uninterrupted_weights(tmp_path):
     assert torchrun(killed, "source").returncode == 0            # resumes from epoch 1's checkpoint
     a, b = weights(whole, ddp_child.source()), weights(killed, ddp_child.source())
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_two_process_run_killed_mid_way_resumes_in_one_process(tmp_path, monkeypatch):
+    """A checkpoint holds no trace of the world size: a synced-BN 2-process run killed in epoch 2
+    finishes in one process with the one-process run's weights (within 1e-5)."""
+    one, killed = tmp_path / "one", tmp_path / "killed"
+    monkeypatch.setenv("RTLKIT_RUNS", str(one))
+    get_or_train(ddp_child.source(), progress=False)
+    r = torchrun(killed, "source", RTLKIT_SYNC_BN="1", RTLKIT_FAULT="step:6")
+    assert r.returncode != 0
+    folder = killed / run_dir(ddp_child.source()).name
+    assert list(folder.glob("checkpoint-e0001-*.pt")) and not (folder / "complete.json").exists()
+    monkeypatch.setenv("RTLKIT_RUNS", str(killed))
+    get_or_train(ddp_child.source(), progress=False)   # resumes epoch 1's checkpoint, alone
+    a, b = weights(one, ddp_child.source()), weights(killed, ddp_child.source())
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-5, worst
 
 
 def test_two_processes_evaluate_and_certify_to_the_one_process_tables(tmp_path, monkeypatch):
@@ -119,13 +158,15 @@ def test_a_global_batch_must_split_over_the_processes(monkeypatch):
         distributed.check_batch(3, 2)
 
 
-def test_rtlkit_run_trains_a_suites_runs_by_name_under_torchrun(tmp_path, capsys, monkeypatch):
+def test_rtlkit_run_trains_and_evaluates_a_suite_by_name_under_torchrun(tmp_path, capsys, monkeypatch):
     from rtlkit import plan, profiles
     from rtlkit import run as cli
     monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
     assert cli.main(["--profile", "smoke", "--only", "01", "--list"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names[0].startswith("source-") and len(names) == 7
+    trainings, evaluations = [n for n in names if "/" not in n], [n for n in names if "/" in n]
+    assert trainings[0].startswith("source-") and len(trainings) == 7
+    assert evaluations and all(n.split("/")[1].startswith("eval-") for n in evaluations)
     assert cli.main(["not-a-run", "--profile", "smoke"]) == 2
     e = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = launch([TORCHRUN, "--nproc_per_node=2", "--standalone", "-m", "rtlkit.run", "--profile", "smoke",
@@ -133,4 +174,16 @@ def test_rtlkit_run_trains_a_suites_runs_by_name_under_torchrun(tmp_path, capsys
     assert r.returncode == 0, r.stderr[-3000:]
     p = plan.plan(profiles.get("smoke"), ["01"])
     missing = [row["what"] for row in p.trainings.values() if not row["cached"]]
-    assert not missing, (missing, r.stdout[-1500:], r.stderr[-1500:])   # every training done, by 2 processes
+    missing += [row["path"] for row in p.evaluations.values() if not row["cached"]]
+    assert not missing, (missing, r.stdout[-1500:], r.stderr[-1500:])   # all done, by 2 processes
+
+
+def test_rtlkit_run_with_more_processes_than_test_examples_fails_before_any_training(tmp_path, capsys, monkeypatch):
+    from rtlkit import run as cli
+    monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
+    assert cli.main(["--profile", "smoke", "--only", "01", "--list"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    monkeypatch.setattr(distributed, "world_size", lambda: 10 ** 6)
+    assert cli.main([names[0], names[-1], "--profile", "smoke", "--only", "01"]) == 2
+    assert "1000000 processes but only" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").glob("source-*"))   # the source was named first, and not trained

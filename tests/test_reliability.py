@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 KILLED = -signal.SIGKILL
 
 
-def child(kinds, root, fault=None, log=None):
+def child(kinds, root, fault=None, log=None, **extra):
     env = {k: v for k, v in os.environ.items() if k not in ("RTLKIT_FAULT", "RTLKIT_TRAIN_LOG")}
-    env.update(RTLKIT_RUNS=str(root), RTLKIT_THREADS="1", OMP_NUM_THREADS="1")
+    env.update(RTLKIT_RUNS=str(root), RTLKIT_THREADS="1", OMP_NUM_THREADS="1", **extra)
     if fault:
         env["RTLKIT_FAULT"] = fault
     if log:
@@ -121,17 +121,23 @@ def test_two_processes_on_one_run_train_it_once(reference, tmp_path):
     assert (tmp_path / "runs" / name / "model.pt").read_bytes() == ref_snap[name]["model"]
 
 
-def test_a_dead_lock_holder_does_not_block_the_next_process(reference, tmp_path):
-    """A holds the run's lock and is killed mid-training; B, waiting on the lock, takes over,
-    resumes A's checkpoint and finishes with the uninterrupted bits."""
-    _, ref_metrics, ref_snap = reference
-    log, root = tmp_path / "trained.log", tmp_path / "runs"
-    a = child(["source"], root, fault="step:6", log=log)
+def _training_started(proc, log):
     t0 = time.time()
     while not (log.exists() and log.read_text().strip()):
-        assert time.time() - t0 < 120 and a.poll() is None, "A never started training"
+        assert time.time() - t0 < 120 and proc.poll() is None, "it never started training"
         time.sleep(0.05)
-    b = child(["source"], root, log=log)
+
+
+@pytest.mark.parametrize("lock", ["flock", "lease"])
+def test_a_dead_lock_holder_does_not_block_the_next_process(lock, reference, tmp_path):
+    """A holds the run's lock and is killed mid-training; B, waiting on the lock, takes over,
+    resumes A's checkpoint and finishes with the uninterrupted bits. flock: the kernel frees the
+    lock; lease (file systems without flock): B finds the pid in the lock file dead on this host."""
+    _, ref_metrics, ref_snap = reference
+    log, root = tmp_path / "trained.log", tmp_path / "runs"
+    a = child(["source"], root, fault="step:6", log=log, RTLKIT_LOCK=lock)
+    _training_started(a, log)
+    b = child(["source"], root, log=log, RTLKIT_LOCK=lock)
     rc_a, _, _ = finish(a)
     rc_b, out_b, err_b = finish(b)
     assert rc_a == KILLED and rc_b == 0, err_b[-2000:]
@@ -139,6 +145,36 @@ def test_a_dead_lock_holder_does_not_block_the_next_process(reference, tmp_path)
     assert json.loads(out_b)["source"] == ref_metrics["source"]
     name = run_dir(FC.source(), CPU).name
     assert (root / name / "model.pt").read_bytes() == ref_snap[name]["model"]
+    left = [p.suffix for p in (root / ".locks").iterdir()]   # flock keeps its file; a lease, broken and released, none
+    assert left == ([".lock"] if lock == "flock" else [])
+
+
+def test_a_lease_nobody_renews_is_broken_when_it_runs_out(reference, tmp_path):
+    """A holder whose pid cannot be judged dead (here: stopped, as a node that vanished looks from
+    another host) stops renewing its lease; B waits out the lease, takes the run over and
+    finishes it with the uninterrupted bits."""
+    _, ref_metrics, ref_snap = reference
+    log, root = tmp_path / "trained.log", tmp_path / "runs"
+    a = child(["source"], root, log=log, RTLKIT_LOCK="lease", RTLKIT_LOCK_LEASE_S="3")
+    try:
+        _training_started(a, log)
+        os.kill(a.pid, signal.SIGSTOP)
+        t0 = time.time()
+        rc_b, out_b, err_b = finish(child(["source"], root, log=log, RTLKIT_LOCK="lease", RTLKIT_LOCK_LEASE_S="3"))
+        assert rc_b == 0, err_b[-2000:]
+        assert "waiting for" in err_b and time.time() - t0 >= 3   # it waited for the lease, then broke it
+    finally:
+        a.kill()
+        a.communicate()
+    assert json.loads(out_b)["source"] == ref_metrics["source"]
+    name = run_dir(FC.source(), CPU).name
+    assert (root / name / "model.pt").read_bytes() == ref_snap[name]["model"]
+
+
+def test_a_bad_lock_mode_is_a_config_error(monkeypatch, runs_root):
+    monkeypatch.setenv("RTLKIT_LOCK", "nfs")
+    with pytest.raises(ConfigError, match="RTLKIT_LOCK must be one of auto, flock, lease"):
+        get_or_train(FC.source(), CPU, progress=False)
 
 
 # --------------------------------------------------------------------------- corrupt artefacts

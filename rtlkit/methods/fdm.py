@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..errors import check
 from ..runtime import Runtime
 from ..training import AdversarialTraining
@@ -64,5 +65,7 @@ class FDMTraining(AdversarialTraining):
             finally:
                 for m, (mean, var, nbt) in zip(bns, kept):
                     m.running_mean, m.running_var, m.num_batches_tracked = mean, var, nbt
-        loss = F.cross_entropy(logits.float(), y) + fdm_penalty(h_clean, h_adv, self.lam)
+        # The penalty sums over the batch; under torchrun each rank sums its shard and DDP averages
+        # the ranks' gradients, so x W gives the global batch's sum (one process's loss)
+        loss = F.cross_entropy(logits.float(), y) + fdm_penalty(h_clean, h_adv, self.lam) * distributed.world_size()
         return loss, logits

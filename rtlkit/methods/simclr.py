@@ -37,6 +37,26 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5) -> tuple[torch
     return F.cross_entropy(sim, target), (sim.argmax(1) == target).float().mean()
 
 
+def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's training loss on a batch's projections: the NT-Xent, and the first views' logits
+    with each one's partner at column n + i (:meth:`SimCLRTraining.correct`). Under torchrun the
+    negatives are the global batch's (every rank's projections gathered, with gradients) and the
+    loss is the mean over this rank's own 2n views, so DDP's average of the gradients is one
+    process's on the same global batch."""
+    from .. import distributed
+    if not distributed.active():
+        sim, target = nt_xent_logits(z1, z2, tau)
+        return F.cross_entropy(sim, target), sim[:len(z1)]
+    n, big = len(z1), distributed.world_size() * len(z1)
+    sim, target = nt_xent_logits(distributed.all_gather_rows(z1), distributed.all_gather_rows(z2), tau)
+    first = torch.arange(n, device=sim.device) + distributed.rank() * n
+    mine = torch.cat([first, first + big])              # this rank's views among the 2N
+    rest = torch.ones(2 * big, dtype=torch.bool, device=sim.device)
+    rest[mine] = False
+    cols = torch.cat([mine, rest.nonzero().squeeze(1)])  # own views first: partner of i at n + i
+    return F.cross_entropy(sim[mine], target[mine]), sim[first][:, cols]
+
+
 def random_resized_crop(x: torch.Tensor, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
     """A random resized crop (and h-flip) of every image of a (B, C, H, W) batch, by one affine
     grid sample: the crop covers a random share of the area in ``scale`` with an aspect ratio in
@@ -100,8 +120,7 @@ class SimCLRTraining(StandardTraining):
         both = runtime.inputs(torch.cat([self.views(x), self.views(x)]))   # the loop seeds each epoch
         with runtime.autocast():
             z = model.projection(model.penultimate(both))
-        sim, target = nt_xent_logits(z[:len(x)], z[len(x):], self.tau)
-        return F.cross_entropy(sim, target), sim[:len(x)]
+        return contrastive_loss(z[:len(x)], z[len(x):], self.tau)
 
     def correct(self, logits, y) -> torch.Tensor:
         """Views of the first half that pick their partner (index + batch) among the others."""
