@@ -175,10 +175,13 @@ class DataParallel:
     built again when that set changes (LwF's warm start unfreezes the body after its warm epochs;
     every rank changes it at the same step). Settings:
 
-    - ``find_unused_parameters``: a method may leave trainable parameters out of a step's loss
-      (SimCLR's classifier, a head during a warm start); DDP marks them ready instead of waiting;
-    - ``broadcast_buffers=False``: BatchNorm keeps per-rank statistics unless synced (``sync_bn``),
-      as without DDP; rebuilt wrappers skip DDP's initial broadcast for the same reason.
+    - ``static_graph``: should a method leave a trainable parameter out of its loss, DDP finds it
+      in the first step and marks it ready from then on, without the per-step graph traversal of
+      ``find_unused_parameters``. What a step uses does not change within a wrapper's life (the
+      warm start's change builds a new one);
+    - ``forward_sync_buffers=False``: BatchNorm keeps per-rank statistics unless synced
+      (``sync_bn``), as without DDP; a rebuilt wrapper skips DDP's initial broadcast
+      (``init_sync``) for the same reason.
     """
 
     def __init__(self, model: nn.Module, fwd, method, runtime, state):
@@ -192,7 +195,7 @@ class DataParallel:
             from torch.nn.parallel import DistributedDataParallel
             self.ddp = DistributedDataParallel(
                 self.loss, device_ids=[torch.cuda.current_device()] if self.cuda else None,
-                broadcast_buffers=False, find_unused_parameters=True, init_sync=self.ddp is None)
+                forward_sync_buffers=False, static_graph=True, init_sync=self.ddp is None)
             self.trainable = trainable
         return self.ddp(x, y, idx)
 

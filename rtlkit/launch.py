@@ -15,8 +15,10 @@ first and then load its result. A failed job is retried once; a second failure i
 its log. Rerunning ``launch`` submits only what is not cached. When the jobs are done, ``make
 figures`` renders every notebook from the cache without training anything.
 
-Nothing here schedules: Slurm queues the jobs; locally, at most ``--jobs`` processes run at once,
-each pinned to its own GPU (``CUDA_VISIBLE_DEVICES``) when there are GPUs.
+Nothing here schedules: Slurm queues the jobs; locally, at most ``--jobs`` jobs run at once, each
+pinned to its own GPUs (``CUDA_VISIBLE_DEVICES``) when there are GPUs. A job of ``--gpus-per-job``
+G > 1 is G tasks, one per GPU, joined into one torch.distributed group: its training runs under
+DDP and its evaluation is sharded (``rtlkit.distributed``).
 """
 from __future__ import annotations
 
@@ -99,16 +101,31 @@ def _train(run) -> bool:
 
 
 def _job(call, runs: str, threads: int | None) -> dict:
-    """What a worker runs: the cache root of the launcher, then the item's call."""
+    """What a worker runs: the cache root of the launcher, then the item's call. A job of several
+    tasks (``--gpus-per-job`` > 1: one task per GPU) joins them into one torch.distributed group
+    first, so its training is data-parallel and its evaluation sharded (``rtlkit.distributed``)."""
     os.environ["RTLKIT_RUNS"] = runs
     if threads:
         os.environ["RTLKIT_THREADS"] = str(threads)
-    from .runtime import configure_threads
+    from . import distributed
+    from .runtime import configure_threads, default_device
     configure_threads()
+    import submitit
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:   # called outside a submitit job (a test, a debugger)
+        tasks = 1
+    if tasks > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        distributed.init(default_device())
     t0 = time.time()
-    out = call()
+    try:
+        out = call()
+    finally:
+        distributed.finish()
     return {"trained": bool(out) if isinstance(out, bool) else False, "seconds": time.time() - t0,
-            "host": os.uname().nodename, "pid": os.getpid()}
+            "host": os.uname().nodename, "pid": os.getpid(), "processes": tasks}
 
 
 def status_path() -> Path:
@@ -134,10 +151,10 @@ def executor(kind: str, folder: Path, gpus_per_job: int, partition: str | None, 
     import submitit
     if kind == "local":
         ex = submitit.LocalExecutor(folder=str(folder))
-        ex.update_parameters(timeout_min=timeout_min)
+        ex.update_parameters(timeout_min=timeout_min, tasks_per_node=gpus_per_job)
         return ex
     ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    ex.update_parameters(timeout_min=timeout_min, gpus_per_node=gpus_per_job, tasks_per_node=1, nodes=1,
+    ex.update_parameters(timeout_min=timeout_min, gpus_per_node=gpus_per_job, tasks_per_node=gpus_per_job, nodes=1,
                          **({"slurm_partition": partition} if partition else {}))
     return ex
 
@@ -180,7 +197,7 @@ def run_waves(work: list[Item], ex, kind: str, jobs: int, gpus: list[int], gpus_
                 if kind == "local":
                     slots.append(slot)
                 try:
-                    res = job.result()
+                    res = job.results()[0]   # a job of several tasks: task 0 speaks for it
                     item.state.update(state="done", seconds=res["seconds"], host=res["host"])
                     summary["done"] += 1
                     summary["trained"] += int(res["trained"])

@@ -2,7 +2,7 @@
 or evaluate / certify the source run sharded over the ranks. RTLKIT_FAULT kills every rank at a
 chosen step (rtlkit.io.fault_point).
 
-    torchrun --nproc_per_node=2 tests/ddp_child.py source|neft|fdm|lwf|evaluate|certify|nt_xent
+    torchrun --nproc_per_node=2 tests/ddp_child.py source|neft|fdm|lwf|simclr|evaluate|certify|nt_xent
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rtlkit.attacks import APGD, PGD, FoolboxPGD           # noqa: E402
 from rtlkit.methods.fdm import FDMTraining                # noqa: E402
 from rtlkit.methods.lwf import LwFTraining                 # noqa: E402
 from rtlkit.methods.neft import NEFT                       # noqa: E402
+from rtlkit.methods.simclr import SimCLRTraining           # noqa: E402
 from rtlkit.models import WRNSpec                          # noqa: E402
 from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train  # noqa: E402
 from rtlkit.smoothing import Smoothing                     # noqa: E402
@@ -51,6 +52,9 @@ def run_of(kind: str):
         return SourceRun(DataSpec("synthetic-a", train_n=128), WRNSpec(10, 1, stem_stride=2),
                          FDMTraining(epochs=2, lr=0.05, batch_size=32, lam=0.05, k=1,
                                      attack=PGD(eps=0.1, steps=2, step_size=0.05, random_start=False)), 0)
+    if kind == "simclr":   # its NT-Xent gathers every rank's projections (with gradients)
+        return SourceRun(DataSpec("synthetic-a", train_n=64), WRNSpec(10, 1, stem_stride=2),
+                         SimCLRTraining(epochs=2, lr=0.05, batch_size=16), 0)
     if kind == "lwf":   # a warm epoch (head only), then the whole network: DDP is built again
         return TransferRun(source(), DataSpec("synthetic-b", train_n=64), TransferPolicy(k="all", bn_affine="freeze"),
                            LwFTraining(epochs=2, batch_size=16, lam_d=0.1, warm_fraction=0.5), 0)

@@ -62,18 +62,21 @@ def test_methods_that_reach_past_forward_or_change_what_trains_match_one_process
     """Under DistributedDataParallel: FDM (its attack, adversarial and clean ``features`` and
     ``forward_from`` in one step) and LwF (a head-only warm epoch, then the whole network: the DDP
     wrapper is built again) train the one-process weights; SimCLR's loss, gradient and accuracy on
-    2 ranks are one process's on the global batch."""
+    2 ranks are one process's on the global batch, and SimCLR trains through the gathered loss."""
     one, two = tmp_path / "one", tmp_path / "two"
     monkeypatch.setenv("RTLKIT_RUNS", str(one))
     for kind in ("fdm", "lwf"):
         get_or_train(ddp_child.run_of(kind), progress=False)
-    r = torchrun(two, "fdm", "lwf", "nt_xent", RTLKIT_SYNC_BN="1")
+    r = torchrun(two, "fdm", "lwf", "nt_xent", "simclr", RTLKIT_SYNC_BN="1")
     assert r.returncode == 0, r.stderr[-2000:]
     for kind in ("fdm", "lwf"):
         run = ddp_child.run_of(kind)
         a, b = weights(one, run), weights(two, run)
         worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         assert worst < 1e-5, (kind, worst)
+    simclr = weights(two, ddp_child.run_of("simclr"))
+    init = ddp_child.run_of("simclr").build_model().state_dict()
+    assert not torch.equal(simclr["blocks.0.0.conv.weight"], init["blocks.0.0.conv.weight"])
     lwf = weights(two, ddp_child.run_of("lwf"))
     src = weights(two, ddp_child.source())
     body = [k for k in src if k.startswith("blocks.0.") and "conv" in k]   # BN affine frozen: convs only

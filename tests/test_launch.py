@@ -68,3 +68,22 @@ def test_missing_data_is_one_error_in_the_submitting_process(runs_root, monkeypa
     with pytest.raises(DatasetNotFound):
         launch.launch("smoke")
     assert not (runs_root / "launch").exists()
+
+
+def test_a_job_of_two_gpus_runs_its_training_and_evaluation_on_two_processes(runs_root):
+    """--gpus-per-job 2: each job is two submitit tasks joined into one torch.distributed group
+    (gloo here, no GPU), so its training is data-parallel and its evaluation sharded."""
+    import json
+    work, _ = launch.items(profiles.get("smoke"), ["01"])
+    transfer = next(i for i in work if i.wave == 1)
+    folder = Path(transfer.key).parent
+    mine = [i for i in work if i.wave == 0 or Path(i.key).parent == folder][:3]
+    assert [i.wave for i in mine] == [0, 1, 2]
+    ex = launch.executor("local", runs_root / "launch" / "jobs", 2, None, 10)
+    summary = launch.run_waves(mine, ex, "local", jobs=1, gpus=[], gpus_per_job=2, threads=1, poll_s=0.2,
+                               log=lambda s: None)
+    assert summary["failed"] == [] and summary["done"] == 3 and summary["trained"] == 2
+    source = Path(mine[0].key).parent
+    for f in (source, folder):
+        assert json.loads((f / "train.json").read_text())["processes"] == 2
+    assert json.loads(Path(mine[2].key).read_text())["processes"] == 2
