@@ -61,7 +61,8 @@ def _worker(a) -> None:
     seconds = time.perf_counter() - t0
     if distributed.is_main():
         Path(a.result).write_text(json.dumps({"procs": distributed.world_size(), "seconds": seconds,
-                                              "img_s": a.batch * a.steps / seconds}))
+                                              "img_s": a.batch * a.steps / seconds,
+                                              "numerics": runtime.numerics() or "fp32 eager (CPU)"}))
     distributed.finish()
 
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     for r in rows:
         r["efficiency"] = r["img_s"] / (base * r["procs"])
     out = {"model": a.model, "input": a.input, "batch": a.batch, "steps": a.steps, "device": device,
-           "torch": torch.__version__, "workload": "PGD-7 AT step (eps 8/255, step 2/255), fp32 eager", "rows": rows}
+           "torch": torch.__version__, "workload": "PGD-7 AT step (eps 8/255, step 2/255)", "numerics": rows[0]["numerics"], "rows": rows}
     path = Path(a.out) / f"ddp-{a.model}-{'gpu' if gpus else 'cpu'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"{a.model} {a.input}, global batch {a.batch}, {device}")
