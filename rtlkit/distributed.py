@@ -78,11 +78,12 @@ def init(device: str = "cpu") -> None:
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 
-def finish() -> None:
-    """Leave the group (after a barrier): every rank done, no collective left in flight. Without
+def finish(wait: bool = True) -> None:
+    """Leave the group, after a barrier unless ``wait`` is off (a rank that failed must not wait
+    for ranks that may be blocked in a collective: leaving makes theirs fail, not hang). Without
     it gloo can abort the process at exit ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() > 1:
+        if wait and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
 

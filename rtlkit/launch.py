@@ -122,8 +122,10 @@ def _job(call, runs: str, threads: int | None) -> dict:
     t0 = time.time()
     try:
         out = call()
-    finally:
-        distributed.finish()
+    except BaseException:
+        distributed.finish(wait=False)
+        raise
+    distributed.finish()
     return {"trained": bool(out) if isinstance(out, bool) else False, "seconds": time.time() - t0,
             "host": os.uname().nodename, "pid": os.getpid(), "processes": tasks}
 

@@ -315,8 +315,13 @@ def _lock(locks: Path, name: str):
     from filelock import FileLock, SoftFileLease
     if lock_mode(locks) == "flock":
         return FileLock(str(locks / f"{name}.lock"), is_singleton=True, thread_local=False, preserve_lock_file=True)
-    lease = float(os.environ.get("RTLKIT_LOCK_LEASE_S", "120"))
-    check_real("RTLKIT_LOCK_LEASE_S", lease, 0, low_open=True)
+    raw = os.environ.get("RTLKIT_LOCK_LEASE_S", "120")
+    try:
+        lease = float(raw)
+    except ValueError:
+        lease = None
+    check(lease is not None and lease > 0 and lease != float("inf"),
+          f"RTLKIT_LOCK_LEASE_S must be a positive number of seconds, not {raw!r}")
     return SoftFileLease(str(locks / f"{name}.lease"), lease_duration=lease, is_singleton=True, thread_local=False)
 
 

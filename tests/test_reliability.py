@@ -171,10 +171,15 @@ def test_a_lease_nobody_renews_is_broken_when_it_runs_out(reference, tmp_path):
     assert (root / name / "model.pt").read_bytes() == ref_snap[name]["model"]
 
 
-def test_a_bad_lock_mode_is_a_config_error(monkeypatch, runs_root):
-    monkeypatch.setenv("RTLKIT_LOCK", "nfs")
-    with pytest.raises(ConfigError, match="RTLKIT_LOCK must be one of auto, flock, lease"):
+@pytest.mark.parametrize("env, message", [(dict(RTLKIT_LOCK="nfs"), "RTLKIT_LOCK must be one of auto, flock, lease"),
+                                          (dict(RTLKIT_LOCK="lease", RTLKIT_LOCK_LEASE_S="soon"), "positive number"),
+                                          (dict(RTLKIT_LOCK="lease", RTLKIT_LOCK_LEASE_S="0"), "positive number")])
+def test_a_bad_lock_setting_is_a_config_error_before_any_file(env, message, monkeypatch, runs_root):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=message):
         get_or_train(FC.source(), CPU, progress=False)
+    assert not list(runs_root.glob("source-*"))
 
 
 # --------------------------------------------------------------------------- corrupt artefacts
