@@ -101,6 +101,12 @@ def probe_datasets(profile: Profile) -> None:
         profile.shafahi.check_data(profile.target)
 
 
+def default_figures_dir(profile: str) -> Path:
+    """figures/, where the committed figures live; figures/smoke/ for the smoke profile, so that a
+    plumbing run never replaces them ($RTLKIT_FIGURES or ``figures_dir`` override both)."""
+    return REPO_ROOT / "figures" / "smoke" if profile == "smoke" else REPO_ROOT / "figures"
+
+
 def start(notebook: str, profile: str = "quick", figures_dir: str | None = None, device: str | None = None,
           progress: bool = True, **overrides) -> Session:
     """Resolve the notebook's parameters into a profile and a runtime, and probe every dataset and
@@ -108,7 +114,7 @@ def start(notebook: str, profile: str = "quick", figures_dir: str | None = None,
     threads = configure_threads()
     runtime = Runtime(device=device)
     prof = profiles.get(profile, gpu=runtime.is_cuda, **overrides)
-    fig_dir = Path(figures_dir) if figures_dir else Path(os.environ.get("RTLKIT_FIGURES", REPO_ROOT / "figures"))
+    fig_dir = Path(figures_dir) if figures_dir else Path(os.environ.get("RTLKIT_FIGURES", default_figures_dir(profile)))
     probe_folder(fig_dir, "figures folder", "figures_dir or RTLKIT_FIGURES")
     probe_folder(runs_root(), "run cache", "RTLKIT_RUNS")
     probe_datasets(prof)

@@ -86,3 +86,10 @@ def test_fast_path_switches_itself_off_on_cpu():
     assert not (r.amp or r.channels_last or r.compile)
     r = Runtime(device="cpu", amp=True, channels_last=True)
     assert r.amp and r.channels_last and not r.compile   # the user can still force each switch
+
+
+def test_a_smoke_run_never_replaces_the_committed_figures():
+    from rtlkit import report
+    from rtlkit.data import REPO_ROOT
+    assert report.default_figures_dir("quick") == report.default_figures_dir("full") == REPO_ROOT / "figures"
+    assert report.default_figures_dir("smoke") == REPO_ROOT / "figures" / "smoke"
