@@ -92,6 +92,11 @@ def sync_bn() -> bool:
     return os.environ.get("RTLKIT_SYNC_BN", "0") not in ("", "0", "false", "no")
 
 
+def record() -> dict:
+    """What a result's JSON records of the group that made it: ``processes`` when more than one."""
+    return {"processes": world_size()} if world_size() > 1 else {}
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

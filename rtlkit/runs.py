@@ -475,8 +475,7 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
     if main:
         shas["model.pt"] = atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
                                              folder / "model.pt")
-        scale = {"processes": distributed.world_size(), "sync_bn": distributed.sync_bn()} \
-            if distributed.world_size() > 1 else {}
+        scale = {**distributed.record(), "sync_bn": distributed.sync_bn()} if distributed.world_size() > 1 else {}
         shas["train.json"] = atomic_write_json(folder / "train.json", {
             "history": history, "wall_seconds": time.time() - t0, "device": runtime.describe(),
             "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "torch": torch.__version__, **scale})
@@ -548,29 +547,37 @@ def _main_looks(lookup):
     return distributed.broadcast(lookup() if distributed.is_main() else None)
 
 
+def _cached_on_main(path: Path, table_suffix: str, sep: str, mismatches) -> tuple[dict, pd.DataFrame] | None:
+    """:func:`_cached_result` of a run's complete folder as rank 0 finds it, on every rank (None
+    while the run or the result is not cached)."""
+    def lookup():
+        marker = read_marker(path.parent)
+        return _cached_result(path, marker, table_suffix, sep, mismatches) if marker is not None else None
+    return _main_looks(lookup)
+
+
+def _check_untapped(run) -> None:
+    check(getattr(run, "tap", None) is None, "a head on a feature tap is measured on its features (model(x) is "
+          "not h(f(x)) there): use the penultimate feature (tap=None) to attack or certify the model")
+
+
 def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD], runtime: Runtime | None = None,
                     progress: bool = True, batch_size: int = 500, test_n: int | None = None) -> dict:
     """Clean and robust accuracy of ``run``'s model on its test set (or a class-balanced ``test_n``
     of it), cached with a per-example CSV."""
     attacks = list(attacks)
     check(len(attacks) >= 1, "attacks: give at least one attack (with none, robust accuracy would be the clean accuracy)")
-    check(getattr(run, "tap", None) is None, "a head on a feature tap is measured on its features (model(x) is "
-          "not h(f(x)) there): use the penultimate feature (tap=None) to attack or certify the model")
+    _check_untapped(run)
     if _RECORDING:
         _RECORDING[-1].evaluations.append((run, attacks, test_n))
         return _placeholder_metrics(attacks, test_n or 0)
     from . import distributed
     runtime = runtime or Runtime()
     path = eval_path(run, attacks, test_n, runtime)
-
-    def lookup():
-        marker = read_marker(path.parent)
-        cached = _cached_result(path, marker, ".csv", ",", _eval_mismatches) if marker is not None else None
-        return cached[0] if cached is not None else None
     with run_lock(path.parent):
-        hit = _main_looks(lookup)
-        if hit is not None:
-            return hit
+        cached = _cached_on_main(path, ".csv", ",", _eval_mismatches)
+        if cached is not None:
+            return cached[0]
         test = run.test_data()
         if test_n:
             test = D.subset(test, test_n, run.data.seed)
@@ -584,7 +591,7 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
             out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
                    "eval_seconds": time.time() - t0, "device": runtime.describe(), "numerics": runtime.numerics(),
                    "threads": torch.get_num_threads(), "model_sha256": model_sha,
-                   **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
+                   **distributed.record(),
                    "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), csv_bytes(res.examples))}
             atomic_write_json(path, out)
         return json.loads(json.dumps(distributed.broadcast(out)))   # exactly what a later cache hit returns
@@ -614,8 +621,7 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
     from tqdm.auto import tqdm
 
     from .smoothing import certify, summary
-    check(getattr(run, "tap", None) is None, "a head on a feature tap is measured on its features (model(x) is "
-          "not h(f(x)) there): use the penultimate feature (tap=None) to attack or certify the model")
+    _check_untapped(run)
     if _RECORDING:
         _RECORDING[-1].evaluations.append((run, [smoothing], test_n))
         return {"smoothed_acc": 0.0, "certified_acc": 0.0, "acr": 0.0, "abstain": 0.0, "n_test": test_n or 0,
@@ -623,13 +629,9 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
     from . import distributed
     runtime = runtime or Runtime()
     path = cert_path(run, smoothing, test_n, runtime)
-
-    def lookup():
-        marker = read_marker(path.parent)
-        cached = _cached_result(path, marker, ".tsv", "\t", _cert_mismatches) if marker is not None else None
-        return cached[1] if cached is not None else None
     with run_lock(path.parent):
-        df = _main_looks(lookup)
+        cached = _cached_on_main(path, ".tsv", "\t", _cert_mismatches)
+        df = cached[1] if cached is not None else None
         if df is None:
             test = D.evenly_spaced(run.test_data(), test_n)
             distributed.check_shards(len(test))   # before any training or noise
@@ -657,7 +659,7 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
                     "smoothing": to_jsonable(smoothing), "certify_seconds": time.time() - t_start,
                     "device": runtime.describe(), "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
                     "model_sha256": model_sha,
-                    **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
+                    **distributed.record(),
                     "tsv_sha256": atomic_write_bytes(path.with_suffix(".tsv"), tsv)})
             distributed.barrier()
             df = pd.read_csv(io.BytesIO(tsv), sep="\t")   # exactly what a later cache hit reads
@@ -843,15 +845,10 @@ def get_or_table(run, name: str, key, compute, runtime: Runtime | None = None, p
     from . import distributed
     runtime = runtime or Runtime()
     path = table_path(run, name, key, runtime)
-
-    def lookup():
-        marker = read_marker(path.parent)
-        cached = _cached_result(path, marker, ".csv", ",", _table_mismatches) if marker is not None else None
-        return cached[1] if cached is not None else None
     with run_lock(path.parent):
-        df = _main_looks(lookup)
-        if df is not None:
-            return df
+        cached = _cached_on_main(path, ".csv", ",", _table_mismatches)
+        if cached is not None:
+            return cached[1]
         model, model_sha = _model_for(run, path.parent, runtime, progress)
         t0 = time.time()
         df = compute(model)   # under torchrun every rank computes the same table; rank 0 writes it

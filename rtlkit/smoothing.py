@@ -214,6 +214,11 @@ def sorted_draws(samples: torch.Tensor) -> torch.Tensor:
     return samples.sort(dim=0).values
 
 
+def _median(samples: torch.Tensor, presorted: bool) -> torch.Tensor:
+    """The (lower) median over the draws (dim 0), as ``torch.median`` returns it."""
+    return samples[(len(samples) - 1) // 2] if presorted else samples.median(dim=0).values
+
+
 def median_certify_representation(head, z_samples: torch.Tensor, bound: float, r: float, sigma: float,
                                   alpha: float, bonferroni: bool = True, presorted: bool = False,
                                   logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
@@ -223,7 +228,7 @@ def median_certify_representation(head, z_samples: torch.Tensor, bound: float, r
     2 * delta * ``bound`` (h's L-inf Lipschitz bound). Returns the class and whether it is verified.
     ``logits``: h(m), when the caller has it (one head, many radii)."""
     lo, hi = median_bounds(z_samples, r, sigma, alpha, bonferroni, presorted)
-    m = z_samples[(len(z_samples) - 1) // 2] if presorted else z_samples.median(dim=0).values
+    m = _median(z_samples, presorted)
     if logits is None:
         with torch.no_grad():
             logits = head(m).float()
@@ -239,7 +244,7 @@ def median_certify_logits(logit_samples: torch.Tensor, r: float, sigma: float, a
     """Logit smoothing: bounds on the K logit medians from ``logit_samples`` (S, B, K); c = argmax of
     the medians; verified iff c's lower bound exceeds every other logit's upper bound."""
     lo, hi = median_bounds(logit_samples, r, sigma, alpha, bonferroni, presorted)
-    med = logit_samples[(len(logit_samples) - 1) // 2] if presorted else logit_samples.median(dim=0).values
+    med = _median(logit_samples, presorted)
     c = med.argmax(1)
     others = hi.scatter(1, c[:, None], float("-inf")).amax(1)
     verified = lo.gather(1, c[:, None]).squeeze(1) > others
