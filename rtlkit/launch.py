@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, DatasetNotFound, check, check_int
+from .errors import check, check_int, check_notebooks, cli
 from .io import atomic_write_json
 from .profiles import PROFILES, get
 from .runs import MARKER, SourceRun, get_or_certify, get_or_evaluate, get_or_train, is_cached, run_dir, runs_root
@@ -216,19 +216,33 @@ def run_waves(work: list[Item], ex, kind: str, jobs: int, gpus: list[int], gpus_
     return summary
 
 
-def check_args(profile: str, executor_kind: str, gpus_per_job: int, jobs: int) -> None:
-    """Every bad setting, before any job is submitted."""
+def check_args(profile: str, executor_kind: str, gpus_per_job: int, jobs: int, timeout_min: int = 24 * 60,
+               threads: int | None = None, notebooks: list[str] | None = None) -> None:
+    """Every bad setting, before any job is submitted or any folder made."""
+    import shutil
+
+    from .plan import NOTEBOOK_STEPS
     check(executor_kind in EXECUTORS, f"unknown executor {executor_kind!r}; one of {', '.join(EXECUTORS)}")
     check_int("--gpus-per-job", gpus_per_job, 1)
     check_int("--jobs", jobs, 1)
+    check_int("--timeout-min", timeout_min, 1)
+    if threads is not None:   # 0 used to mean "the default" silently
+        check_int("--threads", threads, 1)
     check(profile in PROFILES, f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
+    check_notebooks(notebooks, NOTEBOOK_STEPS)
+    if executor_kind == "slurm":
+        check(shutil.which("sbatch") is not None and shutil.which("srun") is not None,
+              "--executor slurm: this machine has no Slurm (sbatch / srun are not on PATH); run on a login node "
+              "of the cluster, or use --executor local")
 
 
 def launch(profile_name: str, notebooks: list[str] | None = None, executor_kind: str = "local", jobs: int = 1,
            gpus_per_job: int = 1, partition: str | None = None, timeout_min: int = 24 * 60,
            threads: int | None = None, poll_s: float = 0.5, log=print) -> dict:
     """Submit the suite's uncached work and wait for it; returns what ran, trained and failed."""
-    check_args(profile_name, executor_kind, gpus_per_job, jobs)
+    check_args(profile_name, executor_kind, gpus_per_job, jobs, timeout_min, threads, notebooks)
+    from .runtime import default_cpu_isa, pin_cpu_isa
+    pin_cpu_isa(default_cpu_isa(profile_name, None if executor_kind == "local" else "cuda"))   # jobs inherit it
     import torch
     from .report import probe_datasets
     gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -252,6 +266,11 @@ def launch(profile_name: str, notebooks: list[str] | None = None, executor_kind:
 def status(profile_name: str, notebooks: list[str] | None = None) -> list[dict]:
     """Every item of the suite: done (cached), or what the launcher last recorded (running,
     queued, failed), or "not submitted"."""
+    from .plan import NOTEBOOK_STEPS
+    from .runtime import default_cpu_isa, pin_cpu_isa
+    check(profile_name in PROFILES, f"unknown profile {profile_name!r}; one of {', '.join(PROFILES)}")
+    check_notebooks(notebooks, NOTEBOOK_STEPS)
+    pin_cpu_isa(default_cpu_isa(profile_name))   # the cache keys the jobs use
     profile = get(profile_name)
     work, _ = items(profile, notebooks, include_cached=True)
     seen = read_status()
@@ -263,7 +282,7 @@ def status(profile_name: str, notebooks: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="full")
     ap.add_argument("--only", nargs="*", default=None, help="notebook prefixes, e.g. 01 03")
@@ -275,22 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per job")
     ap.add_argument("--status", action="store_true", help="show done / running / queued / failed per item and exit")
     a = ap.parse_args(argv)
-    try:
-        if a.status:
-            rows = status(a.profile, a.only)
-            counts = {}
-            for r in rows:
-                counts[r["state"]] = counts.get(r["state"], 0) + 1
-                print(f"{r['state']:>13}  {r['wave']:<20}  {r['what']}" + (f"  ({r['log']})" if r["state"] == "failed" else ""))
-            print(f"[rtlkit.launch] {len(rows)} item(s): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-            return 0
-        s = launch(a.profile, a.only, a.executor, a.jobs, a.gpus_per_job, a.partition, a.timeout_min, a.threads)
-    except (ConfigError, DatasetNotFound) as e:
-        print(f"rtlkit.launch: {e}", file=sys.stderr)
-        return 2
+    if a.status:
+        rows = status(a.profile, a.only)
+        counts = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+            print(f"{r['state']:>13}  {r['wave']:<20}  {r['what']}" + (f"  ({r['log']})" if r["state"] == "failed" else ""))
+        print(f"[rtlkit.launch] {len(rows)} item(s): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        return 0
+    s = launch(a.profile, a.only, a.executor, a.jobs, a.gpus_per_job, a.partition, a.timeout_min, a.threads)
     print(f"[rtlkit.launch] {s['done']} done ({s['trained']} trained), {len(s['failed'])} failed")
     return 1 if s["failed"] else 0
 
+
+main = cli("rtlkit.launch", _main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,14 +25,16 @@ import functools
 import json
 import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import importlib
 
 from .attacks import APGD, FoolboxPGD, Square
-from .errors import ConfigError, DatasetNotFound
+from .errors import ConfigError, DatasetNotFound, check, check_notebooks, cli
+from .io import atomic_write_json
 from .methods.fdm import FDMTraining
 from .profiles import PROFILES, Profile, default_name, get
-from .runs import MARKER, DataSpec, TransferRun, cert_path, eval_path, is_cached, recording, run_dir
+from .runs import MARKER, DataSpec, TransferRun, cert_path, eval_path, is_cached, recording, run_dir, runs_root
 from .training import AdversarialTraining
 
 # Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
@@ -91,7 +93,13 @@ class Plan:
             images = 0
         steps = m.attack.steps if isinstance(m, AdversarialTraining) else 0
         t = images * (1.0 + (1 / 3 if isinstance(m, FDMTraining) and m.lam > 0 else 0.0))  # FDM: a clean forward
+        classes, channels, _ = _shape(run.data)
+        spec = _spec(run)
         self.trainings[name] = {"run": name, "kind": run.kind, "method": m.kind, "images": images,
+                                "flops": _run_flops(run), "params": _params(spec, classes, _input_channels(run)),
+                                "bytes": _params(spec, classes, _input_channels(run)) * 4 * (1 if run.kind == "head" else 3),
+                                **({"features": [run_dir(run.source).name, repr(run.data), n * _feature_dim(spec) * 4]}
+                                   if run.kind == "head" else {}),
                                 "path": str(run_dir(run) / MARKER),
                                 "A": images * steps, "T": t, "cached": is_cached(run),
                                 "what": f"{run.data.label}" + (f" k={run.policy.k}" if isinstance(run, TransferRun) else "")}
@@ -108,7 +116,9 @@ class Plan:
             return self.evaluations[key]
         if path is not None:
             w = attacks[0]
-            self.evaluations[key] = {"run": run_dir(run).name, "attacks": [w.label], "n_test": test_n,
+            stored = w.forward_passes * test_n * _feature_dim(_spec(run)) * 4 if path.name.startswith("noisy-") else 0
+            self.evaluations[key] = {"flops": _run_flops(run), "bytes": stored + 100 * test_n,
+                                     "run": run_dir(run).name, "attacks": [w.label], "n_test": test_n,
                                      "A_own": w.attack_steps * test_n, "A_foolbox": 0, "F": w.forward_passes * test_n,
                                      "cached": path.is_file(), "path": str(path)}
             return self.evaluations[key]
@@ -116,7 +126,7 @@ class Plan:
             n = min(test_n or _n_test(run.data), _n_test(run.data))
             s = attacks[0]
             path = cert_path(run, s, test_n)
-            self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": 0, "A_foolbox": 0,
+            self.evaluations[key] = {"flops": _run_flops(run), "run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": 0, "A_foolbox": 0,
                                      "F": (s.n0 + s.n) * n, "cached": path.is_file(), "path": str(path)}
             return self.evaluations[key]
         spec = replace(run.data, test_n=test_n) if test_n else run.data
@@ -125,7 +135,7 @@ class Plan:
         fb = sum(a.steps for a in attacks if isinstance(a, FoolboxPGD)) * n
         fwd = sum(a.n_queries * a.n_restarts for a in attacks if isinstance(a, Square)) * n
         path = eval_path(run, attacks, test_n)
-        self.evaluations[key] = {"run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": own, "A_foolbox": fb,
+        self.evaluations[key] = {"flops": _run_flops(run), "run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": own, "A_foolbox": fb,
                                  "F": fwd, "cached": path.is_file(), "path": str(path)}
         return self.evaluations[key]
 
@@ -210,7 +220,111 @@ def estimate(totals: dict, r: dict) -> dict:
     return {**parts, "total": sum(parts.values())}
 
 
-def main(argv: list[str] | None = None) -> int:
+# GPU cost where no benchmark of the model on that device exists: FLOPs at a stated utilisation.
+# Per image pass: T (train step) = 3 forwards, A (attack step: forward + input gradient) = 2, F = 1.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}   # dense bf16 tensor-core peaks (vendor sheets)
+UTILISATION = 0.30
+PASSES = {"T": 3.0, "A": 2.0, "F": 1.0}
+
+
+@functools.lru_cache(maxsize=None)
+def forward_flops(spec, classes: int, channels: int, size: int) -> float:
+    """FLOPs of one forward pass of one image (torch's FLOP counter on a meta-free CPU model)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import build
+    model = build(spec, classes, channels, (0.5,) * channels, (0.5,) * channels).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, channels, size, size))
+    return float(fc.get_total_flops())
+
+
+@functools.lru_cache(maxsize=None)
+def _shape(spec: DataSpec) -> tuple[int, int, int]:
+    from . import data as D
+    info = D.load(spec.name, "train").info
+    return (len(spec.classes) if spec.classes else info.num_classes, info.channels, info.size)
+
+
+def _spec(run):
+    """The WRNSpec of ``run``'s model: its own, or its source's (a fine-tune or a head)."""
+    while not hasattr(run, "model"):
+        run = run.source
+    return run.model
+
+
+def _input_channels(run) -> int:
+    src = run
+    while hasattr(src, "source"):
+        src = src.source
+    return _shape(src.data)[1]
+
+
+def _run_flops(run) -> float:
+    """One forward pass of ``run``'s model on one image of its input shape (a transfer's images
+    are adapted to its source's shape)."""
+    src = run
+    while hasattr(src, "source"):
+        src = src.source
+    _, channels, size = _shape(src.data)
+    return forward_flops(_spec(run), _shape(run.data)[0], channels, size)
+
+
+def gpu_seconds(p: Plan, device: str = "H100", utilisation: float = UTILISATION, include_cached: bool = True) -> float:
+    """The plan's work as seconds of one ``device`` GPU at ``utilisation`` of its bf16 peak."""
+    rate = PEAK_TFLOPS[device] * 1e12 * utilisation
+    flops = 0.0
+    for r in p.trainings.values():
+        if include_cached or not r["cached"]:
+            flops += r["flops"] * (PASSES["T"] * r["T"] + PASSES["A"] * r["A"])
+    for r in p.evaluations.values():
+        if include_cached or not r["cached"]:
+            flops += r["flops"] * (PASSES["A"] * (r["A_own"] + r["A_foolbox"]) + PASSES["F"] * r.get("F", 0))
+    return flops / rate
+
+
+def disk_bytes(p: Plan) -> int:
+    """An upper bound on the run cache the plan fills: per training its model.pt and its newest
+    resumable checkpoint (weights + SGD momentum; a head: its model.pt alone), the frozen features
+    its heads train on (once per source and data), per evaluation a per-example table (~100 bytes
+    a row) or the noisy features it stores (notebook 05)."""
+    feats = {tuple(r["features"][:2]): r["features"][2] for r in p.trainings.values() if "features" in r}
+    return int(sum(r["bytes"] for r in p.trainings.values()) + sum(feats.values())
+               + sum(r.get("bytes", 100 * (r["n_test"] or 0)) for r in p.evaluations.values()))
+
+
+def _feature_dim(spec) -> int:
+    """The width of a WRN's penultimate feature: 64 x width."""
+    return spec.base * spec.width * 4
+
+
+@functools.lru_cache(maxsize=None)
+def _params(spec, classes: int, channels: int) -> int:
+    from .models import build
+    return sum(t.numel() for t in build(spec, classes, channels, (0.5,) * channels, (0.5,) * channels).parameters())
+
+
+def read_bench(path: str) -> dict:
+    """A benchmark JSON named on the command line: a missing, unreadable or malformed file is a
+    ConfigError naming it."""
+    try:
+        with open(path) as f:
+            bench = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"--bench {path}: cannot be read ({e.strerror or e})") from e
+    except ValueError as e:
+        raise ConfigError(f"--bench {path}: not JSON ({e})") from e
+    check(isinstance(bench, dict) and isinstance(bench.get("throughput"), list),
+          f"--bench {path}: not a benchmark of `python -m bench.throughput` (a JSON object with a 'throughput' "
+          f"list), but a JSON {type(bench).__name__}")
+    return bench
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from . import data as D
+    from .report import optional_datasets, probe_folder, required_datasets
+    from .runtime import default_cpu_isa, pin_cpu_isa
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="auto", choices=PROFILES + ("auto",))
     ap.add_argument("--gpu", action="store_true", help="plan the GPU variant of `quick` on any machine")
@@ -218,42 +332,71 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench", default=None, help="a bench/results JSON measured on the profile's model")
     ap.add_argument("--path", default="fast", choices=["fast", "eager fp32"])
     ap.add_argument("--json", default=None, help="write the plan here")
+    ap.add_argument("--check", action="store_true", help="only check that every dataset the profile needs loads "
+                    "(exit 2 naming each missing one, with the command that gets it)")
+    ap.add_argument("--gpu-kind", default="H100", choices=sorted(PEAK_TFLOPS),
+                    help="the GPU the FLOP-based estimate assumes")
     a = ap.parse_args(argv)
-    try:
-        name = default_name() if a.profile == "auto" else a.profile
-        prof = get(name, gpu=True if a.gpu else None)
+    # every setting before any work
+    check_notebooks(a.only, NOTEBOOK_STEPS)
+    bench = read_bench(a.bench) if a.bench else None
+    if a.json:
+        probe_folder(Path(a.json).resolve().parent, "folder for --json", "--json")
+        check(not Path(a.json).is_dir(), f"--json {a.json} is a folder; name a file")
+    name = default_name() if a.profile == "auto" else a.profile
+    pin_cpu_isa(default_cpu_isa(name, "cuda" if a.gpu else None))   # the cache keys the notebooks would use
+    prof = get(name, gpu=True if a.gpu else None)
+    if a.check:
+        D.require(required_datasets(prof) + optional_datasets(prof))
+        print(f"profile {prof.name}: every dataset loads ({', '.join(required_datasets(prof) + optional_datasets(prof))})")
+        return 0
+    with D.stand_ins() as absent:   # a missing set is counted at torchvision's size; none of it is trained on
         p = plan(prof, a.only)
-        tot, todo = p.totals(), p.totals(include_cached=False)
-        print(f"profile {prof.name}: {prof.model.name}, {prof.source.label} -> {prof.target.label}")
-        print(f"  {tot['sources']} source trainings, {tot['transfers']} fine-tunes, {tot['heads']} heads on cached features, "
-              f"{tot['evaluations']} evaluations; not cached: {todo['sources'] + todo['transfers'] + todo['heads']} "
-              f"trainings, {todo['evaluations']} evaluations")
-        print(f"  work: {tot['A_train'] / 1e6:.1f}M attack steps + {tot['T'] / 1e6:.1f}M training steps in training; "
-              f"{tot['A_eval_own'] / 1e6:.1f}M own-PGD and {tot['A_eval_foolbox'] / 1e6:.1f}M foolbox steps in "
-              f"evaluation; {tot['F_eval'] / 1e6:.1f}M forward passes (Square, certification) (image passes)")
-        for s in p.skipped:
-            print("  skipped (data absent):", s)
-        out = {"profile": prof.name, "model": prof.model.name, "totals": tot, "not_cached": todo,
-               "trainings": list(p.trainings.values()), "evaluations": list(p.evaluations.values()),
-               "skipped": p.skipped}
-        if a.bench:
-            bench = json.loads(open(a.bench).read())
-            if bench.get("model") != prof.model.name:
-                print(f"  note: the benchmark ran {bench.get('model')}, the profile trains {prof.model.name}")
-            est = estimate(todo, rates(bench, a.path))
-            out["estimate_seconds"] = est
-            out["bench"] = {k: bench.get(k) for k in ("model", "input", "device", "torch", "commit")}
-            print(f"  estimate on {bench.get('device')} ({a.path} path), uncached work only:")
-            for k, v in est.items():
-                print(f"    {k:<22} {v / 60:7.1f} min")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(out, f, indent=1, default=str)
-    except ConfigError as e:
-        print(f"rtlkit: {e}", file=sys.stderr)
-        return 2
+        books = [nb for nb in NOTEBOOK_STEPS if not a.only or any(nb.startswith(o) for o in a.only)]
+        per_book = {nb: plan(prof, [nb]) for nb in books}
+    tot, todo = p.totals(), p.totals(include_cached=False)
+    print(f"profile {prof.name}: {prof.model.name}, {prof.source.label} -> {prof.target.label}")
+    print(f"  {tot['sources']} source trainings, {tot['transfers']} fine-tunes, {tot['heads']} heads on cached features, "
+          f"{tot['evaluations']} evaluations; not cached: {todo['sources'] + todo['transfers'] + todo['heads']} "
+          f"trainings, {todo['evaluations']} evaluations")
+    print(f"  work: {tot['A_train'] / 1e6:.1f}M attack steps + {tot['T'] / 1e6:.1f}M training steps in training; "
+          f"{tot['A_eval_own'] / 1e6:.1f}M own-PGD and {tot['A_eval_foolbox'] / 1e6:.1f}M foolbox steps in "
+          f"evaluation; {tot['F_eval'] / 1e6:.1f}M forward passes (Square, certification) (image passes)")
+    hours = {nb: gpu_seconds(q, a.gpu_kind) / 3600 for nb, q in per_book.items()}
+    print(f"  {a.gpu_kind}-hours from FLOPs at {UTILISATION:.0%} of the bf16 peak ({PEAK_TFLOPS[a.gpu_kind]:g} TFLOP/s; "
+          f"no benchmark of {prof.model.name} on a GPU yet), each notebook alone from an empty cache:")
+    for nb, h in hours.items():
+        print(f"    {nb:<20} {h:8.1f} h")
+    print(f"    {'suite (shared runs once)':<20} {gpu_seconds(p, a.gpu_kind) / 3600:8.1f} h; not cached: "
+          f"{gpu_seconds(p, a.gpu_kind, include_cached=False) / 3600:.1f} h")
+    print(f"  run cache: at most {disk_bytes(p) / 2 ** 30:.1f} GiB in {runs_root()}")
+    for s in p.skipped:
+        print("  skipped (data absent):", s)
+    if absent:
+        print(f"  missing on this machine (counted at torchvision's sizes): {', '.join(sorted(absent))}")
+        for n in sorted(absent):
+            print(f"    {n}: {D.get_command(n)}")
+    out = {"profile": prof.name, "model": prof.model.name, "totals": tot, "not_cached": todo,
+           "gpu_hours": {"device": a.gpu_kind, "utilisation": UTILISATION, "per_notebook": hours,
+                         "suite": gpu_seconds(p, a.gpu_kind) / 3600},
+           "disk_bytes": disk_bytes(p), "missing_datasets": sorted(absent),
+           "trainings": list(p.trainings.values()), "evaluations": list(p.evaluations.values()),
+           "skipped": p.skipped}
+    if bench is not None:
+        if bench.get("model") != prof.model.name:
+            print(f"  note: the benchmark ran {bench.get('model')}, the profile trains {prof.model.name}")
+        est = estimate(todo, rates(bench, a.path))
+        out["estimate_seconds"] = est
+        out["bench"] = {k: bench.get(k) for k in ("model", "input", "device", "torch", "commit")}
+        print(f"  estimate on {bench.get('device')} ({a.path} path), uncached work only:")
+        for k, v in est.items():
+            print(f"    {k:<22} {v / 60:7.1f} min")
+    if a.json:
+        atomic_write_json(a.json, out)
     return 0
 
+
+main = cli("rtlkit.plan", _main)
 
 if __name__ == "__main__":
     sys.exit(main())

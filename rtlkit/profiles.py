@@ -173,11 +173,16 @@ class Provable:
         check_tap(self.tap, spec.n_blocks)
         dim = self.feature_dim(spec)
         limit = median_radius_limit(self.sigma, self.pv_alpha, dim, self.pv_samples)
+        where = f"with S = {self.pv_samples} draws over {dim} dimensions at sigma = {self.pv_sigma:g}, alpha = " \
+            f"{self.pv_alpha:g}"
         for name, r in [("pv_r", self.pv_r)] + [("pv_radii entry", r) for r in self.pv_radii]:
+            need = median_samples_needed(r * self.pv_scale, self.sigma, self.pv_alpha, dim)
+            if limit <= 0:   # S too small for even the median itself: no radius at all, not a negative one
+                check(False, f"pv_samples = {self.pv_samples} is too few draws for median smoothing to certify any "
+                      f"radius {where}: S >= {median_samples_needed(0.0, self.sigma, self.pv_alpha, dim)} draws "
+                      f"certify r = 0, and S = {need} would certify {name} = {r:g}")
             check(r * self.pv_scale < limit, f"{name} = {r:g} is at or above the largest radius median smoothing can "
-                  f"certify with S = {self.pv_samples} draws over {dim} dimensions at sigma = {self.pv_sigma:g}, "
-                  f"alpha = {self.pv_alpha:g}: {limit / self.pv_scale:.4g}; S = "
-                  f"{median_samples_needed(r * self.pv_scale, self.sigma, self.pv_alpha, dim)} draws would certify it")
+                  f"certify {where}: {limit / self.pv_scale:.4g}; S = {need} draws would certify it")
 
     def feature_dim(self, spec: WRNSpec) -> int:
         """D, the width of f's output: 64 x width at the penultimate feature; at a tap, the width of

@@ -18,10 +18,10 @@ from . import data as D
 from . import profiles
 from .data import REPO_ROOT
 from .errors import ConfigError
-from .io import _atomic, atomic_write_csv, atomic_write_json
+from .io import _atomic, atomic_write_csv, atomic_write_json, sweep_dead_tmp
 from .profiles import Profile
 from .runs import runs_root, to_jsonable
-from .runtime import Runtime, configure_threads
+from .runtime import Runtime, configure_threads, cpu_record
 
 
 def git_commit() -> str:
@@ -52,6 +52,7 @@ class Session:
     def save(self, fig, name: str, table: pd.DataFrame, extra: dict | None = None) -> Path:
         """Write ``<name>.png``, ``<name>.csv`` and ``<name>.json`` (the manifest) to the figures folder."""
         self.figures_dir.mkdir(parents=True, exist_ok=True)
+        sweep_dead_tmp(self.figures_dir)   # a save killed mid-write left its temp file here
         png = self.figures_dir / f"{name}.png"
         _atomic(png, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
         atomic_write_csv(self.figures_dir / f"{name}.csv", table)
@@ -61,7 +62,8 @@ class Session:
             "commit": git_commit(), "wall_seconds_since_notebook_start": round(time.time() - self.t0, 1),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "numerics": self.runtime.numerics(),
+            "numerics": self.runtime.numerics(), "cpu": cpu_record(),
+            **({"dry_run": True} if self.profile.name.endswith("-dry") else {}),
             "parameters": self.params, "settings": to_jsonable(self.profile), **(extra or {})})
         return png
 
@@ -87,16 +89,54 @@ def probe_folder(path: Path, what: str, env: str) -> None:
                           f"make {existing} writable or set {env} to another folder") from e
 
 
-def probe_datasets(profile: Profile) -> None:
-    """Load every dataset the notebooks need (source, target, re-init source): a missing one is a
-    DatasetNotFound now, before the source trains. (Table 4's extra pairs are optional: a missing
-    pair is skipped with a message.)"""
+def required_datasets(profile: Profile) -> list[str]:
+    """The datasets the notebooks cannot run without: source, target, re-init source and
+    notebook 04's source. (Table 4's extra pairs, 04's targets and 05's pairs are optional: a
+    missing one is skipped with a message.)"""
     specs = [profile.source, profile.target, profile.reinit_source]
-    if profile.pretraining is not None:   # notebook 04's source (its targets are optional, as Table 4's pairs)
+    if profile.pretraining is not None:
         specs.append(profile.pretraining.pt_source)
-    for spec in specs:
-        for split in ("train", "test"):
-            D.load(spec.name, split)
+    return list(dict.fromkeys(s.name for s in specs))
+
+
+def optional_datasets(profile: Profile) -> list[str]:
+    """The datasets of the steps that are skipped, with a message, when their data is missing."""
+    specs = [d for pair in profile.pairs for d in pair if d is not None]
+    if profile.pretraining is not None:
+        specs += list(profile.pretraining.pt_targets)
+    if profile.provable is not None:
+        pv = profile.provable
+        specs += [d for pair in (pv.main_pair,) + tuple(pv.table1_pairs) + tuple(pv.table4_pairs) for d in pair
+                  if d is not None]
+    req = set(required_datasets(profile))
+    return [n for n in dict.fromkeys(s.name for s in specs) if n not in req]
+
+
+def _check_image_counts(profile: Profile) -> None:
+    """The class-balanced test subsets of notebooks 04 and 05 hold at least one image per class of
+    every target that is on this machine: a ConfigError naming the parameter, before any training."""
+    checks = []
+    if profile.pretraining is not None and profile.pretraining.attack_images is not None:
+        checks += [("attack_images", profile.pretraining.attack_images, t) for t in profile.pretraining.pt_targets]
+    if profile.provable is not None:
+        pv = profile.provable
+        targets = [pair[1] for pair in (pv.main_pair,) + tuple(pv.table1_pairs) + tuple(pv.table4_pairs)]
+        checks += [(name, getattr(pv, name), t) for name in ("smooth_images", "search_images") for t in targets]
+    for name, n, spec in checks:
+        try:
+            classes = D.load(spec.name, "test").info.num_classes if spec.classes is None else len(spec.classes)
+        except D.DatasetNotFound:
+            continue   # an optional target that is missing: its step is skipped
+        if n < classes:
+            raise ConfigError(f"{name} = {n} is fewer than the {classes} classes of {spec.label}: the class-balanced "
+                              f"test subset needs at least one image per class (give {name} >= {classes})")
+
+
+def probe_datasets(profile: Profile) -> None:
+    """Load every dataset the notebooks need: the missing ones are one DatasetNotFound naming
+    all of them, now, before the source trains; then the settings that depend on the data."""
+    D.require(required_datasets(profile))
+    _check_image_counts(profile)
     if profile.shafahi is not None:   # notebook 06: every N per class and the gradient images fit the target
         profile.shafahi.check_data(profile.target)
 

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from . import distributed
-from .errors import ConfigError, DatasetNotFound, check
-from .profiles import get
+from .errors import check, check_notebooks, cli
+from .profiles import PROFILES, get
 from .runs import get_or_train
 
 
@@ -40,7 +40,7 @@ def suite(profile_name: str, notebooks: list[str] | None = None) -> dict:
     return {name_of(i): i for i in work}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="run folder names (source-1a2b3c4d5e6f) or evaluation names "
                                              "(source-1a2b3c4d5e6f/eval-0a1b2c3d4e5f)")
@@ -50,39 +50,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the suite's names and exit")
     ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
-    try:
-        if a.device:
-            os.environ["RTLKIT_DEVICE"] = a.device   # every item's Runtime, evaluations' included
-        known = suite(a.profile, a.only)
-        if a.list:
-            for name, item in known.items():
-                print(f"{name}  {item.what}")
-            return 0
-        names = list(known) if a.all else a.names
-        check(names, "name at least one run or evaluation (see --list), or --all")
-        unknown = [n for n in names if n not in known]
-        check(not unknown, f"not in profile {a.profile}'s suite: {', '.join(unknown)} (see --list)")
-        names.sort(key=lambda n: known[n].wave)   # a source before its fine-tunes before their evaluations
-        from .runtime import Runtime
-        runtime = Runtime(device=a.device)
-        distributed.init(runtime.device)
-        for n in names:   # every check before any work
-            if not known[n].training:
-                distributed.check_shards(known[n].n, f"test examples in {n}")
-        for n in names:
-            item = known[n]
-            if item.training:
-                get_or_train(item.run, runtime, progress=distributed.is_main())
-            else:
-                item.call()
-            if distributed.is_main():
-                print(f"[rtlkit.run] {n}: done ({distributed.world_size()} process(es))", flush=True)
-        distributed.finish()
-    except (ConfigError, DatasetNotFound) as e:
-        print(f"rtlkit.run: {e}", file=sys.stderr)
-        return 2
+    from .plan import NOTEBOOK_STEPS
+    from .runtime import Runtime, default_cpu_isa, pin_cpu_isa
+    check(a.profile in PROFILES, f"unknown profile {a.profile!r}; one of {', '.join(PROFILES)}")
+    check_notebooks(a.only, NOTEBOOK_STEPS)
+    if a.device:
+        Runtime(device=a.device)   # an unknown device: one error before anything
+    pin_cpu_isa(default_cpu_isa(a.profile, a.device))   # the notebooks' cache keys
+    if a.device:
+        os.environ["RTLKIT_DEVICE"] = a.device   # every item's Runtime, evaluations' included
+    known = suite(a.profile, a.only)
+    if a.list:
+        for name, item in known.items():
+            print(f"{name}  {item.what}")
+        return 0
+    names = list(known) if a.all else a.names
+    check(names, "name at least one run or evaluation (see --list), or --all")
+    unknown = [n for n in names if n not in known]
+    check(not unknown, f"not in profile {a.profile}'s suite: {', '.join(unknown)} (see --list)")
+    names.sort(key=lambda n: known[n].wave)   # a source before its fine-tunes before their evaluations
+    runtime = Runtime(device=a.device)
+    distributed.init(runtime.device)
+    for n in names:   # every check before any work
+        if not known[n].training:
+            distributed.check_shards(known[n].n, f"test examples in {n}")
+    for n in names:
+        item = known[n]
+        if item.training:
+            get_or_train(item.run, runtime, progress=distributed.is_main())
+        else:
+            item.call()
+        if distributed.is_main():
+            print(f"[rtlkit.run] {n}: done ({distributed.world_size()} process(es))", flush=True)
+    distributed.finish()
     return 0
 
+
+main = cli("rtlkit.run", _main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -41,7 +42,7 @@ from .evaluate import evaluate
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, csv_bytes, fault_point, read_json,
                  set_aside, sha256_bytes, sweep_tmp)
 from .models import WideResNet, WRNSpec, build
-from .runtime import Runtime, seed_all
+from .runtime import cpu_record, Runtime, seed_all
 from .methods.neft import NEFT, settle
 from .training import AdversarialTraining, Checkpoints, StandardTraining, train
 from .transfer import TransferPolicy, prepare_target
@@ -478,7 +479,7 @@ def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: boo
         scale = {**distributed.record(), "sync_bn": distributed.sync_bn()} if distributed.world_size() > 1 else {}
         shas["train.json"] = atomic_write_json(folder / "train.json", {
             "history": history, "wall_seconds": time.time() - t0, "device": runtime.describe(),
-            "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "torch": torch.__version__, **scale})
+            "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "cpu": cpu_record(), "torch": torch.__version__, **scale})
         atomic_write_json(folder / MARKER, {"run": folder.name, "artefacts": shas})
         fault_point("marker-written")
     distributed.barrier()   # the run is complete on disk before any rank returns
@@ -502,8 +503,13 @@ def _cached_result(path: Path, marker: dict, table_suffix: str, sep: str, mismat
     table = path.with_suffix(table_suffix)
     try:
         m = read_json(path)
+        if not isinstance(m, dict):
+            raise ValueError(f"it holds a JSON {type(m).__name__}, not a record")
         if m.get("model_sha256") != marker["artefacts"]["model.pt"]:
             return None   # measured another model (or before integrity records): compute again
+        bad = _nonfinite({k: v for k, v in m.items() if k != "column_means"})   # those: checked against the table
+        if bad:
+            raise ValueError(f"it records a non-finite {', '.join(bad)}")
         if not table.is_file():
             raise ValueError(f"its per-example table {table.name} is missing")
         data = table.read_bytes()
@@ -524,10 +530,30 @@ def _cached_result(path: Path, marker: dict, table_suffix: str, sep: str, mismat
         return None
 
 
+def _nonfinite(obj, where: str = "") -> list[str]:
+    """The keys (dotted) of every NaN or infinite number in a JSON record."""
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in _nonfinite(v, f"{where}.{key}" if where else str(key))]
+    if isinstance(obj, list):
+        return [k for i, v in enumerate(obj) for k in _nonfinite(v, f"{where}[{i}]")]
+    return [where] if isinstance(obj, float) and not math.isfinite(obj) else []
+
+
+def _differs(cached, measured, tol: float) -> bool:
+    """Whether a cached summary fails to reproduce what its per-example table gives: more than
+    ``tol`` apart, or a non-finite number where the table gives a finite one (NaN compares False
+    with everything, so ``abs(nan - v) > tol`` alone would serve a NaN as the accuracy). Both NaN
+    (a column with no values, such as a blank train accuracy) is a match."""
+    a, b = float(cached), float(measured)
+    if math.isnan(a) and math.isnan(b):
+        return False
+    return not (math.isfinite(a) and math.isfinite(b)) or abs(a - b) > tol
+
+
 def _eval_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
     means = {"clean_acc": df["clean_correct"].mean(), "robust_acc": df["robust_correct"].mean(),
              **{f"robust_acc[{a}]": df[a].mean() for a in m["attacks"]}}
-    return [k for k, v in means.items() if abs(float(m[k]) - float(v)) > 1e-9]
+    return [k for k, v in means.items() if _differs(m[k], v, 1e-9)]
 
 
 def _model_for(run, folder: Path, runtime: Runtime, progress: bool) -> tuple[WideResNet, str]:
@@ -590,7 +616,7 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
         if distributed.is_main():
             out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
                    "eval_seconds": time.time() - t0, "device": runtime.describe(), "numerics": runtime.numerics(),
-                   "threads": torch.get_num_threads(), "model_sha256": model_sha,
+                   "threads": torch.get_num_threads(), "cpu": cpu_record(), "model_sha256": model_sha,
                    **distributed.record(),
                    "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), csv_bytes(res.examples))}
             atomic_write_json(path, out)
@@ -599,21 +625,30 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
 
 # --------------------------------------------------------------------------- certificates
 
+IMAGES_PER_CALL = 50   # certify's default grouping: each group of images draws from a generator seeded alike
+
+
 def cert_path(run: SourceRun | TransferRun, smoothing, test_n: int | None = None,
-              runtime: Runtime | None = None) -> Path:
+              runtime: Runtime | None = None, images_per_call: int = IMAGES_PER_CALL) -> Path:
     """Where the randomized-smoothing certificates of ``run`` (on ``test_n`` evenly spaced test
-    images) are cached: cert-<hash>.json and a per-example cert-<hash>.tsv."""
-    return run_dir(run, runtime) / f"cert-{stable_hash({'smoothing': smoothing, 'test_n': test_n, 'v': 1})}.json"
+    images, certified ``images_per_call`` at a time) are cached: cert-<hash>.json and a per-example
+    cert-<hash>.tsv. The grouping changes the noise each image gets (a generator per group), so
+    it is part of the key; the default is left out of it, so existing certificates keep their files."""
+    key = {"smoothing": smoothing, "test_n": test_n, "v": 1}
+    if images_per_call != IMAGES_PER_CALL:
+        key["images_per_call"] = images_per_call
+    return run_dir(run, runtime) / f"cert-{stable_hash(key)}.json"
 
 
 def _cert_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
     from .smoothing import summary
     s = summary(df.label.to_numpy(), df.predict.to_numpy(), df.radius.to_numpy(), 0.0)
-    return [k for k in ("smoothed_acc", "acr", "abstain") if abs(s[k] - m[k]) > 1e-12]
+    return [k for k in ("smoothed_acc", "acr", "abstain") if _differs(m[k], s[k], 1e-12)]
 
 
 def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime: Runtime | None = None,
-                   progress: bool = True, test_n: int | None = None, images_per_call: int = 50) -> dict:
+                   progress: bool = True, test_n: int | None = None,
+                   images_per_call: int = IMAGES_PER_CALL) -> dict:
     """Cohen's CERTIFY on ``test_n`` evenly spaced test images of ``run`` (all when None), cached
     with a per-example TSV (index, label, predict (-1 abstain), count, p_lower, radius, correct,
     seconds). Returns the summary at radius ``eps`` (SA, RA-CT, ACR, abstention) with the
@@ -628,7 +663,8 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
                 "table": pd.DataFrame()}
     from . import distributed
     runtime = runtime or Runtime()
-    path = cert_path(run, smoothing, test_n, runtime)
+    check_int("images_per_call", images_per_call, 1)
+    path = cert_path(run, smoothing, test_n, runtime, images_per_call)
     with run_lock(path.parent):
         cached = _cached_on_main(path, ".tsv", "\t", _cert_mismatches)
         df = cached[1] if cached is not None else None
@@ -656,8 +692,9 @@ def get_or_certify(run: SourceRun | TransferRun, smoothing, eps: float, runtime:
             if distributed.is_main():
                 atomic_write_json(path, {
                     **{k: s[k] for k in ("smoothed_acc", "acr", "abstain")}, "n_test": len(df),
-                    "smoothing": to_jsonable(smoothing), "certify_seconds": time.time() - t_start,
-                    "device": runtime.describe(), "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
+                    "smoothing": to_jsonable(smoothing), "images_per_call": images_per_call,
+                    "certify_seconds": time.time() - t_start,
+                    "device": runtime.describe(), "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "cpu": cpu_record(),
                     "model_sha256": model_sha,
                     **distributed.record(),
                     "tsv_sha256": atomic_write_bytes(path.with_suffix(".tsv"), tsv)})
@@ -689,12 +726,14 @@ def _cached_tensors(source: SourceRun, path: Path, runtime: Runtime, progress: b
         if marker is not None and meta.is_file() and path.is_file():
             try:
                 m = read_json(meta)
+                if not isinstance(m, dict):   # a list, a string or null: no record of anything
+                    raise ValueError(f"{meta.name} holds a JSON {type(m).__name__}, not a record")
                 blob = path.read_bytes()
                 if m.get("model_sha256") == marker["artefacts"]["model.pt"] and sha256_bytes(blob) == m["sha256"]:
                     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
                 if m.get("model_sha256") == marker["artefacts"]["model.pt"]:
                     raise ValueError(f"{path.name} does not match the sha256 recorded in {meta.name}")
-            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
                 set_aside(path, str(e) if type(e) is ValueError else f"unreadable ({type(e).__name__})")
                 set_aside(meta, f"belongs to the broken {path.name}")
         return None
@@ -713,7 +752,7 @@ def _cached_tensors(source: SourceRun, path: Path, runtime: Runtime, progress: b
             atomic_write_json(meta, {"sha256": sha, "model_sha256": model_sha, **to_jsonable(about),
                                      "shapes": {k: list(v.shape) for k, v in out.items()}, "seconds": time.time() - t0,
                                      "device": runtime.describe(), "numerics": runtime.numerics(),
-                                     "threads": torch.get_num_threads()})
+                                     "threads": torch.get_num_threads(), "cpu": cpu_record()})
         distributed.barrier()
         return out
 
@@ -829,7 +868,7 @@ def table_path(run, name: str, key, runtime: Runtime | None = None) -> Path:
 
 
 def _table_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
-    return [c for c, v in m.get("column_means", {}).items() if abs(float(df[c].mean()) - float(v)) > 1e-9]
+    return [c for c, v in m.get("column_means", {}).items() if _differs(v, df[c].mean(), 1e-9)]
 
 
 def get_or_table(run, name: str, key, compute, runtime: Runtime | None = None, progress: bool = True,
@@ -858,7 +897,7 @@ def get_or_table(run, name: str, key, compute, runtime: Runtime | None = None, p
         if distributed.is_main():
             atomic_write_json(path, {"key": to_jsonable(key), "n_test": len(df), "column_means": means,
                                      "seconds": time.time() - t0, "device": runtime.describe(),
-                                     "numerics": runtime.numerics(), "threads": torch.get_num_threads(),
+                                     "numerics": runtime.numerics(), "threads": torch.get_num_threads(), "cpu": cpu_record(),
                                      "model_sha256": model_sha,
                                      "csv_sha256": atomic_write_bytes(path.with_suffix(".csv"), data)})
         distributed.barrier()

@@ -27,6 +27,99 @@ from .errors import check
 RECOMPILE_LIMIT = 128
 
 
+# --------------------------------------------------------------------------- pinned CPU instruction set
+# CPU bits depend on the kernels the libraries pick for the host's instruction set: ATen's vectorised
+# ops (ATEN_CPU_CAPABILITY), oneDNN's convolutions (ONEDNN_MAX_CPU_ISA) and MKL's BLAS (MKL_CBWR,
+# conditional numerical reproducibility). Each of the three alone changes a smoke training's weights
+# on an AVX-512 host; pinned together to AVX2, an AVX-512 host gives the bits of an AVX2-only one
+# (tests/test_cpu_isa.py). Threads change the bits too: manifests record them.
+CPU_ISA_ENV = "RTLKIT_CPU_ISA"
+CPU_ISA_PINS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
+CPU_ISA_MODES = ("native",) + tuple(CPU_ISA_PINS)
+
+
+def cpu_isa_mode() -> str:
+    """The CPU instruction-set mode asked for: ``$RTLKIT_CPU_ISA`` ("native": whatever the host has,
+    the libraries' default; "avx2": pinned), "native" when unset."""
+    mode = (os.environ.get(CPU_ISA_ENV) or "native").strip().lower()
+    check(mode in CPU_ISA_MODES, f"{CPU_ISA_ENV} must be one of {', '.join(CPU_ISA_MODES)}, not {mode!r}")
+    return mode
+
+
+def pin_cpu_isa(mode: str | None = None) -> str:
+    """Apply a CPU instruction-set mode to this process and to every process it starts (the
+    variables go into os.environ; the libraries read them at their first CPU kernel, so call this
+    before any tensor maths, as the CLIs and ``report.start`` do). Returns the mode. A pin the
+    host cannot honour (no AVX2) is a ConfigError naming what it has."""
+    mode = cpu_isa_mode() if mode is None else mode.strip().lower()
+    check(mode in CPU_ISA_MODES, f"{CPU_ISA_ENV} must be one of {', '.join(CPU_ISA_MODES)}, not {mode!r}")
+    os.environ[CPU_ISA_ENV] = mode
+    if mode == "native":
+        return mode
+    flags = cpu_flags()
+    check(not flags or "avx2" in flags, f"{CPU_ISA_ENV}={mode}: this CPU has no AVX2 ({cpu_model()}); "
+          f"use {CPU_ISA_ENV}=native (its bits are then this CPU's own)")
+    os.environ.update(CPU_ISA_PINS[mode])
+    return mode
+
+
+PINNED_PROFILES = ("quick",)   # the committed figures' profile: its CSVs are the same bits on any AVX2 x86 CPU
+
+
+def default_cpu_isa(profile: str, device: str | None = None) -> str:
+    """The mode a command runs ``profile`` in: ``$RTLKIT_CPU_ISA`` when set; else "avx2" for the
+    committed figures' profile on the CPU (so a fresh clone reproduces them), "native" otherwise."""
+    if (os.environ.get(CPU_ISA_ENV) or "").strip():
+        return cpu_isa_mode()
+    if profile in PINNED_PROFILES and not (device or default_device()).startswith("cuda"):
+        return "avx2" if "avx2" in cpu_flags() else "native"
+    return "native"
+
+
+def cpu_isa_pinned() -> str | None:
+    """The pin in force in this process ("avx2"), or None: the mode asked for, every variable it
+    sets still set, and ATen's dispatch really at that level (it is fixed at the first CPU kernel)."""
+    mode = os.environ.get(CPU_ISA_ENV, "native").strip().lower()
+    pins = CPU_ISA_PINS.get(mode)
+    if not pins or any(os.environ.get(k) != v for k, v in pins.items()):
+        return None
+    return mode if torch.backends.cpu.get_cpu_capability().lower() == pins["ATEN_CPU_CAPABILITY"] else None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The host's vector-ISA flags (AVX, AVX2, FMA, AVX-512*, AMX*) from /proc/cpuinfo; [] where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(x for x in line.split(":", 1)[1].split()
+                                  if x.startswith(("avx", "amx", "fma", "sse4")))
+    except OSError:
+        pass
+    return []
+
+
+def cpu_record() -> dict:
+    """What CPU bits depend on, for every manifest and run record: ATen's dispatch level, the
+    host's CPU and vector flags, the pin in force and the library variables as set."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
+            "cpu_flags": cpu_flags(), "cpu_isa_pinned": cpu_isa_pinned(),
+            "cpu_isa_env": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR",
+                                                           "MKL_ENABLE_INSTRUCTIONS")}}
+
+
 def default_device() -> str:
     env = os.environ.get("RTLKIT_DEVICE")
     if env:
@@ -93,7 +186,8 @@ class Runtime:
         config's alone; anything else is part of every cache key (``rtlkit.runs.run_dir``)."""
         dev = self.device.split(":")[0]
         if dev == "cpu" and not (self.amp or self.channels_last or self.compile):
-            return None
+            pin = cpu_isa_pinned()   # pinned CPU bits are another result than the host's own
+            return None if pin is None else {"device": "cpu", "cpu_isa": pin}
         comp = f"{self.compile_backend}/{self.compile_scope}" + (f"/{self.compile_mode}" if self.compile_mode else "")
         return {"device": dev, "autocast": "bfloat16" if self.amp else None,
                 "channels_last": bool(self.channels_last), "compile": comp if self.compile else None}
