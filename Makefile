@@ -7,14 +7,16 @@ PY := $(VENV)/bin/python
 PROFILE ?= auto
 STAMP := $(VENV)/.rtlkit-installed
 
-.PHONY: setup figures test clean-runs
+.PHONY: setup figures test lock clean-runs
+UV_VERSION ?= 0.13.9
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	@# exact versions and sha256 hashes of every package (requirements.lock, from requirements.txt by `make lock`)
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	@# offline Fashion-MNIST from Debian, where apt is usable (root); harmless elsewhere
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -37,6 +39,14 @@ test: setup
 	@$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing, since nothing was checked"; exit 1; fi; \
 	exit $$rc
+
+# requirements.txt -> requirements.lock: every dependency, transitive ones too, at exact versions with
+# their hashes, for every platform and Python >= 3.11 (uv's universal resolution; uv itself pinned)
+lock: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 --generate-hashes \
+	  --no-header -o requirements.lock
 
 clean-runs:
 	rm -rf runs/

@@ -2,6 +2,7 @@
 
     python -m rtlkit.figures                      # all notebooks: profile `full` on a GPU, `quick` on the CPU
     python -m rtlkit.figures --profile smoke --figures-dir /tmp/figs --only 01
+    python -m rtlkit.figures --profile paper --dry-run   # every paper code path, one step each (figures/dry-run/)
 
 Executed copies go to runs/notebooks/ (out of git); figures, CSVs and manifests to figures/.
 """
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from .data import REPO_ROOT
-from .errors import ConfigError, cli
+from .errors import ConfigError, check, cli
 from .profiles import PROFILES, default_name
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -172,8 +173,14 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures-dir", default=None)
     ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--dry-run", action="store_true", help="the paper profile's every code path, shrunk in counts "
+                    "(profile paper-dry): figures marked dry_run, in figures/dry-run/")
     a = ap.parse_args(argv)
-    run(None if a.profile == "auto" else a.profile, a.figures_dir, a.only, a.device)
+    profile = None if a.profile == "auto" else a.profile
+    if a.dry_run:
+        check(profile in (None, "paper", "paper-dry"), f"--dry-run is the paper profile's (paper-dry), not {profile}'s")
+        profile = "paper-dry"
+    run(profile, a.figures_dir, a.only, a.device)
     return 0
 
 

@@ -340,9 +340,9 @@ def _main(argv: list[str] | None = None) -> int:
     # every setting before any work
     check_notebooks(a.only, NOTEBOOK_STEPS)
     bench = read_bench(a.bench) if a.bench else None
-    if a.json:
-        probe_folder(Path(a.json).resolve().parent, "folder for --json", "--json")
+    if a.json:   # its folder is made if need be; a file in the way is an error now, not after the plan
         check(not Path(a.json).is_dir(), f"--json {a.json} is a folder; name a file")
+        probe_folder(Path(a.json).absolute().parent, "folder for --json", "--json")
     name = default_name() if a.profile == "auto" else a.profile
     pin_cpu_isa(default_cpu_isa(name, "cuda" if a.gpu else None))   # the cache keys the notebooks would use
     prof = get(name, gpu=True if a.gpu else None)

@@ -617,7 +617,49 @@ def _paper() -> Profile:
         shafahi=Shafahi(per_class=(10, 25, 50, 100, 250, None), arm_steps=3900))
 
 
-PROFILES = ("smoke", "quick", "full", "paper")
+def _paper_dry() -> Profile:
+    """``paper`` shrunk in counts only, to find a crash before anyone spends GPU hours on it: the
+    same datasets by name, the same architectures and depths (WRN-34's 17-block partition, WRN-28's
+    14), ks, pairs, grids and attack types; width 1, one optimiser step per training, 2-step
+    attacks, one seed, a handful of images and few smoothing draws. Its figures are marked
+    ``dry_run`` and go to figures/dry-run/, its runs to their own cache keys (the profile differs)."""
+    p = _paper()
+    eps = p.eps
+    pv = p.provable
+    pv_model = WRNSpec(34, 1)
+    # the fewest median-smoothing draws that certify the largest radius of the paper's grid
+    from .smoothing import median_samples_needed
+    dim = pv.feature_dim(pv_model)
+    samples = median_samples_needed(max(pv.pv_radii + (pv.pv_r,)) * pv.pv_scale, pv.sigma, pv.pv_alpha, dim) + 1
+    def few(spec):   # a handful of images of every class (all of them when a set has fewer)
+        if spec is None:
+            return None
+        from .data import KNOWN_SIZES
+        classes = len(spec.classes) if spec.classes else KNOWN_SIZES.get(spec.name, (0, 0, 10))[2]
+        return replace(spec, train_n=6 * classes, test_n=3 * classes)
+
+    def few_pairs(pairs):
+        return tuple((few(a), few(b)) for a, b in pairs)
+    pv = replace(pv, main_pair=few_pairs((pv.main_pair,))[0], table1_pairs=few_pairs(pv.table1_pairs),
+                 table4_pairs=few_pairs(pv.table4_pairs))
+    return replace(
+        p, name="paper-dry", model=WRNSpec(34, 1),
+        source=few(p.source), target=few(p.target), reinit_source=few(p.reinit_source), pairs=few_pairs(p.pairs),
+        source_method=replace(p.source_method, epochs=1, steps=1, attack=pgd(eps, 2)),
+        finetune=replace(p.finetune, epochs=1, steps=1),
+        eval_attacks=(replace(p.eval_attacks[0], steps=2, step_size=step_size(eps, 2)),),
+        seeds=(0,), source_seeds=(0,), cartl_seeds=(0,),
+        pretraining=replace(p.pretraining, pt_source=few(p.pretraining.pt_source),
+                            pt_targets=tuple(few(t) for t in p.pretraining.pt_targets),
+                            pt_model=WRNSpec(28, 1), pretrain_epochs=1, pt_finetune_steps=1,
+                            attack_images=None, apgd_iters=2, apgd_restarts=1, square_queries=4, cert_images=4,
+                            smoothing_n0=2, smoothing_n=16, noise_images=10),
+        provable=replace(pv, pv_model=pv_model, pv_samples=samples, pv_n0=2, smooth_images=10, search_images=10,
+                         search_steps=2, head_seeds=(0,), head_max_epochs=2, normal_epochs=1),
+        shafahi=replace(p.shafahi, per_class=(1, 2, None), arm_steps=1, probe_min_steps=1, grad_images=2))
+
+
+PROFILES = ("smoke", "quick", "full", "paper", "paper-dry")
 
 
 def default_name(device: str | None = None) -> str:
@@ -633,7 +675,8 @@ def get(name: str = "quick", gpu: bool | None = None, **overrides) -> Profile:
     if gpu is None:
         from .runtime import default_device
         gpu = default_device().startswith("cuda")
-    builders = {"smoke": _smoke, "quick": lambda: _quick(gpu), "full": _full, "paper": _paper}
+    builders = {"smoke": _smoke, "quick": lambda: _quick(gpu), "full": _full, "paper": _paper,
+                "paper-dry": _paper_dry}
     if name not in builders:
         raise ConfigError(f"unknown profile {name!r}; one of {', '.join(PROFILES)}")
     return builders[name]().with_(**overrides)

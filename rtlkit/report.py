@@ -142,9 +142,11 @@ def probe_datasets(profile: Profile) -> None:
 
 
 def default_figures_dir(profile: str) -> Path:
-    """figures/, where the committed figures live; figures/smoke/ for the smoke profile, so that a
-    plumbing run never replaces them ($RTLKIT_FIGURES or ``figures_dir`` override both)."""
-    return REPO_ROOT / "figures" / "smoke" if profile == "smoke" else REPO_ROOT / "figures"
+    """figures/, where the committed figures live; figures/smoke/ and figures/dry-run/ for the smoke
+    and paper-dry profiles, so that a plumbing run never replaces them ($RTLKIT_FIGURES or ``figures_dir`` override both)."""
+    if profile in ("smoke", "paper-dry"):
+        return REPO_ROOT / "figures" / ("smoke" if profile == "smoke" else "dry-run")
+    return REPO_ROOT / "figures"
 
 
 def start(notebook: str, profile: str = "quick", figures_dir: str | None = None, device: str | None = None,

@@ -441,3 +441,139 @@ def test_the_users_thread_setting_is_honoured_and_recorded(tmp_path):
             report.start("x", "smoke", str(tmp_path / "f"))
         finally:
             del os.environ["RTLKIT_THREADS"]
+
+
+# --------------------------------------------------------------------------- non-finite and mis-keyed cache entries
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", ["robust_acc", "clean_acc", "eval_seconds"])
+def test_a_non_finite_number_in_an_evaluation_is_rebuilt_never_served(key, value, built, runs_root):
+    root, out = built
+    shutil.copytree(root, runs_root)
+    run, numbers, _ = out["source"]
+    path = next(run_dir(run, CPU).glob("eval-*.json"))
+    m = json.loads(path.read_text())
+    m[key] = value          # json writes NaN / Infinity, and reads them back as floats
+    path.write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match="non-finite"):
+        again = get_or_evaluate(run, FC.ATTACKS, CPU, progress=False, test_n=FC.TEST_N)
+    assert _numbers(again) == numbers
+    assert (path.parent / (path.name + ".corrupt")).is_file()
+
+
+def test_a_nan_in_a_certificate_or_a_table_is_rebuilt_never_served(built, runs_root):
+    from rtlkit.smoothing import Smoothing
+    root, out = built
+    shutil.copytree(root, runs_root)
+    run = out["source"][0]
+    s = Smoothing(0.25, 10, 50, 0.01)
+    first = runs.get_or_certify(run, s, eps=0.1, runtime=CPU, progress=False, test_n=16)
+    path = runs.cert_path(run, s, 16, CPU)
+    m = json.loads(path.read_text())
+    m["smoothed_acc"] = float("nan")
+    path.write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match="smoothed_acc"):
+        again = runs.get_or_certify(run, s, eps=0.1, runtime=CPU, progress=False, test_n=16)
+    assert again["smoothed_acc"] == first["smoothed_acc"] and np_finite(again["smoothed_acc"])
+
+    def compute(model):
+        return pd.DataFrame({"a": [0.25, 0.75], "blank": [float("nan")] * 2})
+    df = runs.get_or_table(run, "probe", {"t": 1}, compute, CPU, progress=False)
+    tpath = runs.table_path(run, "probe", {"t": 1}, CPU)
+    assert runs.get_or_table(run, "probe", {"t": 1}, lambda m: pytest.fail("recomputed"), CPU, False).equals(df)
+    m = json.loads(tpath.read_text())   # an all-blank column's mean is NaN on both sides: served
+    m["column_means"]["a"] = float("nan")
+    tpath.write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match="column_means|a do not match"):
+        assert runs.get_or_table(run, "probe", {"t": 1}, compute, CPU, progress=False).equals(df)
+
+
+def np_finite(v) -> bool:
+    import math
+    return math.isfinite(v)
+
+
+def test_certificates_grouped_differently_never_share_a_key(built, runs_root):
+    """certify seeds its noise once per group of images, so the grouping changes the counts."""
+    from rtlkit.smoothing import Smoothing
+    root, out = built
+    shutil.copytree(root, runs_root)
+    run = out["source"][0]
+    s = Smoothing(0.25, 10, 50, 0.01)
+    paths = {n: runs.cert_path(run, s, 16, CPU, images_per_call=n) for n in (50, 4, 1)}
+    assert len(set(paths.values())) == 3
+    assert paths[50] == runs.cert_path(run, s, 16, CPU)   # the default keeps the files made before
+    tables = {n: runs.get_or_certify(run, s, 0.1, CPU, False, 16, images_per_call=n)["table"] for n in (50, 4)}
+    cols = ["index", "label", "predict", "count", "p_lower", "radius"]
+    assert not tables[50][cols].equals(tables[4][cols])   # so the key must tell them apart
+    assert runs.get_or_certify(run, s, 0.1, CPU, False, 16, images_per_call=4)["table"][cols].equals(tables[4][cols])
+
+
+# every keyword of a cached measurement either changes its cache key or is shown not to change its result
+RESULT_FREE = {"get_or_evaluate": {"runtime", "progress", "batch_size"},
+               "get_or_certify": {"runtime", "progress", "eps"}}
+
+
+@pytest.mark.parametrize("fn", list(RESULT_FREE))
+def test_every_setting_of_a_cached_measurement_is_in_its_key_or_does_not_change_it(fn, built, runs_root):
+    import inspect
+    from rtlkit.smoothing import Smoothing
+    root, out = built
+    shutil.copytree(root, runs_root)
+    run = out["source"][0]
+    s = Smoothing(0.25, 10, 50, 0.01)
+    params = set(inspect.signature(getattr(runs, fn)).parameters) - {"run", "attacks", "smoothing"}
+    keyed = {"get_or_evaluate": {"test_n"}, "get_or_certify": {"test_n", "images_per_call"}}[fn]
+    assert params == RESULT_FREE[fn] | keyed, f"a new setting of {fn}: put it in the key, or show it changes nothing"
+    if fn == "get_or_evaluate":   # the batch size leaves every per-example row as it is
+        ex = [evaluate_rows(run, bs) for bs in (500, 7)]
+        assert ex[0].equals(ex[1])
+        assert runs.eval_path(run, FC.ATTACKS, 8, CPU) != runs.eval_path(run, FC.ATTACKS, 16, CPU)
+    else:
+        assert runs.cert_path(run, s, 8, CPU) != runs.cert_path(run, s, 16, CPU)
+        assert runs.cert_path(run, s, 8, CPU, images_per_call=3) != runs.cert_path(run, s, 8, CPU)
+
+
+def evaluate_rows(run, batch_size):
+    from rtlkit.evaluate import evaluate
+    from rtlkit.runtime import seed_all
+    model = get_or_train(run, CPU, False)
+    test = run.test_data()
+    seed_all(run.seed)
+    return evaluate(model, runs.D.subset(test, FC.TEST_N, run.data.seed), FC.ATTACKS, CPU, batch_size, False).examples
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "null", "3.5"])
+def test_a_feature_record_that_is_not_a_json_object_is_rebuilt(content, built, runs_root):
+    root, out = built
+    shutil.copytree(root, runs_root)
+    run = out["source"][0]
+    z, y = runs.get_or_features(run, run.data, "test", CPU, progress=False)
+    meta = next(run_dir(run, CPU).glob("features-*.json"))
+    meta.write_text(content)
+    with pytest.warns(UserWarning, match="features-"):
+        z2, y2 = runs.get_or_features(run, run.data, "test", CPU, progress=False)
+    assert torch.equal(z, z2) and torch.equal(y, y2)
+    assert isinstance(json.loads(meta.read_text()), dict)
+
+
+def test_a_figure_save_killed_mid_write_leaves_no_temp_file_for_long(tmp_path):
+    """A dead writer's temp file in the figures folder goes at the next save; a live one's stays."""
+    figs = tmp_path / "figs"
+    proc = subprocess.run([sys.executable, "-c", (
+        "import os, sys; sys.argv = ['x']; os.environ['RTLKIT_FAULT'] = 'temp-written:1'\n"
+        "from rtlkit import io\n"
+        f"io.atomic_write_bytes({str(figs / '01_x.png')!r}, b'png' * 1000)")], capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    dead = list(figs.glob(".*.tmp"))
+    assert len(dead) == 1 and not (figs / "01_x.png").exists()
+    live = figs / f".02_y.png.{rtlkit_io._HOST}-{os.getpid()}.abc.tmp"   # this process: alive
+    live.write_bytes(b"x")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sess = report.Session("t", profiles.get("smoke", gpu=False), CPU, figs)
+    fig = plt.figure()
+    sess.save(fig, "01_x", pd.DataFrame({"a": [1]}))
+    plt.close(fig)
+    assert not dead[0].exists() and live.exists() and (figs / "01_x.png").is_file()
