@@ -214,7 +214,7 @@ def _torchvision(cls_name: str, split: str, download: bool | None) -> ImageData:
         xs, ys = [], []
         for img, lab in ds:
             img = img.convert("RGB").resize((size, size))
-            xs.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
+            xs.append(torch.from_numpy(np.array(img)).permute(2, 0, 1))
             ys.append(lab)
         x, y = torch.stack(xs), torch.tensor(ys)
     classes = tuple(str(c) for c in getattr(ds, "classes", range(int(y.max()) + 1)))

@@ -127,13 +127,16 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
-def sweep_tmp(folder: str | Path) -> list[Path]:
+def sweep_tmp(folder: str | Path, dead_only: bool = False) -> list[Path]:
     """Remove the temp files (``.*.tmp``) a killed writer left in ``folder``. Call it only while
-    holding the folder's lock: then no live writer owns any of them."""
+    holding the folder's lock: then no live writer owns any of them. With ``dead_only``, no lock is
+    needed: only the files whose writer on this host has died go (:func:`_owner_alive`)."""
     folder = Path(folder)
     gone = []
     if folder.is_dir():
         for p in folder.glob(".*.tmp"):
+            if dead_only and _owner_alive(p):
+                continue
             try:
                 p.unlink()
                 gone.append(p)
@@ -150,31 +153,13 @@ def _owner_alive(tmp: Path) -> bool:
     owner = next((p for p in parts if p.startswith(f"{_HOST}-") and p[len(_HOST) + 1:].isdigit()), None)
     if owner is None:
         return True
-    pid = int(owner[len(_HOST) + 1:])
     try:
-        os.kill(pid, 0)
+        os.kill(int(owner[len(_HOST) + 1:]), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
-
-
-def sweep_dead_tmp(folder: str | Path) -> list[Path]:
-    """Remove the temp files in ``folder`` whose writer on this host has died (a kill during a
-    save), without a lock: a live writer's file is never touched. For folders several processes
-    write at once without a lock, such as the figures folder."""
-    folder = Path(folder)
-    gone = []
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            if not _owner_alive(p):
-                try:
-                    p.unlink()
-                    gone.append(p)
-                except FileNotFoundError:
-                    pass
-    return gone
 
 
 def set_aside(path: str | Path, why: str) -> Path | None:

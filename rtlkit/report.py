@@ -18,7 +18,7 @@ from . import data as D
 from . import profiles
 from .data import REPO_ROOT
 from .errors import ConfigError
-from .io import _atomic, atomic_write_csv, atomic_write_json, sweep_dead_tmp
+from .io import _atomic, atomic_write_csv, atomic_write_json, sweep_tmp
 from .profiles import Profile
 from .runs import runs_root, to_jsonable
 from .runtime import Runtime, configure_threads, cpu_record
@@ -52,7 +52,7 @@ class Session:
     def save(self, fig, name: str, table: pd.DataFrame, extra: dict | None = None) -> Path:
         """Write ``<name>.png``, ``<name>.csv`` and ``<name>.json`` (the manifest) to the figures folder."""
         self.figures_dir.mkdir(parents=True, exist_ok=True)
-        sweep_dead_tmp(self.figures_dir)   # a save killed mid-write left its temp file here
+        sweep_tmp(self.figures_dir, dead_only=True)   # a save killed mid-write left its temp file here
         png = self.figures_dir / f"{name}.png"
         _atomic(png, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
         atomic_write_csv(self.figures_dir / f"{name}.csv", table)

@@ -328,12 +328,13 @@ def _certify_head(h, bound: float, noisy: torch.Tensor, ordered: torch.Tensor, c
                logit_a_v=float(((lg["predict"] == yy) & lg["verified"]).mean()),
                lipschitz_bound=bound, n_test=len(yy))
     curve = []
-    for radius in radii:
+    for r_paper in radii:   # the curve's r is in the paper's units (pv_radii); certified at r x pv_scale pixels
+        radius = r_paper * pv.pv_scale
         a, b, a1 = rep(radius), logit(radius), rep(radius, b=1.0)
-        curve += [dict(r=radius, method="label", a_v=float((label_ok & (label["radius"] >= radius)).mean())),
-                  dict(r=radius, method="representation", a_v=float(((a["predict"] == yy) & a["verified"]).mean())),
-                  dict(r=radius, method="logit", a_v=float(((b["predict"] == yy) & b["verified"]).mean())),
-                  dict(r=radius, method=BOUND1, a_v=float(((a1["predict"] == yy) & a1["verified"]).mean()))]
+        curve += [dict(r=r_paper, method="label", a_v=float((label_ok & (label["radius"] >= radius)).mean())),
+                  dict(r=r_paper, method="representation", a_v=float(((a["predict"] == yy) & a["verified"]).mean())),
+                  dict(r=r_paper, method="logit", a_v=float(((b["predict"] == yy) & b["verified"]).mean())),
+                  dict(r=r_paper, method=BOUND1, a_v=float(((a1["predict"] == yy) & a1["verified"]).mean()))]
     return row, curve
 
 
@@ -362,6 +363,7 @@ def _smoothing(profile: Profile, runtime, progress, pairs, layer_set, keep_curve
                             h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed, hs)
                             keys = dict(pair=pair_label(profile, pair), mode=mode, split=split, constraint=variant,
                                         layers=layers, seed=seed, head_sigma=hs if hs else np.nan)
+                            # pv_radii are in the paper's units, like pv_r: x pv_scale in pixels (pv.r)
                             row, curve = _certify_head(h, lipschitz_bound(h), noisy, ordered, clean, y, pv,
                                                        pv.pv_radii if keep_curves else ())
                             rows.append({**keys, **row})

@@ -56,7 +56,9 @@ def test_the_dry_profile_keeps_the_papers_code_paths():
     assert [(a.name, b.name) for a, b in dry.pairs] == [(a.name, b.name) for a, b in paper.pairs]
     for field in ("lwf_lams", "cartl_lams", "cartl_betas", "fractions"):
         assert getattr(dry, field) == getattr(paper, field)
-    assert dry.provable.pv_modes == paper.provable.pv_modes and dry.provable.pv_radii == paper.provable.pv_radii
+    assert dry.provable.pv_modes == paper.provable.pv_modes and dry.provable.pv_r == paper.provable.pv_r
+    assert set(dry.provable.pv_radii) <= set(paper.provable.pv_radii) | {paper.provable.pv_r / 2}
+    assert dry.provable.pv_scale == paper.provable.pv_scale   # radii x 0.3081 in pixels, as at paper
     assert dry.shafahi.depths == paper.shafahi.depths and dry.pretraining.noise_sigmas == paper.pretraining.noise_sigmas
 
 

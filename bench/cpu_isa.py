@@ -1,0 +1,94 @@
+"""What the pinned CPU mode costs: the `quick` profile's workloads (PGD-5 AT of its WRN-16-1-s2
+source, fine-tuning k = all, PGD-20 evaluation) in images per second, unpinned (the host's own
+ISA) against RTLKIT_CPU_ISA=avx2, each mode in a fresh process (the libraries read the pin at
+their first kernel), on the same weights and batches.
+
+    python -m bench.cpu_isa                  # 2 threads, 3 repeats per mode, interleaved
+    python -m bench.cpu_isa --repeats 5 --threads 2
+
+Results go to bench/results/cpu-isa-*.json; the table to paste into BENCHMARKS.md is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = r"""
+import json, sys, time, torch
+from rtlkit.runtime import Runtime, cpu_record, pin_cpu_isa, seed_all
+pin_cpu_isa()
+torch.set_num_threads(int(sys.argv[1]))
+from rtlkit.attacks import PGD
+from rtlkit.evaluate import evaluate
+from rtlkit.models import WRNSpec, build
+from rtlkit.data import DatasetInfo, ImageData
+from rtlkit.training import AdversarialTraining, StandardTraining, make_optimizer, train_step
+rt = Runtime("cpu")
+seed_all(0)
+model = build(WRNSpec(16, 1, stem_stride=2), 10, 1, (0.5,), (0.25,))
+x = torch.rand(128, 1, 28, 28); y = torch.randint(0, 10, (128,))
+eps = 0.1
+at = AdversarialTraining(attack=PGD(eps, 5, 0.05)); ft = StandardTraining()
+out = {}
+def rate(fn, n, steps=8):
+    fn(); t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return n * steps / (time.perf_counter() - t)
+for name, method in (("PGD-5 AT (source)", at), ("fine-tune k=all", ft)):
+    opt = make_optimizer(model.parameters(), method, rt)
+    out[name] = rate(lambda: train_step(method, model, model, opt, x, y, rt), 128)
+data = ImageData((x[:64] * 255).to(torch.uint8), y[:64], DatasetInfo("bench", tuple(map(str, range(10))), 1, 28, "mnist"))
+out["PGD-20 eval"] = rate(lambda: evaluate(model, data, [PGD(eps, 20, 0.025)], rt, 64, False), 64, 3)
+print(json.dumps({"img_s": out, **cpu_record()}))
+"""
+
+
+def run(mode: str, threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "RTLKIT_CPU_ISA")}
+    env.update(RTLKIT_CPU_ISA=mode, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", CHILD, str(threads)], env=env, capture_output=True, text=True,
+                       timeout=1200)
+    if p.returncode:
+        raise SystemExit(p.stderr)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    runs = {"native": [], "avx2": []}
+    for _ in range(a.repeats):   # interleaved, so drift on a shared machine hits both modes alike
+        for mode in runs:
+            runs[mode].append(run(mode, a.threads))
+    work = list(runs["native"][0]["img_s"])
+    med = {m: {w: statistics.median(r["img_s"][w] for r in rs) for w in work} for m, rs in runs.items()}
+    rows = ["| workload | native img/s | pinned avx2 img/s | pinned / native |", "|---|---:|---:|---:|"]
+    rows += [f"| {w} | {med['native'][w]:,.0f} | {med['avx2'][w]:,.0f} | {med['avx2'][w] / med['native'][w]:.2f}× |"
+             for w in work]
+    table = "\n".join(rows)
+    rec = runs["native"][0]
+    out = {"bench": "cpu_isa", "threads": a.threads, "repeats": a.repeats, "cpu_model": rec["cpu_model"],
+           "cpu_flags": rec["cpu_flags"], "native_capability": rec["cpu_capability"], "median_img_s": med,
+           "runs": runs, "table": table, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    folder = ROOT / "bench" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"cpu-isa-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(table)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
