@@ -46,7 +46,7 @@ lock: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 --generate-hashes \
-	  --no-header -o requirements.lock
+	  --no-header --quiet -o requirements.lock
 
 clean-runs:
 	rm -rf runs/

@@ -183,9 +183,10 @@ def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
     return p
 
 
-def find_bench(model: str, device: str) -> dict | None:
+def find_bench(model: str, device: str, anywhere: bool = False) -> dict | None:
     """A committed or local benchmark JSON (bench/reference, bench/results) measured on ``model``
-    on this kind of device (the device strings' first word, e.g. "CPU" or the GPU's name), or None."""
+    on this kind of device (the device strings' first word, e.g. "CPU" or the GPU's name; with
+    ``anywhere``, ``device`` anywhere in it, e.g. "H100" in "NVIDIA H100 80GB HBM3"), or None."""
     from .data import REPO_ROOT
     want = device.split(" [")[0].split(" (")[0]
     for folder in ("results", "reference"):
@@ -194,7 +195,10 @@ def find_bench(model: str, device: str) -> dict | None:
                 b = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue
-            if b.get("model") == model and str(b.get("device", "")).startswith(want) and "throughput" in b:
+            if not isinstance(b, dict):
+                continue
+            dev = str(b.get("device", ""))
+            if b.get("model") == model and (want in dev if anywhere else dev.startswith(want)) and "throughput" in b:
                 return b
     return None
 
@@ -362,13 +366,24 @@ def _main(argv: list[str] | None = None) -> int:
     print(f"  work: {tot['A_train'] / 1e6:.1f}M attack steps + {tot['T'] / 1e6:.1f}M training steps in training; "
           f"{tot['A_eval_own'] / 1e6:.1f}M own-PGD and {tot['A_eval_foolbox'] / 1e6:.1f}M foolbox steps in "
           f"evaluation; {tot['F_eval'] / 1e6:.1f}M forward passes (Square, certification) (image passes)")
-    hours = {nb: gpu_seconds(q, a.gpu_kind) / 3600 for nb, q in per_book.items()}
-    print(f"  {a.gpu_kind}-hours from FLOPs at {UTILISATION:.0%} of the bf16 peak ({PEAK_TFLOPS[a.gpu_kind]:g} TFLOP/s; "
-          f"no benchmark of {prof.model.name} on a GPU yet), each notebook alone from an empty cache:")
+    measured = find_bench(prof.model.name, a.gpu_kind, anywhere=True)
+    if measured is not None:   # a benchmark of this model on this kind of GPU: its rates, not FLOPs
+        r = rates(measured, "fast")
+
+        def cost(q, include_cached=True):
+            return estimate(q.totals(include_cached=include_cached), r)["total"]
+        basis = f"from the benchmark of {prof.model.name} on {measured.get('device')} ({measured.get('created', '')})"
+    else:
+        def cost(q, include_cached=True):
+            return gpu_seconds(q, a.gpu_kind, include_cached=include_cached)
+        basis = (f"from FLOPs at {UTILISATION:.0%} of the bf16 peak ({PEAK_TFLOPS[a.gpu_kind]:g} TFLOP/s; no benchmark "
+                 f"of {prof.model.name} on a {a.gpu_kind} yet)")
+    hours = {nb: cost(q) / 3600 for nb, q in per_book.items()}
+    print(f"  {a.gpu_kind}-hours {basis}, each notebook alone from an empty cache:")
     for nb, h in hours.items():
-        print(f"    {nb:<20} {h:8.1f} h")
-    print(f"    {'suite (shared runs once)':<20} {gpu_seconds(p, a.gpu_kind) / 3600:8.1f} h; not cached: "
-          f"{gpu_seconds(p, a.gpu_kind, include_cached=False) / 3600:.1f} h")
+        print(f"    {nb:<26} {h:8.1f} h")
+    print(f"    {'suite (shared runs once)':<26} {cost(p) / 3600:8.1f} h; not cached: "
+          f"{cost(p, include_cached=False) / 3600:.1f} h")
     print(f"  run cache: at most {disk_bytes(p) / 2 ** 30:.1f} GiB in {runs_root()}")
     for s in p.skipped:
         print("  skipped (data absent):", s)
@@ -377,8 +392,7 @@ def _main(argv: list[str] | None = None) -> int:
         for n in sorted(absent):
             print(f"    {n}: {D.get_command(n)}")
     out = {"profile": prof.name, "model": prof.model.name, "totals": tot, "not_cached": todo,
-           "gpu_hours": {"device": a.gpu_kind, "utilisation": UTILISATION, "per_notebook": hours,
-                         "suite": gpu_seconds(p, a.gpu_kind) / 3600},
+           "gpu_hours": {"device": a.gpu_kind, "basis": basis, "per_notebook": hours, "suite": cost(p) / 3600},
            "disk_bytes": disk_bytes(p), "missing_datasets": sorted(absent),
            "trainings": list(p.trainings.values()), "evaluations": list(p.evaluations.values()),
            "skipped": p.skipped}

@@ -59,6 +59,8 @@ CASES = {
                                "unknown device 'bogus'"),
     "figures --only 99": (figures.main, "rtlkit.figures", ["--profile", "smoke", "--only", "99"],
                           "no notebook matches"),
+    "figures --dry-run of another profile": (figures.main, "rtlkit.figures", ["--profile", "quick", "--dry-run"],
+                                             "--dry-run is the paper profile's"),
 }
 
 

@@ -369,6 +369,13 @@ BAD_PARAMETERS = [   # (notebook parameters, what the one error must say)
     ({"ks": [0]}, r"k=0 is not a block count"),
     ({"batch": 3}, r"unknown parameter 'batch'"),
     ({"cartl_choice": 0.4}, r"cartl_choice is a \(lambda, beta\) pair"),
+    # issue 24: caught only after training before
+    ({"l2_eps": float("inf")}, r"l2_eps must be a finite number in \(0, inf\), not inf"),
+    ({"l2_eps": "inf"}, r"l2_eps must be a number in \(0, inf\), not 'inf'"),
+    ({"attack_images": 1}, r"attack_images = 1 is fewer than the 2 classes of synthetic-c\[2-3\]"),
+    ({"smooth_images": 1}, r"smooth_images = 1 is fewer than the 4 classes of synthetic-b"),
+    ({"search_images": 1}, r"search_images = 1 is fewer than the 4 classes of synthetic-b"),
+    ({"pv_samples": 3}, r"pv_samples = 3 is too few draws for median smoothing to certify any radius"),
 ]
 
 
