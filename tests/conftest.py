@@ -20,6 +20,15 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("RTLKIT_FIGURES", str(tmp_path / "figures"))
     monkeypatch.delenv("RTLKIT_DOWNLOAD", raising=False)
+    # a command's CPU-ISA pin (runtime.pin_cpu_isa writes os.environ, for the processes it starts)
+    # must not leak into later tests' subprocesses
+    from rtlkit.runtime import CPU_ISA_ENV, CPU_ISA_PINS
+    for var in {CPU_ISA_ENV, *(k for pins in CPU_ISA_PINS.values() for k in pins)}:
+        if var in os.environ:
+            monkeypatch.setenv(var, os.environ[var])   # recorded: restored after the test
+        else:
+            monkeypatch.setenv(var, "")                # recorded as absent, so removed after the test
+            monkeypatch.delenv(var)
     torch.manual_seed(0)
 
 
