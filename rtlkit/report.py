@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .io import _atomic, atomic_write_csv, atomic_write_json, sweep_tmp
 from .profiles import Profile
 from .runs import runs_root, to_jsonable
-from .runtime import Runtime, configure_threads, cpu_record
+from .runtime import Runtime, configure_threads, cpu_record, default_cpu_isa, pin_cpu_isa_if_possible
 
 
 def git_commit() -> str:
@@ -154,6 +154,8 @@ def start(notebook: str, profile: str = "quick", figures_dir: str | None = None,
     """Resolve the notebook's parameters into a profile and a runtime, and probe every dataset and
     folder they need: every error comes here, before compute and before any file is written."""
     threads = configure_threads()
+    # the committed figures' profile runs pinned (runtime.default_cpu_isa), in JupyterLab as under make figures
+    pin_cpu_isa_if_possible(default_cpu_isa(profile, device))
     runtime = Runtime(device=device)
     prof = profiles.get(profile, gpu=runtime.is_cuda, **overrides)
     fig_dir = Path(figures_dir) if figures_dir else Path(os.environ.get("RTLKIT_FIGURES", default_figures_dir(profile)))

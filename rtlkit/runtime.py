@@ -86,6 +86,30 @@ def cpu_isa_pinned() -> str | None:
     return mode if torch.backends.cpu.get_cpu_capability().lower() == pins["ATEN_CPU_CAPABILITY"] else None
 
 
+def pin_cpu_isa_if_possible(mode: str) -> str:
+    """:func:`pin_cpu_isa` inside a process that may already have run CPU maths (a notebook kernel):
+    the pin is kept only if ATen's dispatch really takes it; otherwise the variables are put back
+    as they were (no library half-pinned: the bits would be neither mode's) with a warning, and
+    "native" is returned. What ``report.start`` calls, so that a notebook opened in JupyterLab
+    uses the cache keys ``make figures`` made."""
+    keys = (CPU_ISA_ENV, *{k for pins in CPU_ISA_PINS.values() for k in pins})
+    before = {k: os.environ.get(k) for k in keys}
+    mode = pin_cpu_isa(mode)
+    if mode == "native" or cpu_isa_pinned() == mode:
+        return mode
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    import warnings
+    warnings.warn(f"rtlkit: the CPU instruction set could not be pinned to {mode} here (CPU maths ran before "
+                  f"report.start: ATen is at {torch.backends.cpu.get_cpu_capability()}); results are this CPU's own "
+                  f"and have their own cache keys. Restart the kernel, or set {CPU_ISA_ENV}={mode} before starting it",
+                  stacklevel=3)
+    return "native"
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

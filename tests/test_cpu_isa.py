@@ -79,3 +79,32 @@ def test_the_committed_figures_profile_is_pinned_by_default_and_the_rest_is_not(
 def test_records_name_the_cpu_and_the_pin():
     rec = R.cpu_record()
     assert rec["cpu_capability"] and rec["cpu_model"] and set(rec["cpu_isa_env"]) >= {"ATEN_CPU_CAPABILITY", "MKL_CBWR"}
+
+
+LATE = """
+import json, os, warnings, torch
+from rtlkit.runtime import pin_cpu_isa_if_possible
+if os.environ.get("MATHS_FIRST"):
+    torch.randn(4096).exp().sum()          # CPU maths before the notebook's report.start
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    mode = pin_cpu_isa_if_possible("avx2")
+print(json.dumps({"mode": mode, "cap": torch.backends.cpu.get_cpu_capability(), "warned": len(w),
+                  "env": {k: os.environ.get(k) for k in ("RTLKIT_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}}))
+"""
+
+
+@needs_avx2
+@pytest.mark.parametrize("maths_first", [False, True])
+def test_a_kernel_is_pinned_only_if_the_pin_takes_and_is_never_left_half_pinned(maths_first):
+    env = {k: v for k, v in os.environ.items() if k not in LIB_VARS}
+    env.update(PYTHONPATH=str(REPO), **({"MATHS_FIRST": "1"} if maths_first else {}))
+    p = subprocess.run([sys.executable, "-c", LATE], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    if maths_first and r["cap"] != "AVX2":   # ATen's level was fixed already: everything put back, and said so
+        assert r["mode"] == "native" and r["warned"] == 1
+        assert r["env"] == {"RTLKIT_CPU_ISA": None, "ONEDNN_MAX_CPU_ISA": None, "MKL_CBWR": None}
+    else:
+        assert r["mode"] == "avx2" and r["cap"] == "AVX2" and r["warned"] == 0
+        assert r["env"] == {"RTLKIT_CPU_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
