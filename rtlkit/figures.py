@@ -159,7 +159,8 @@ def _print_estimate(p, runtime) -> None:
     if bench is None:
         return
     try:
-        est = P.estimate(p.totals(include_cached=False), P.rates(bench, "eager fp32" if runtime.numerics() is None else "fast"))
+        fast = runtime.amp or runtime.channels_last or runtime.compile   # not numerics(): a pinned CPU has some
+        est = P.estimate(p.totals(include_cached=False), P.rates(bench, "fast" if fast else "eager fp32"))
     except ConfigError:
         return
     print(f"[rtlkit] estimate from {bench.get('device')}'s benchmark: {est['total'] / 60:.0f} min of training and "
