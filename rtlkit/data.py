@@ -320,6 +320,183 @@ def load(name: str, split: str = "train", download: bool | None = None) -> Image
     return _CACHE[key]
 
 
+# --------------------------------------------------------------------------- your own data
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _square(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(N, C, H, W) uint8 resized so the shorter side is ``size`` (bilinear, antialiased), then
+    centre-cropped to size x size; unchanged when ``size`` is None or the images already are."""
+    if size is None or (x.shape[-2] == x.shape[-1] == size):
+        return x
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[..., top:top + size, left:left + size].contiguous()
+
+
+def _info(name: str, classes, channels: int, size: int) -> DatasetInfo:
+    """Colour images are CIFAR-like (eps 8/255, crop + flip), grey ones MNIST-like (no augmentation)."""
+    aug = Augment(max(1, size // 8), True) if channels == 3 else Augment()
+    return DatasetInfo(name, tuple(classes), channels, size, "cifar" if channels == 3 else "mnist", aug)
+
+
+def _split(y: torch.Tensor, classes: int, test_fraction: float, seed: int, where: str) -> dict[str, torch.Tensor]:
+    """Per class, a seeded ``test_fraction`` of the examples to test (at least one each side)."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in range(classes):
+        idx = torch.nonzero(y == c).squeeze(1)
+        check(len(idx) >= 2, f"{where}: class {c} has {len(idx)} example(s); a train / test split needs >= 2")
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = min(len(idx) - 1, max(1, round(len(idx) * test_fraction)))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return {"train": torch.sort(torch.cat(train)).values, "test": torch.sort(torch.cat(test)).values}
+
+
+def _read_images(files: list[Path]) -> tuple[list[np.ndarray], str]:
+    """Each file as an (H, W[, 3]) uint8 array; one mode for all (grey "L" or "RGB"). A file PIL
+    cannot read, or a mix of modes, is a ConfigError naming the files."""
+    from PIL import Image, UnidentifiedImageError
+    arrays, modes = [], {}
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB" if im.mode in ("RGB", "P", "CMYK", "YCbCr") \
+                    else im.mode
+                arrays.append(np.array(im.convert(mode if mode in ("L", "RGB") else "RGB")))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ConfigError(f"{f}: not a readable image ({type(e).__name__}: {e})") from e
+        modes.setdefault(mode, []).append(f)
+    check(len(modes) <= 1, "mixed image modes: " + "; ".join(f"{len(v)} {m} (e.g. {v[0]})" for m, v in modes.items())
+          + ": convert them to one mode (all grey or all RGB)")
+    return arrays, next(iter(modes), "RGB")
+
+
+def _stack(arrays: list[np.ndarray], size: int | None, where: str) -> torch.Tensor:
+    """Images of any sizes as one (N, C, size, size) uint8 tensor (``size`` None: they must agree)."""
+    out = [_square(torch.from_numpy(a if a.ndim == 3 else a[..., None]).permute(2, 0, 1)[None], size)[0]
+           for a in arrays]
+    shapes = {tuple(t.shape) for t in out}
+    check(len(shapes) == 1, f"{where}: images of {len(shapes)} shapes {sorted(shapes)[:3]}...; give a size "
+          "(they are then resized and centre-cropped to it)")
+    return torch.stack(out)
+
+
+def _folder_content_hash(files: list[Path], root: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def image_folder(path: str | Path, size: int | None = None, name: str | None = None, test_fraction: float = 0.2,
+                 split_seed: int = 0) -> str:
+    """Register a folder of images (torchvision's ImageFolder layout) as a dataset, and return the
+    name to give a DataSpec. ``path/train/<class>/*`` and ``path/test/<class>/*``, or
+    ``path/<class>/*`` split per class by ``split_seed`` (``test_fraction`` of each class to test).
+    Class names are the folder names (sorted, as ImageFolder); ``size``: resize the shorter side and
+    centre-crop. Everything is read and checked now, before any compute: an empty class, an image
+    PIL cannot read (the file is named), a test class that train lacks, mixed modes. The name ends
+    in ``@<sha256 of the files, 12 hex>``, so changed files never meet cached results."""
+    root = Path(path).expanduser().resolve()
+    check(root.is_dir(), f"image folder {root}: not a folder")
+    check(size is None or (isinstance(size, int) and size >= 8), f"size must be a whole number >= 8, not {size!r}")
+    check(0 < test_fraction < 1, f"test_fraction must be in (0, 1), not {test_fraction!r}")
+    presplit = (root / "train").is_dir() and (root / "test").is_dir()
+    parts = {"train": root / "train", "test": root / "test"} if presplit else {"all": root}
+    listing = {}
+    for part, folder in parts.items():
+        classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+        check(classes, f"{folder}: no class folders (ImageFolder layout: {folder}/<class>/<image>)")
+        listing[part] = {c: sorted(f for f in (folder / c).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+                         for c in classes}
+        empty = [c for c, fs in listing[part].items() if not fs]
+        check(not empty, f"{folder}: empty class folder(s) {', '.join(empty)} (no {'/'.join(IMAGE_SUFFIXES)} files)")
+    classes = list(listing["train" if presplit else "all"])
+    if presplit:
+        extra = sorted(set(listing["test"]) - set(classes))
+        check(not extra, f"{root / 'test'}: class(es) {', '.join(extra)} not in {root / 'train'}")
+    files = [f for part in listing.values() for fs in part.values() for f in fs]
+    arrays, mode = _read_images(files)
+    x = _stack(arrays, size, str(root))
+    labels = [classes.index(c) for part in listing.values() for c, fs in part.items() for _ in fs]
+    y = torch.tensor(labels, dtype=torch.long)
+    if presplit:
+        n_train = sum(len(fs) for fs in listing["train"].values())
+        idx = {"train": torch.arange(n_train), "test": torch.arange(n_train, len(y))}
+    else:
+        idx = _split(y, len(classes), test_fraction, split_seed, str(root))
+    digest = _folder_content_hash(files, root)[:12]
+    name = f"{name or root.name}@{digest}"
+    info = _info(name, classes, x.shape[1], x.shape[-1])
+    splits = {s: ImageData(x[i], y[i], info, i) for s, i in idx.items()}
+    SOURCES[name] = lambda split, dl: splits[split]
+    return name
+
+
+def array_file(path: str | Path, size: int | None = None, name: str | None = None, test_fraction: float = 0.2,
+               split_seed: int = 0) -> str:
+    """Register an ``.npz`` of ``x`` (N, H, W) or (N, H, W, C) uint8 and ``y`` (N,) integer labels
+    0..K-1 (optionally ``x_test`` / ``y_test``, else a per-class split by ``split_seed``, and
+    ``classes``, their names) as a dataset; returns the name for a DataSpec (``@<sha256>`` of the
+    file appended). Checked now: dtypes, shapes, lengths, labels, an empty class."""
+    import hashlib
+    f = Path(path).expanduser().resolve()
+    check(f.is_file(), f"array file {f}: no such file")
+    try:
+        blob = f.read_bytes()
+        with np.load(__import__("io").BytesIO(blob), allow_pickle=False) as z:
+            arrs = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ConfigError(f"{f}: not a readable .npz ({type(e).__name__}: {e})") from e
+    check("x" in arrs and "y" in arrs, f"{f}: needs arrays x and y, has {sorted(arrs)}")
+
+    def images(key: str) -> torch.Tensor:
+        a = arrs[key]
+        check(a.dtype == np.uint8 and a.ndim in (3, 4) and (a.ndim == 3 or a.shape[-1] in (1, 3)),
+              f"{f}: {key} must be uint8 (N, H, W) or (N, H, W, C) with C 1 or 3, not {a.dtype} {a.shape}")
+        t = torch.from_numpy(a.copy())
+        return _square(t[:, None] if a.ndim == 3 else t.permute(0, 3, 1, 2).contiguous(), size)
+
+    def labels(key: str, n: int) -> torch.Tensor:
+        a = arrs[key]
+        check(np.issubdtype(a.dtype, np.integer) and a.shape == (n,),
+              f"{f}: {key} must be {n} integer labels, not {a.dtype} {a.shape}")
+        return torch.from_numpy(a.astype(np.int64))
+    x = images("x")
+    y = labels("y", len(x))
+    k = int(y.max()) + 1 if len(y) else 0
+    check(len(y) > 0 and int(y.min()) >= 0, f"{f}: labels must be 0..K-1")
+    names = [str(c) for c in arrs["classes"]] if "classes" in arrs else [str(c) for c in range(k)]
+    check(len(names) >= k, f"{f}: {len(names)} class names for labels up to {k - 1}")
+    missing = [names[c] for c in range(len(names)) if not (y == c).any()]
+    check(not missing, f"{f}: empty class(es) {', '.join(missing)} in y")
+    if "x_test" in arrs:
+        xt = images("x_test")
+        yt = labels("y_test", len(xt))
+        check(int(yt.min()) >= 0 and int(yt.max()) < len(names), f"{f}: y_test has a class that y lacks")
+        check(xt.shape[1:] == x.shape[1:], f"{f}: x_test images are {tuple(xt.shape[1:])}, x's {tuple(x.shape[1:])}")
+        x, y = torch.cat([x, xt]), torch.cat([y, yt])
+        idx = {"train": torch.arange(len(y) - len(yt)), "test": torch.arange(len(y) - len(yt), len(y))}
+    else:
+        idx = _split(y, len(names), test_fraction, split_seed, str(f))
+    name = f"{name or f.stem}@{hashlib.sha256(blob).hexdigest()[:12]}"
+    info = _info(name, names, x.shape[1], x.shape[-1])
+    splits = {s: ImageData(x[i].contiguous(), y[i], info, i) for s, i in idx.items()}
+    SOURCES[name] = lambda split, dl: splits[split]
+    return name
+
+
 # --------------------------------------------------------------------------- transfer helpers
 
 def class_split(data: ImageData, classes: list[int] | range, name: str | None = None) -> ImageData:
