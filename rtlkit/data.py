@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, DatasetNotFound, check
+from .io import sha256_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -325,6 +326,12 @@ def load(name: str, split: str = "train", download: bool | None = None) -> Image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, C, H, W) uint8 images resized to h x w: bilinear, antialiased, rounded back to uint8."""
+    x = F.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
 def _square(x: torch.Tensor, size: int | None) -> torch.Tensor:
     """(N, C, H, W) uint8 resized so the shorter side is ``size`` (bilinear, antialiased), then
     centre-cropped to size x size; unchanged when ``size`` is None or the images already are."""
@@ -334,8 +341,7 @@ def _square(x: torch.Tensor, size: int | None) -> torch.Tensor:
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     if (nh, nw) != (h, w):
-        x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)
+        x = _resize(x, nh, nw)
     top, left = (nh - size) // 2, (nw - size) // 2
     return x[..., top:top + size, left:left + size].contiguous()
 
@@ -360,7 +366,7 @@ def _split(y: torch.Tensor, classes: int, test_fraction: float, seed: int, where
     return {"train": torch.sort(torch.cat(train)).values, "test": torch.sort(torch.cat(test)).values}
 
 
-def _read_images(files: list[Path]) -> tuple[list[np.ndarray], str]:
+def _read_images(files: list[Path]) -> list[np.ndarray]:
     """Each file as an (H, W[, 3]) uint8 array; one mode for all (grey "L" or "RGB"). A file PIL
     cannot read, or a mix of modes, is a ConfigError naming the files."""
     from PIL import Image, UnidentifiedImageError
@@ -377,7 +383,7 @@ def _read_images(files: list[Path]) -> tuple[list[np.ndarray], str]:
         modes.setdefault(mode, []).append(f)
     check(len(modes) <= 1, "mixed image modes: " + "; ".join(f"{len(v)} {m} (e.g. {v[0]})" for m, v in modes.items())
           + ": convert them to one mode (all grey or all RGB)")
-    return arrays, next(iter(modes), "RGB")
+    return arrays
 
 
 def _stack(arrays: list[np.ndarray], size: int | None, where: str) -> torch.Tensor:
@@ -397,6 +403,14 @@ def _folder_content_hash(files: list[Path], root: Path) -> str:
         h.update(str(f.relative_to(root)).encode() + b"\0")
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def _register(name: str, x: torch.Tensor, y: torch.Tensor, idx: dict[str, torch.Tensor], classes) -> str:
+    """Put a user's dataset (all images ``x``, labels ``y``, the rows of each split) in the registry."""
+    info = _info(name, classes, x.shape[1], x.shape[-1])
+    splits = {s: ImageData(x[i].contiguous(), y[i], info, i) for s, i in idx.items()}
+    SOURCES[name] = lambda split, dl: splits[split]
+    return name
 
 
 def image_folder(path: str | Path, size: int | None = None, name: str | None = None, test_fraction: float = 0.2,
@@ -427,8 +441,7 @@ def image_folder(path: str | Path, size: int | None = None, name: str | None = N
         extra = sorted(set(listing["test"]) - set(classes))
         check(not extra, f"{root / 'test'}: class(es) {', '.join(extra)} not in {root / 'train'}")
     files = [f for part in listing.values() for fs in part.values() for f in fs]
-    arrays, mode = _read_images(files)
-    x = _stack(arrays, size, str(root))
+    x = _stack(_read_images(files), size, str(root))
     labels = [classes.index(c) for part in listing.values() for c, fs in part.items() for _ in fs]
     y = torch.tensor(labels, dtype=torch.long)
     if presplit:
@@ -436,12 +449,7 @@ def image_folder(path: str | Path, size: int | None = None, name: str | None = N
         idx = {"train": torch.arange(n_train), "test": torch.arange(n_train, len(y))}
     else:
         idx = _split(y, len(classes), test_fraction, split_seed, str(root))
-    digest = _folder_content_hash(files, root)[:12]
-    name = f"{name or root.name}@{digest}"
-    info = _info(name, classes, x.shape[1], x.shape[-1])
-    splits = {s: ImageData(x[i], y[i], info, i) for s, i in idx.items()}
-    SOURCES[name] = lambda split, dl: splits[split]
-    return name
+    return _register(f"{name or root.name}@{_folder_content_hash(files, root)[:12]}", x, y, idx, classes)
 
 
 def array_file(path: str | Path, size: int | None = None, name: str | None = None, test_fraction: float = 0.2,
@@ -450,12 +458,12 @@ def array_file(path: str | Path, size: int | None = None, name: str | None = Non
     0..K-1 (optionally ``x_test`` / ``y_test``, else a per-class split by ``split_seed``, and
     ``classes``, their names) as a dataset; returns the name for a DataSpec (``@<sha256>`` of the
     file appended). Checked now: dtypes, shapes, lengths, labels, an empty class."""
-    import hashlib
+    import io
     f = Path(path).expanduser().resolve()
     check(f.is_file(), f"array file {f}: no such file")
     try:
         blob = f.read_bytes()
-        with np.load(__import__("io").BytesIO(blob), allow_pickle=False) as z:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             arrs = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as e:
         raise ConfigError(f"{f}: not a readable .npz ({type(e).__name__}: {e})") from e
@@ -490,11 +498,7 @@ def array_file(path: str | Path, size: int | None = None, name: str | None = Non
         idx = {"train": torch.arange(len(y) - len(yt)), "test": torch.arange(len(y) - len(yt), len(y))}
     else:
         idx = _split(y, len(names), test_fraction, split_seed, str(f))
-    name = f"{name or f.stem}@{hashlib.sha256(blob).hexdigest()[:12]}"
-    info = _info(name, names, x.shape[1], x.shape[-1])
-    splits = {s: ImageData(x[i].contiguous(), y[i], info, i) for s, i in idx.items()}
-    SOURCES[name] = lambda split, dl: splits[split]
-    return name
+    return _register(f"{name or f.stem}@{sha256_bytes(blob)[:12]}", x, y, idx, names)
 
 
 # --------------------------------------------------------------------------- transfer helpers
@@ -565,8 +569,7 @@ def adapt(data: ImageData, channels: int, size: int) -> ImageData:
         else:
             raise ConfigError(f"cannot adapt {x.shape[1]} channels to {channels}")
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)
+        x = _resize(x, size, size)
     info = replace(data.info, channels=channels, size=size)
     return ImageData(x.contiguous(), data.y, info, data.index)
 

@@ -44,15 +44,12 @@ def check_real(name: str, v, low: float | None = None, high: float | None = None
     check(ok, f"{name} must be a {'finite ' if is_real(v) and not math.isfinite(v) else ''}number{rng}, not {v!r}")
 
 
-def check_notebooks(only, names) -> list[str] | None:
+def check_notebooks(only, names) -> None:
     """``--only`` prefixes checked against the notebooks' names: one that matches none is a
     ConfigError naming them (before, it did nothing and exited 0)."""
-    if not only:
-        return only
     names = list(names)
-    bad = [o for o in only if not any(n.startswith(o) for n in names)]
+    bad = [o for o in only or () if not any(n.startswith(o) for n in names)]
     check(not bad, f"--only {' '.join(bad)} matches no notebook; the notebooks are {', '.join(names)}")
-    return list(only)
 
 
 def cli(prog: str, main):

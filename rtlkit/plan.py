@@ -93,12 +93,12 @@ class Plan:
             images = 0
         steps = m.attack.steps if isinstance(m, AdversarialTraining) else 0
         t = images * (1.0 + (1 / 3 if isinstance(m, FDMTraining) and m.lam > 0 else 0.0))  # FDM: a clean forward
-        classes, channels, _ = _shape(run.data)
-        spec = _spec(run)
+        classes, _, _ = _shape(run.data)
+        params = _params(_spec(run), classes, _input_channels(run))
         self.trainings[name] = {"run": name, "kind": run.kind, "method": m.kind, "images": images,
-                                "flops": _run_flops(run), "params": _params(spec, classes, _input_channels(run)),
-                                "bytes": _params(spec, classes, _input_channels(run)) * 4 * (1 if run.kind == "head" else 3),
-                                **({"features": [run_dir(run.source).name, repr(run.data), n * _feature_dim(spec) * 4]}
+                                "flops": _run_flops(run), "params": params,
+                                "bytes": params * 4 * (1 if run.kind == "head" else 3),
+                                **({"features": [run_dir(run.source).name, repr(run.data), n * _feature_dim(_spec(run)) * 4]}
                                    if run.kind == "head" else {}),
                                 "path": str(run_dir(run) / MARKER),
                                 "A": images * steps, "T": t, "cached": is_cached(run),
@@ -251,27 +251,26 @@ def _shape(spec: DataSpec) -> tuple[int, int, int]:
     return (len(spec.classes) if spec.classes else info.num_classes, info.channels, info.size)
 
 
-def _spec(run):
-    """The WRNSpec of ``run``'s model: its own, or its source's (a fine-tune or a head)."""
-    while not hasattr(run, "model"):
+def _root(run):
+    """The source at the bottom of ``run`` (itself for a source): its model and input shape."""
+    while hasattr(run, "source"):
         run = run.source
-    return run.model
+    return run
+
+
+def _spec(run):
+    """The WRNSpec of ``run``'s model: its root source's (a fine-tune or a head keeps it)."""
+    return _root(run).model
 
 
 def _input_channels(run) -> int:
-    src = run
-    while hasattr(src, "source"):
-        src = src.source
-    return _shape(src.data)[1]
+    return _shape(_root(run).data)[1]
 
 
 def _run_flops(run) -> float:
     """One forward pass of ``run``'s model on one image of its input shape (a transfer's images
     are adapted to its source's shape)."""
-    src = run
-    while hasattr(src, "source"):
-        src = src.source
-    _, channels, size = _shape(src.data)
+    _, channels, size = _shape(_root(run).data)
     return forward_flops(_spec(run), _shape(run.data)[0], channels, size)
 
 

@@ -15,6 +15,7 @@ quick model on the CPU (BENCHMARKS.md); ``compile_scope="model"`` compiles one g
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -38,10 +39,10 @@ CPU_ISA_PINS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "A
 CPU_ISA_MODES = ("native",) + tuple(CPU_ISA_PINS)
 
 
-def cpu_isa_mode() -> str:
-    """The CPU instruction-set mode asked for: ``$RTLKIT_CPU_ISA`` ("native": whatever the host has,
-    the libraries' default; "avx2": pinned), "native" when unset."""
-    mode = (os.environ.get(CPU_ISA_ENV) or "native").strip().lower()
+def cpu_isa_mode(mode: str | None = None) -> str:
+    """A CPU instruction-set mode checked: ``mode``, else ``$RTLKIT_CPU_ISA`` ("native": whatever
+    the host has, the libraries' default; "avx2": pinned), "native" when unset."""
+    mode = (mode or os.environ.get(CPU_ISA_ENV) or "native").strip().lower()
     check(mode in CPU_ISA_MODES, f"{CPU_ISA_ENV} must be one of {', '.join(CPU_ISA_MODES)}, not {mode!r}")
     return mode
 
@@ -51,8 +52,7 @@ def pin_cpu_isa(mode: str | None = None) -> str:
     variables go into os.environ; the libraries read them at their first CPU kernel, so call this
     before any tensor maths, as the CLIs and ``report.start`` do). Returns the mode. A pin the
     host cannot honour (no AVX2) is a ConfigError naming what it has."""
-    mode = cpu_isa_mode() if mode is None else mode.strip().lower()
-    check(mode in CPU_ISA_MODES, f"{CPU_ISA_ENV} must be one of {', '.join(CPU_ISA_MODES)}, not {mode!r}")
+    mode = cpu_isa_mode(mode)
     os.environ[CPU_ISA_ENV] = mode
     if mode == "native":
         return mode
@@ -110,29 +110,33 @@ def pin_cpu_isa_if_possible(mode: str) -> str:
     return "native"
 
 
-def cpu_model() -> str:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, tuple[str, ...]]:
+    """The host's CPU model and vector-ISA flags, read once from /proc/cpuinfo."""
+    model, flags = "", ()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = tuple(sorted(x for x in line.split(":", 1)[1].split()
+                                         if x.startswith(("avx", "amx", "fma", "sse4"))))
     except OSError:
         pass
-    import platform
-    return platform.processor() or platform.machine()
+    if not model:
+        import platform
+        model = platform.processor() or platform.machine()
+    return model, flags
+
+
+def cpu_model() -> str:
+    return _cpuinfo()[0]
 
 
 def cpu_flags() -> list[str]:
     """The host's vector-ISA flags (AVX, AVX2, FMA, AVX-512*, AMX*) from /proc/cpuinfo; [] where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return sorted(x for x in line.split(":", 1)[1].split()
-                                  if x.startswith(("avx", "amx", "fma", "sse4")))
-    except OSError:
-        pass
-    return []
+    return list(_cpuinfo()[1])
 
 
 def cpu_record() -> dict:
