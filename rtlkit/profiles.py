@@ -211,15 +211,20 @@ SOURCE_KINDS = ("robust", "natural")
 class Shafahi:
     """Notebook 06 (Shafahi et al., ICLR 2020): frozen robust features, N per class, MLP heads,
     input gradients, LwF tables. Defaults are the paper's (Fig. 3 arms, Fig. 4 depths, Tables 4-7's
-    lambda_d grids, App. A.2's arm-2 attack at eps 5/8 of the training eps, PGD-3, step 3/8 of it);
-    each field is a notebook parameter. ``per_class`` None means every training image."""
+    lambda_d grids; App. A.2's arm 2: the extractor frozen and the last layer trained on PGD-3
+    examples at the training eps, step 3/5 of it), with ours marked; each field is a notebook
+    parameter. ``per_class`` None means every training image."""
     per_class: tuple = (10, 25, 100, None)              # Fig. 3's N per class
     arm_steps: int = 1000                               # Fig. 3 arms 1-2: one optimizer-step budget at every N
     probe_min_steps: int = 500                          # (ours) Fig. 3's probe: at least this many SGD steps
     depths: tuple[int, ...] = (0, 1, 2, 3, 5)            # Fig. 4: hidden layers
     bn_dropout_depth: int = 2                           # Fig. 4's BN + dropout variant
     dropout: float = 0.25
-    table4_extra_lams: tuple[float, ...] = (1e-7, 0.0025)        # Table 4 beside 03's grid
+    table4_extra_lams: tuple[float, ...] = (1e-7, 0.0025, 0.0, 1.0, 10.0)   # Table 4 beside 03's grid; 0, 1, 10 ours
+    lwf_seed_lams: tuple[float, ...] = (0.1, 0.001)      # (ours) Table 4 cells fine-tuned with every seed of lwf_seeds
+    lwf_seeds: tuple[int, ...] = (0, 1, 2)
+    lwf_bn_update: bool = True                          # (ours) Table 4's lambda_d = 0 with BN statistics updated
+    wide_heads: tuple = ((5, 512),)                     # (ours) Fig. 4: (hidden layers, width) heads beside depths
     same_lams: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 0.001, 0.01, 0.1)   # Tables 5 / 7
     split_lams: tuple[float, ...] = (0.001, 0.005, 0.01, 0.1)             # Table 6
     grad_images: int = 8                                # Fig. 5
@@ -240,9 +245,15 @@ class Shafahi:
         check_int("grad_images", self.grad_images, 1)
         check_real("grad_percentile", self.grad_percentile, 0, 100, low_open=True)
         check_real("stroke_threshold", self.stroke_threshold, 0, 1)
-        for name in ("table4_extra_lams", "same_lams", "split_lams"):
+        for name in ("table4_extra_lams", "same_lams", "split_lams", "lwf_seed_lams"):
             for v in getattr(self, name):
                 check_real(f"{name} entry", v, 0)
+        check(len(self.lwf_seeds) >= 1, "lwf_seeds is empty: give at least one seed")
+        for v in self.lwf_seeds:
+            check_int("lwf_seeds entry", v, 0)
+        for h in self.wide_heads:
+            check(isinstance(h, (tuple, list)) and len(h) == 2 and is_int(h[0]) and h[0] >= 1 and is_int(h[1])
+                  and h[1] >= 1, f"wide_heads entries are (hidden layers >= 1, width >= 1), not {h!r}")
 
     def check_data(self, target: DataSpec) -> None:
         """What needs the target's data (loaded, nothing trained): every N per class (a ConfigError
@@ -372,7 +383,7 @@ _PV_FIELDS = tuple(f.name for f in dataclasses.fields(Provable)
                    if f.name not in ("main_pair", "table1_pairs", "table4_pairs", "pv_model"))
 _PV_GRIDS = ("pv_modes", "pv_radii", "head_seeds")
 _SH_FIELDS = tuple(f.name for f in dataclasses.fields(Shafahi))
-_SH_GRIDS = ("per_class", "depths", "table4_extra_lams", "same_lams", "split_lams")
+_SH_GRIDS = ("per_class", "depths", "table4_extra_lams", "same_lams", "split_lams", "lwf_seed_lams", "lwf_seeds")
 
 
 def _literal(value):
@@ -530,8 +541,9 @@ def _smoke() -> Profile:
             pv_model=WRNSpec(10, 1, stem_stride=2), smooth_images=16, search_images=16, search_steps=5,
             pv_samples=60, pv_n0=10, pv_alpha=0.01, pv_radii=(0.0, 0.02, 0.04), pv_r=0.02, head_seeds=(0,),
             head_lr=1e-2, head_max_epochs=6, normal_epochs=2, shared_adv=True),
-        shafahi=Shafahi(per_class=(4, 16, None), arm_steps=6, depths=(0, 1, 2), table4_extra_lams=(1e-7,),
-                        same_lams=(1e-5, 0.01), split_lams=(0.01,), grad_images=4))
+        shafahi=Shafahi(per_class=(4, 16, None), arm_steps=6, depths=(0, 1, 2), table4_extra_lams=(1e-7, 0.0),
+                        same_lams=(1e-5, 0.01), split_lams=(0.01,), grad_images=4, lwf_seed_lams=(0.1,),
+                        lwf_seeds=(0, 1), wide_heads=((2, 16),)))
 
 
 def _quick(gpu: bool) -> Profile:

@@ -59,6 +59,11 @@ class StandardTraining:
     def on_epoch_start(self, model, epoch: int, state) -> None:
         pass
 
+    def epoch_record(self, state) -> dict:
+        """Called after each epoch: what the method adds to that epoch's history record (LwF: its
+        feature distance and penalty / cross-entropy ratio)."""
+        return {}
+
     def prepare_model(self, model):
         """Called once when a source model is built, before training (under the run's seed): a
         method that needs extra modules (SimCLR's projection head) adds them here."""
@@ -234,7 +239,8 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
         tot_loss, tot_correct, n = distributed.all_sum(tot_loss, tot_correct, torch.tensor(float(n)))
         n = int(n)
         rec = {"epoch": epoch + 1, "loss": float(tot_loss) / max(n, 1), "train_acc": float(tot_correct) / max(n, 1),
-               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "images": n}
+               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "images": n,
+               **method.epoch_record(state)}
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.3f}")
         if ckpt is not None and distributed.is_main():

@@ -11,7 +11,12 @@ released code also trains BN gamma and beta after the warm start: we keep the te
 Defaults: lr 0.001 fixed (Sec. 6 and the released Table 4 config; App. A.1 says 1e-2), weight
 decay 2e-4 (released code). Profiles `quick` and `full` set lr 0.01 and decay 5e-4 explicitly, as
 notebook 03 always ran (its cache keys hold). ``distance="l1"`` is the released code's
-||z - z_0||_1 (mean over the batch); None is the text's L2 norm.
+||z - z_0||_1 (mean over the batch); None is the text's L2 norm. ``bn_stats="update"`` (ours, to
+separate what distillation does from what frozen BN statistics do) keeps every BN layer in train
+mode, so its running statistics follow the target's batches; the affine stays frozen.
+
+Each epoch's record in ``train.json`` holds ``feature_distance`` (the mean ||z - z_0|| over the
+epoch's images), ``ce`` (the mean cross-entropy) and ``penalty_ce_ratio`` (lambda_d * distance / CE).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class LwFTraining(StandardTraining):
     warm_fraction: float = 0.5
     augment: bool = False
     distance: str | None = None   # None: L2 (the text); "l1": the released code
+    bn_stats: str = "reuse"       # "update": BN running statistics follow the target (ours)
 
     kind = "lwf"
 
@@ -46,6 +52,7 @@ class LwFTraining(StandardTraining):
         check(0 <= self.warm_fraction < 1, f"LwF warm_fraction must be in [0, 1), not {self.warm_fraction}")
         check(not self.augment, "LwF trains without augmentation (the source features are precomputed)")
         check(self.distance in (None, "l1"), f"LwF distance must be None (L2) or 'l1', not {self.distance!r}")
+        check(self.bn_stats in ("reuse", "update"), f"LwF bn_stats must be 'reuse' or 'update', not {self.bn_stats!r}")
 
     def warm_epochs(self) -> int:
         return int(round(self.warm_fraction * self.epochs))
@@ -62,7 +69,8 @@ class LwFTraining(StandardTraining):
                     x = pad_rows(x, 512)  # a tail batch keeps the compiled shape
                 feats[pos[idx]] = model.penultimate(runtime.inputs(x))[:n].float()
         return {"z0": feats, "pos": pos, "trainable": [p for p in model.parameters() if p.requires_grad],
-                "head": set(map(id, model.head.fc.parameters()))}
+                "head": set(map(id, model.head.fc.parameters())),
+                "sums": torch.zeros(3, device=runtime.device)}   # this epoch's sum of distances, of CE, images
 
     def on_epoch_start(self, model, epoch: int, state: dict) -> None:
         warm = epoch < self.warm_epochs()
@@ -70,14 +78,28 @@ class LwFTraining(StandardTraining):
             p.requires_grad_(not warm or id(p) in state["head"])
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+                m.train(self.bn_stats == "update")
+        state["sums"].zero_()
+
+    def epoch_record(self, state: dict) -> dict:
+        from .. import distributed
+        dist, ce, n = (float(v) for v in distributed.all_sum(*state["sums"].clone()))
+        if n == 0:
+            return {}
+        dist, ce = dist / n, ce / n
+        return {"feature_distance": dist, "ce": ce, "penalty_ce_ratio": self.lam_d * dist / max(ce, 1e-12)}
 
     def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
         with runtime.autocast():
             z = model.penultimate(x)
             logits = model.head.fc(z)
         z0 = state["z0"][state["pos"][idx]]
-        return F.cross_entropy(logits.float(), y) + self.lam_d * lwf_distance(z.float(), z0, self.distance), logits
+        dist = lwf_distance(z.float(), z0, self.distance)
+        ce = F.cross_entropy(logits.float(), y)
+        with torch.no_grad():   # the epoch's record; no host sync here
+            state["sums"] += torch.stack([dist.detach() * len(y), ce.detach() * len(y),
+                                          torch.full_like(ce.detach(), float(len(y)))])
+        return ce + self.lam_d * dist, logits
 
 
 def lwf_distance(z: torch.Tensor, z0: torch.Tensor, distance: str | None = None) -> torch.Tensor:

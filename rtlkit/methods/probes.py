@@ -45,7 +45,8 @@ class ProbeHead:
     def label(self) -> str:
         if self.hidden == 0:
             return "linear"
-        return f"MLP-{self.hidden}" + (" + BN" if self.bn else "") + (f" + DO {self.dropout:g}" if self.dropout else "")
+        return f"MLP-{self.hidden}" + (f" x{self.width}" if self.width else "") + (" + BN" if self.bn else "") + \
+            (f" + DO {self.dropout:g}" if self.dropout else "")
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,11 @@ def _source(profile: Profile, method: str, lam: float = 0.0, k: int | None = Non
 
 def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | None = None,
               source: DataSpec | None = None, lam: float | None = None, beta: float | None = None,
-              lam_d: float | None = None, steps: int | None = None) -> tuple[TransferRun, dict]:
+              lam_d: float | None = None, steps: int | None = None,
+              lwf_bn_stats: str = "reuse") -> tuple[TransferRun, dict]:
     """One of the methods of CARTL's comparison as a cached run, plus its describing keys.
-    ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs."""
+    ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs;
+    ``lwf_bn_stats="update"``: LwF with BN running statistics following the target (ours)."""
     target = target or profile.target
     epochs = profile.cartl_finetune_epochs or profile.finetune.epochs
     finetune = replace(profile.finetune, steps=steps) if steps is not None else \
@@ -62,10 +64,10 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
     elif method == "LwF":          # AT source, end-to-end with feature distillation (k = all)
         lam_d = profile.lwf_lams[0] if lam_d is None else lam_d
         lwf = LwFTraining(epochs=epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d, steps=steps,
-                          lr=profile.lwf_lr, weight_decay=profile.lwf_weight_decay)
+                          lr=profile.lwf_lr, weight_decay=profile.lwf_weight_decay, bn_stats=lwf_bn_stats)
         run = TransferRun(_source(profile, "at", data=source), target, TransferPolicy(k="all", bn_affine="freeze"),
                           lwf, seed)
-        keys = dict(lam_d=lam_d)
+        keys = dict(lam_d=lam_d) if lwf_bn_stats == "reuse" else dict(lam_d=lam_d, bn_stats=lwf_bn_stats)
     else:
         raise ConfigError(f"unknown method {method!r}: vanilla, AT + NEFT, CARTL or LwF")
     return run, {"method": method, "k": k if method != "LwF" else "all", "seed": seed,

@@ -31,11 +31,11 @@ from ..runs import (DataSpec, HeadRun, SourceRun, TransferRun, get_or_evaluate, 
 from ..runtime import Runtime
 from ..training import StandardTraining
 from ..transfer import TransferPolicy
-from .cartl import cartl_attacks, measure
+from .cartl import _transfer, cartl_attacks, measure
 
 __all__ = ["sources_table", "probe_table", "low_data", "mlp_depth", "gradients", "lwf_tables", "panel"]
 
-ARMS = ("AT from scratch", "fine-tuned with AT", "transferred (probe)")
+ARMS = ("AT from scratch", "last layer trained with AT", "transferred (probe)")
 
 
 def _sh(profile: Profile) -> Shafahi:
@@ -55,11 +55,11 @@ def source_run(profile: Profile, kind: str, data: DataSpec | None = None) -> Sou
 
 
 def probe_run(profile: Profile, kind: str, target: DataSpec, source: DataSpec | None = None, hidden: int = 0,
-              bn: bool = False, seed: int = 0, epochs: int | None = None) -> HeadRun:
+              bn: bool = False, seed: int = 0, epochs: int | None = None, width: int | None = None) -> HeadRun:
     """A probe (``hidden`` = 0) or MLP head on the frozen features of a robust or natural source
     (App. A.2's 50 epochs unless ``epochs`` says more)."""
     sh = _sh(profile)
-    head = ProbeHead(hidden=hidden, bn=bn, dropout=sh.dropout if bn else 0.0)
+    head = ProbeHead(hidden=hidden, width=width, bn=bn, dropout=sh.dropout if bn else 0.0)
     method = ProbeTraining() if epochs is None else ProbeTraining(epochs=epochs)
     return HeadRun(source_run(profile, kind, source), target, head, method, seed)
 
@@ -89,6 +89,15 @@ def _train_acc(run: HeadRun, runtime, progress) -> float:
     z, y = get_or_features(run.source, run.data, "train", runtime, progress)
     with torch.no_grad():
         return float((model.head.fc.eval()(z.to(runtime.device)).argmax(1).cpu() == y).float().mean())
+
+
+def _history(run, runtime) -> list[dict]:
+    """A run's per-epoch records (train.json), [] while recording or when unknown."""
+    import json
+    try:
+        return list(json.loads((run_dir(run, runtime) / "train.json").read_text())["history"])
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def _seconds(run, runtime) -> float:
@@ -163,17 +172,19 @@ def _n_label(n) -> str:
 
 def arm_run(profile: Profile, arm: str, n) -> SourceRun | TransferRun | HeadRun:
     """Fig. 3's three arms on ``n`` training images per class of the target (None: all): AT from
-    scratch and AT fine-tuning of the robust source for ``arm_steps`` optimizer steps, and a probe
-    on the frozen robust source (trained to convergence, 50 epochs)."""
+    scratch, and the robust source's last layer adversarially trained on its frozen extractor
+    (App. A.2), each for ``arm_steps`` optimizer steps; and a probe on the frozen robust source's
+    cached features (natural images, trained to convergence, 50 epochs or more)."""
     sh = _sh(profile)
     target = replace(profile.target, per_class=n)
     at = profile.source_method
     eps = profile.eps
     if arm == ARMS[0]:
         return SourceRun(target, profile.model, replace(at, steps=sh.arm_steps), 0)
-    if arm == ARMS[1]:   # App. A.2: PGD-3 at 5/255 with step 3/255, against a training eps of 8/255
-        attack = PGD(eps=eps * 5 / 8, steps=3, step_size=eps * 3 / 8)
-        return TransferRun(source_run(profile, "robust"), target, TransferPolicy(k="all"),
+    if arm == ARMS[1]:   # App. A.2: the extractor frozen, the last layer trained on PGD-3 examples at the
+        # training eps (5 there, Sec. 4.1.1 / App. A.3), step 3 = 0.6 eps; BN statistics the source's
+        attack = PGD(eps=eps, steps=3, step_size=0.6 * eps)
+        return TransferRun(source_run(profile, "robust"), target, TransferPolicy(k=1),
                            replace(at, steps=sh.arm_steps, attack=attack), 0)
     if arm == ARMS[2]:
         return probe_run(profile, "robust", target, epochs=probe_epochs(profile, target))
@@ -205,11 +216,12 @@ def mlp_depth(profile: Profile, runtime: Runtime | None = None, progress: bool =
     sh = _sh(profile)
     rows = []
     for kind in SOURCE_KINDS:
-        heads = [(d, False) for d in sh.depths] + [(sh.bn_dropout_depth, True)]
-        for hidden, bn in heads:
-            run = probe_run(profile, kind, profile.target, hidden=hidden, bn=bn)
+        heads = [(d, False, None) for d in sh.depths] + [(sh.bn_dropout_depth, True, None)] + \
+            [(d, False, w) for d, w in sh.wide_heads]
+        for hidden, bn, width in heads:
+            run = probe_run(profile, kind, profile.target, hidden=hidden, bn=bn, width=width)
             m = _evaluate(profile, run, runtime, progress)
-            rows.append(dict(source=kind, hidden=hidden, head=run.head.label, bn_dropout=bn,
+            rows.append(dict(source=kind, hidden=hidden, head=run.head.label, bn_dropout=bn, width=width or np.nan,
                              train_acc=_train_acc(run, runtime, progress), val_acc=m["clean_acc"], **m))
     return pd.DataFrame(rows)
 
@@ -265,9 +277,15 @@ def lwf_tables(profile: Profile, runtime: Runtime | None = None, progress: bool 
     sh = _sh(profile)
     rows = []
 
-    def lwf(table, lam, target, source=None):
-        m = measure(profile, runtime, progress, "LwF", "all", 0, target=target, source=source, lam_d=lam)
-        rows.append(dict(table=table, model="LwF", lam_d=lam, target=target.label,
+    def lwf(table, lam, target, source=None, seed=0, bn_stats="reuse"):
+        m = measure(profile, runtime, progress, "LwF", "all", seed, target=target, source=source, lam_d=lam,
+                    lwf_bn_stats=bn_stats)
+        run, _ = _transfer(profile, "LwF", "all", seed, target=target, source=source, lam_d=lam, lwf_bn_stats=bn_stats)
+        last = _history(run, runtime)[-1:] or [{}]
+        rows.append(dict(table=table, model="LwF" if bn_stats == "reuse" else "LwF, BN statistics updated",
+                         lam_d=lam, target=target.label, seed=seed,
+                         feature_distance=last[0].get("feature_distance", np.nan),
+                         penalty_ce_ratio=last[0].get("penalty_ce_ratio", np.nan),
                          **{k: m[k] for k in ("clean_acc", "robust_acc", "robust_ce", "robust_cw", "n_test")}))
 
     def probes(table, target, source=None):
@@ -277,6 +295,12 @@ def lwf_tables(profile: Profile, runtime: Runtime | None = None, progress: bool 
 
     for lam in dict.fromkeys(tuple(profile.lwf_lams) + tuple(sh.table4_extra_lams)):
         lwf("Table 4", lam, profile.target)
+    for lam in sh.lwf_seed_lams:   # is LwF stable here? more fine-tuning seeds at these lambda_d
+        for seed in sh.lwf_seeds:
+            if seed != 0:
+                lwf("Table 4", lam, profile.target, seed=seed)
+    if sh.lwf_bn_update:   # distillation off, BN statistics free: what frozen BN alone does
+        lwf("Table 4", 0.0, profile.target, bn_stats="update")
     probes("Table 4", profile.target)
     m = _evaluate(profile, source_run(profile, "robust"), runtime, progress)
     rows.append(dict(table="Tables 5/7", model="robust source", lam_d=np.nan, target=profile.source.label, **m))
