@@ -65,6 +65,8 @@ class Pretraining:
     smoothing_n: int = 100_000
     smoothing_alpha: float = 0.001
     noise_sigmas: tuple[float, ...] = (0.001, 0.01, 0.1, 0.5)   # Table 2
+    noise_sigmas_ours: tuple[float, ...] = (1.0, 2.0)           # (ours) Table 2 beyond the paper's sigmas
+    noise_sources: tuple[str, ...] = ("AT", "CR", "ST")         # Table 2's AT and CR, and (ours) the ST source
     noise_images: int = 1000
     radii: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)             # Table 3
     at_sigma: float = 0.01                    # Table 3: the AT source is smoothed at sigma = 0.01
@@ -88,12 +90,16 @@ class Pretraining:
         for name in ("noise_sigmas", "radii", "pt_seeds"):
             check(len(getattr(self, name)) >= 1, f"{name} is empty: give at least one value")
         check(all(is_real(v) and v > 0 for v in self.noise_sigmas), f"noise_sigmas must be > 0: {self.noise_sigmas}")
+        check(all(is_real(v) and v > 0 for v in self.noise_sigmas_ours),
+              f"noise_sigmas_ours must be > 0: {self.noise_sigmas_ours}")
+        check(len(self.noise_sources) >= 1 and set(self.noise_sources) <= {"AT", "CR", "ST", "SimCLR"},
+              f"noise_sources are pre-trainings of AT, CR, ST, SimCLR, not {self.noise_sources!r}")
         check(all(is_real(v) and v >= 0 for v in self.radii), f"radii must be >= 0: {self.radii}")
         for v in self.pt_seeds:
             check_int("pt_seeds entry", v, 0)
 
 
-PV_MODES = ("normal", "noise", "adv", "adv-d", "adv-s")
+PV_MODES = ("normal", "noise", "adv", "adv-d", "adv-s", "gauss")   # gauss: ours (unclipped sigma noise), not in the default grid
 
 
 def _pv_radii() -> tuple[float, ...]:
@@ -111,7 +117,7 @@ class Provable:
     table1_pairs: tuple                       # Table 1 (the main pair first)
     table4_pairs: tuple                       # Table 4: 4-layer heads on a distant pair
     pv_model: WRNSpec | None = None           # None: the profile's model
-    pv_modes: tuple[str, ...] = PV_MODES
+    pv_modes: tuple[str, ...] = PV_MODES[:5]
     pv_sigma: float = 0.1                     # smoothing sigma and the noise / adv-s training sigma
     pv_eps: float = 0.1                       # adv (paper) and adv-s: L2 PGD radius
     pv_r: float = 0.1                         # the radius A_V is read at
@@ -377,7 +383,7 @@ _GRIDS = ("ks", "bn_ks", "seeds", "source_seeds", "cartl_ks", "cartl_lams", "car
 _ALIASES = ("source_name", "target_name", "source_epochs", "finetune_epochs")
 # notebook 04's settings: every field of Pretraining is a parameter of its own name
 _PT_FIELDS = tuple(f.name for f in dataclasses.fields(Pretraining) if f.name not in ("pt_source", "pt_targets", "pt_model"))
-_PT_GRIDS = ("noise_sigmas", "radii", "pt_seeds", "table6_targets")
+_PT_GRIDS = ("noise_sigmas", "noise_sigmas_ours", "noise_sources", "radii", "pt_seeds", "table6_targets")
 # notebook 05's settings: every field of Provable but its pairs and model is a parameter of its own name
 _PV_FIELDS = tuple(f.name for f in dataclasses.fields(Provable)
                    if f.name not in ("main_pair", "table1_pairs", "table4_pairs", "pv_model"))

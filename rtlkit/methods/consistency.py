@@ -62,3 +62,30 @@ class ConsistencyTraining(StandardTraining):
 def gaussian_training(sigma: float = 0.5, **kw) -> ConsistencyTraining:
     """Cohen et al.'s Gaussian data augmentation: one noisy copy, no consistency term."""
     return ConsistencyTraining(sigma=sigma, m=1, lam=0.0, eta=0.0, **kw)
+
+
+def clipped_noise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Provably Robust Transfer Sec. 4's training noise for ``x``: e ~ N(0, I) per image, scaled
+    down to L2 norm eps where it is longer (e * min(1, eps / ||e||_2)), so ||e||_2 <= eps always."""
+    e = torch.randn_like(x, dtype=torch.float32)
+    norm = e.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return (e * (eps / norm).clamp(max=1.0).view(-1, *([1] * (x.ndim - 1)))).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class ClippedNoiseTraining(StandardTraining):
+    """Provably Robust Transfer Sec. 4, mode "noise": train on x + e, with e ~ N(0, I) clipped to
+    L2 <= eps (:func:`clipped_noise`; eps = 0.1 in [0,1] pixels, App. A.1). In 784 dimensions
+    ||e|| is about 28, so e is in effect a random direction of length eps."""
+    eps: float = 0.1
+
+    kind = "clipped-noise"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_real("noise eps", self.eps, 0, low_open=True)
+
+    def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
+        with runtime.autocast():
+            logits = fwd(runtime.inputs(x + clipped_noise(x, self.eps)))   # the loop seeds each epoch
+        return F.cross_entropy(logits.float(), y), logits

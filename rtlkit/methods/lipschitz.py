@@ -8,8 +8,10 @@ classifier h on frozen features whose L-inf -> L-inf Lipschitz constant is known
   ``row_norm="l2"`` is App. A.1's literal variant (V_j / ||V_j||_2), kept for Table 1 only: its
   L-inf norm can reach k * sqrt(n).
 - :class:`GroupSort` (Anil et al. 2019): sorts each group of ``group`` units; 1-Lipschitz in L-inf.
-- :class:`LipschitzHead`: 1 or 4 bias-free layers with GroupSort between them, every layer an
-  ``LinfLinear`` under ``constraint="wn"`` or a plain ``nn.Linear`` under ``"none"`` (the same net).
+- :class:`LipschitzHead`: 1 or 4 layers with GroupSort between them, every layer an ``LinfLinear``
+  under ``constraint="wn"`` or a plain ``nn.Linear`` under ``"none"`` (the same net), with a bias b
+  as the paper's Eqs. 3-4 have (``bias=False``: without). A bias shifts every output alike for all
+  inputs, so it leaves the Lipschitz constant, and every certificate's bound, unchanged.
 - :func:`lipschitz_bound`: the product of the layers' L-inf operator norms (<= k^layers under wn);
   every certificate uses it, so unconstrained heads get one too.
 """
@@ -28,10 +30,10 @@ CONSTRAINTS = ("none", "wn")
 
 
 class LinfLinear(nn.Module):
-    """A bias-free linear layer whose L-inf operator norm is at most ``k`` (App. A.1's weight
-    normalisation with the magnitudes g_j projected onto [-k, k])."""
+    """A linear layer whose L-inf operator norm is at most ``k`` (App. A.1's weight normalisation
+    with the magnitudes g_j projected onto [-k, k]), with an unconstrained bias unless ``bias=False``."""
 
-    def __init__(self, n_in: int, n_out: int, k: float = 1.0, row_norm: str = "l1"):
+    def __init__(self, n_in: int, n_out: int, k: float = 1.0, row_norm: str = "l1", bias: bool = False):
         super().__init__()
         check_int("LinfLinear inputs", n_in, 1)
         check_int("LinfLinear outputs", n_out, 1)
@@ -42,6 +44,11 @@ class LinfLinear(nn.Module):
         nn.init.kaiming_uniform_(v, a=math.sqrt(5))          # nn.Linear's initial directions
         self.v = nn.Parameter(v)
         self.g = nn.Parameter(self._norms(v).clamp(max=self.k))
+        if bias:   # nn.Linear's initial bias
+            bound = 1 / math.sqrt(n_in)
+            self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
 
     def _norms(self, v: torch.Tensor) -> torch.Tensor:
         return v.norm(p=1 if self.row_norm == "l1" else 2, dim=1)
@@ -51,10 +58,11 @@ class LinfLinear(nn.Module):
         return self.g.clamp(-self.k, self.k)[:, None] * self.v / self._norms(self.v).clamp_min(1e-12)[:, None]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.weight.T
+        out = z @ self.weight.T
+        return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
-        return f"{self.v.shape[1]}, {self.v.shape[0]}, k={self.k:g}, row_norm={self.row_norm}"
+        return f"{self.v.shape[1]}, {self.v.shape[0]}, k={self.k:g}, row_norm={self.row_norm}, bias={self.bias is not None}"
 
 
 class GroupSort(nn.Module):
@@ -76,13 +84,15 @@ def operator_norm(layer: nn.Module) -> float:
     return float(layer.weight.detach().abs().sum(1).max())
 
 
-def check_head(layers: int, constraint: str, hidden: int | None, k: float, row_norm: str, group: int) -> None:
+def check_head(layers: int, constraint: str, hidden: int | None, k: float, row_norm: str, group: int,
+               bias: bool = True) -> None:
     """The settings of a head (``LipschitzHead``, ``HeadSpec``), each bad one a ConfigError."""
     check(constraint in CONSTRAINTS, f"constraint must be one of {CONSTRAINTS}, not {constraint!r}")
     check_int("head layers", layers, 1)
     check_real("Lipschitz constant k", k, 0, low_open=True)
     check(row_norm in ("l1", "l2"), f"row_norm must be 'l1' or 'l2', not {row_norm!r}")
     check_int("GroupSort group size", group, 1)
+    check(isinstance(bias, bool), f"bias must be True or False, not {bias!r}")
     if hidden is not None:
         check_int("head hidden width", hidden, 1)
         if layers > 1:
@@ -90,21 +100,21 @@ def check_head(layers: int, constraint: str, hidden: int | None, k: float, row_n
 
 
 class LipschitzHead(nn.Module):
-    """A classifier on frozen features: ``layers`` bias-free linear layers (the hidden ones
+    """A classifier on frozen features: ``layers`` linear layers with biases (the hidden ones
     ``hidden`` wide, default the feature width), GroupSort between them and none after the last."""
 
     def __init__(self, n_in: int, num_classes: int, layers: int = 1, hidden: int | None = None,
-                 constraint: str = "wn", k: float = 1.0, row_norm: str = "l1", group: int = 2):
+                 constraint: str = "wn", k: float = 1.0, row_norm: str = "l1", group: int = 2, bias: bool = True):
         super().__init__()
         check_int("head inputs", n_in, 1)
         check_int("classes", num_classes, 1)
         hidden = n_in if hidden is None else hidden
-        check_head(layers, constraint, hidden, k, row_norm, group)
+        check_head(layers, constraint, hidden, k, row_norm, group, bias)
         self.constraint, self.k = constraint, float(k)
         widths = [n_in] + [hidden] * (layers - 1) + [num_classes]
         mods: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            mods.append(LinfLinear(a, b, k, row_norm) if constraint == "wn" else nn.Linear(a, b, bias=False))
+            mods.append(LinfLinear(a, b, k, row_norm, bias) if constraint == "wn" else nn.Linear(a, b, bias=bias))
             if i < layers - 1:
                 mods.append(GroupSort(group))
         self.net = nn.Sequential(*mods)
@@ -139,15 +149,16 @@ class HeadSpec:
     k: float = 1.0
     row_norm: str = "l1"
     group: int = 2
+    bias: bool = True   # Eqs. 3-4 (False: the bias-free heads rtlkit trained before issue 21)
 
     def __post_init__(self):
-        check_head(self.layers, self.constraint, self.hidden, self.k, self.row_norm, self.group)
+        check_head(self.layers, self.constraint, self.hidden, self.k, self.row_norm, self.group, self.bias)
 
     def build(self, n_in: int, num_classes: int, seed: int = 0) -> LipschitzHead:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return LipschitzHead(n_in, num_classes, self.layers, self.hidden, self.constraint, self.k, self.row_norm,
-                                 self.group)
+                                 self.group, self.bias)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from .. import plots, widgets
 from ..attacks import APGD, PGD, Square
 from ..errors import ConfigError, DatasetNotFound
 from ..methods.consistency import ConsistencyTraining
+from ..methods.probes import ProbeHead, ProbeTraining
 from ..methods.simclr import SimCLRTraining
 from ..profiles import Pretraining, Profile
-from ..runs import SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train
+from ..runs import HeadRun, SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train
 from ..runtime import Runtime
 from ..smoothing import Smoothing, certified_curve, noisy_correct
 from ..training import AdversarialTraining, StandardTraining
@@ -142,21 +143,24 @@ def _images(run, n: int | None, runtime: Runtime):
 # --------------------------------------------------------------------------- steps (one per table)
 
 def noise_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
-    """Table 2: the AT and CR sources' accuracy on x + N(0, sigma^2 I) (one seeded draw per image)."""
+    """Table 2: the AT and CR sources' accuracy on x + N(0, sigma^2 I) (one seeded draw per image);
+    ours beside: the ST source too (``noise_sources``) and larger sigmas (``noise_sigmas_ours``), to
+    measure how much of the AT source's resistance comes from adversarial training at all."""
     pt, runtime = _pt(profile), runtime or Runtime()
     rows = []
     for seed in pt.pt_seeds:
-        for name in ("AT", "CR"):
+        for name in pt.noise_sources:
             run = source_run(profile, name, seed)
             model = get_or_train(run, runtime, progress)
             if model is None:   # rtlkit.plan's recording mode: nothing runs
                 continue
             x, y = _images(run, pt.noise_images, runtime)
             clean = noisy_correct(model, x, y, 0.0, seed, autocast=runtime.autocast).mean()
-            for sigma in pt.noise_sigmas:
+            for sigma in tuple(pt.noise_sigmas) + tuple(s for s in pt.noise_sigmas_ours if s not in pt.noise_sigmas):
                 acc = noisy_correct(model, x, y, sigma, seed, autocast=runtime.autocast).mean()
                 rows.append(dict(pretraining=name, sigma=sigma, seed=seed, clean_acc=float(clean),
-                                 robust_acc=float(acc), n_test=len(y), dataset=run.data.label))
+                                 robust_acc=float(acc), n_test=len(y), dataset=run.data.label,
+                                 noise_l2=sigma * float(x[0].numel()) ** 0.5, paper_sigma=sigma in pt.noise_sigmas))
     return pd.DataFrame(rows)
 
 
@@ -268,7 +272,30 @@ def robust_finetuning_needed(profile: Profile, runtime: Runtime | None = None, p
             base = float(noisy_correct(model, x, y, 0.0, s, autocast=runtime.autocast).mean())
             rows.append(dict(row, finetune="ST (last layer)", sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0,
                              clean_acc=base, robust_acc=0.0))
+            # the same comparison with the last layer trained to convergence: a linear probe on the CR
+            # source's cached clean features (methods.probes, App. A.2's schedule), so that an
+            # under-trained classifier does not confound sigma = 0.5 against sigma = 0
+            probe = probe_run(profile, t, s)
+            m = get_or_certify(probe, smoothing(pt), pt.l2_eps, runtime, progress, test_n=pt.cert_images)
+            prow = dict(row, finetune=PROBE, sa=m["smoothed_acc"], ra_ct=m["certified_acc"], acr=m["acr"],
+                        abstain=m["abstain"], clean_acc=m["smoothed_acc"], robust_acc=m["certified_acc"], n_test=m["n_test"])
+            rows.append(prow)
+            model = get_or_train(probe, runtime, progress)
+            if model is None:
+                continue
+            x, y = _images(probe, pt.cert_images, runtime)
+            base = float(noisy_correct(model, x, y, 0.0, s, autocast=runtime.autocast).mean())
+            rows.append(dict(prow, sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0, clean_acc=base, robust_acc=0.0))
     return pd.DataFrame(rows)
+
+
+PROBE = "ST probe (last layer, converged)"
+
+
+def probe_run(profile: Profile, target, seed: int = 0) -> HeadRun:
+    """Table 7's last layer trained to convergence: a linear probe on the CR source's frozen
+    features of the target's clean training images."""
+    return HeadRun(source_run(profile, "CR", seed), target, ProbeHead(), ProbeTraining(), seed)
 
 
 def _table6(pt: Pretraining) -> list:

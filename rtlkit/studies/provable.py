@@ -21,7 +21,7 @@ import torch
 from .. import plots, widgets
 from ..attacks import PGD, attack_mode
 from ..errors import ConfigError, DatasetNotFound
-from ..methods.consistency import gaussian_training
+from ..methods.consistency import ClippedNoiseTraining, gaussian_training
 from ..methods.fdm import FDMTraining
 from ..methods.lipschitz import HeadSpec, HeadTraining, lipschitz_bound
 from ..methods.search import InputSearch, input_search, representation_search
@@ -63,7 +63,8 @@ def pair_label(profile: Profile, pair) -> str:
 
 
 def mode_method(profile: Profile, mode: str) -> StandardTraining:
-    """How f trains in each mode (Sec. 4-5, App. A.1). adv: L2 PGD-10 at eps, or with
+    """How f trains in each mode (Sec. 4-5, App. A.1). noise: N(0, I) clipped to L2 <= eps (Sec. 4;
+    gauss, ours and not in the default grid: unclipped N(0, sigma^2 I)); adv: L2 PGD-10 at eps, or with
     ``shared_adv`` the profile's robust source method (01-03's, L-inf); adv-d: FDM (Chen et al.)
     with k = 1, lambda = 0.005 and adv's attack; adv-s: SmoothAdv with adv's steps and schedule."""
     pv = _pv(profile)
@@ -78,7 +79,9 @@ def mode_method(profile: Profile, mode: str) -> StandardTraining:
                                          "gamma", "augment")}
     if mode == "normal":
         return StandardTraining(epochs=pv.normal_epochs)
-    if mode == "noise":
+    if mode == "noise":   # Sec. 4: N(0, I) clipped to L2 <= eps
+        return ClippedNoiseTraining(epochs=pv.normal_epochs, eps=pv.eps)
+    if mode == "gauss":   # (ours, the earlier "noise") unclipped N(0, sigma^2 I): Cohen et al.'s augmentation
         return gaussian_training(pv.sigma, epochs=pv.normal_epochs)
     if mode == "adv":
         return adv
@@ -190,6 +193,7 @@ def lipschitz_table(profile: Profile, runtime: Runtime | None = None, progress: 
             for split in SPLITS:
                 data = _data(profile, pair, split)
                 z, y = get_or_features(src, data, "test", runtime, progress, tap=pv.tap)
+                z_tr, y_tr = get_or_features(src, data, "train", runtime, progress, tap=pv.tap)
                 for variant in variants:
                     for layers in (1, 4):
                         for seed in pv.head_seeds:
@@ -198,8 +202,9 @@ def lipschitz_table(profile: Profile, runtime: Runtime | None = None, progress: 
                                 continue
                             with torch.no_grad():
                                 acc = float((h(z.to(runtime.device)).argmax(1).cpu() == y).float().mean())
+                                train_acc = float((h(z_tr.to(runtime.device)).argmax(1).cpu() == y_tr).float().mean())
                             rows.append(dict(pair=pair_label(profile, pair), mode=mode, constraint=variant,
-                                             layers=layers, split=split, seed=seed, acc=acc,
+                                             layers=layers, split=split, seed=seed, acc=acc, train_acc=train_acc,
                                              lipschitz_bound=lipschitz_bound(h), n_test=len(y)))
     return pd.DataFrame(rows)
 
@@ -220,7 +225,8 @@ def _search_rows(model, run: HeadRun, pv: Provable, runtime: Runtime) -> pd.Data
     # in float64: the closed form's 1e-6 overshoot past the boundary is below float32's resolution
     # at these feature sizes, so a float32 check puts some z' back on the right side (p_z < 100 %)
     h64 = copy.deepcopy(head).double()
-    rep = representation_search(h64.linears[0].weight.detach(), None, z.double(), y)
+    lin = h64.linears[0]
+    rep = representation_search(lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), z.double(), y)
     with torch.no_grad():
         rep_found = (h64(rep["z"]).argmax(1) != y) & correct
     rep["z"] = rep["z"].float()
@@ -517,7 +523,7 @@ def with_paper(ours: pd.DataFrame, table: str, setting_: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- plots
 
-_MODE_COLOURS = {"normal": "tab:blue", "noise": "tab:green", "adv": "tab:red", "adv-d": "tab:orange",
+_MODE_COLOURS = {"normal": "tab:blue", "noise": "tab:green", "gauss": "tab:olive", "adv": "tab:red", "adv-d": "tab:orange",
                  "adv-s": "tab:purple"}
 _METHOD_STYLE = {"label": ("tab:gray", ":"), "logit": ("tab:blue", "--"), "representation": ("tab:red", "-"),
                  BOUND1: ("tab:pink", "-.")}

@@ -76,8 +76,26 @@ def test_none_and_wn_are_the_same_net():
     wn, none = LipschitzHead(16, 5, layers=4, constraint="wn"), LipschitzHead(16, 5, layers=4, constraint="none")
     shapes = lambda h: [tuple(m.weight.shape) for m in h.linears]   # noqa: E731
     assert shapes(wn) == shapes(none) == [(16, 16), (16, 16), (16, 16), (5, 16)]
-    assert [type(m).__name__ for m in wn.net][1::2] == ["GroupSort"] * 3 and not any(
-        getattr(m, "bias", None) is not None for m in none.linears)
+    assert [type(m).__name__ for m in wn.net][1::2] == ["GroupSort"] * 3
+    assert all(m.bias is not None and m.bias.shape == (m.weight.shape[0],) for m in wn.linears + none.linears)
+    bare = LipschitzHead(16, 5, layers=4, constraint="wn", bias=False)
+    assert all(m.bias is None for m in bare.linears)
+
+
+def test_a_bias_leaves_the_lipschitz_bound_and_its_guarantee():
+    """Eqs. 3-4's b: the bound is the weights' alone, and ||h(a) - h(b)||_inf <= L ||a - b||_inf holds with it."""
+    torch.manual_seed(0)
+    head = LipschitzHead(16, 5, layers=4, constraint="wn")
+    with torch.no_grad():
+        for m in head.linears:
+            m.bias.normal_(0, 3.0)
+    bound = lipschitz_bound(head)
+    assert bound <= 1.0 + 1e-5
+    a, b = torch.randn(256, 16), torch.randn(256, 16)
+    with torch.no_grad():
+        moved = (head(a) - head(b)).abs().amax(1)
+    assert (moved <= bound * (a - b).abs().amax(1) * (1 + 1e-5) + 1e-6).all()
+    assert (moved > 0).any()
 
 
 @pytest.mark.parametrize("kw", [dict(constraint="spectral"), dict(layers=0), dict(layers=4, hidden=15, group=2),
