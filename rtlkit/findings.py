@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from .errors import check, check_int, is_real
 
@@ -63,34 +64,57 @@ def bootstrap_se(results, draws: int = 2000, seed: int = 0) -> float:
 
 @dataclass(frozen=True)
 class Finding:
-    """One claim: where it comes from, the paper's effect and ours with its SE, and the verdict."""
+    """One claim: where it comes from, the paper's effect and ours with its SE, and the verdict.
+
+    Effects are differences of accuracies (fractions). ``paper_effect`` None: the paper states only
+    the direction (``direction`` +1 or -1: a figure without printed numbers); the rule then cannot
+    test a size, and an effect inside 2 SE is unresolved. ``testable`` False marks a row whose
+    setting cannot show the effect at all (say, a radius no certificate at that N reaches): its
+    verdict is "not a test". ``ours`` and ``paper_numbers`` hold the numbers behind each effect."""
     notebook: str
     paper: str
     where: str            # table or figure
     claim: str            # one line
-    paper_effect: float   # the paper's difference (its sign is the claim)
+    paper_effect: float | None   # the paper's difference (its sign is the claim); None: direction only
     effect: float         # ours
     se: float
     n: int                # test images
     seeds: int
+    direction: int = 0
+    ours: str = ""
+    paper_numbers: str = ""
+    note: str = ""
+    testable: bool = True
 
     def __post_init__(self):
-        for name in ("paper_effect", "effect", "se"):
+        for name in ("effect", "se") + (("paper_effect",) if self.paper_effect is not None else ()):
             check(is_real(getattr(self, name)) and math.isfinite(getattr(self, name)),
                   f"{name} must be a finite number, not {getattr(self, name)!r}")
         check(self.se >= 0, f"se must be >= 0, not {self.se}")
         check_int("n", self.n, 1)
         check_int("seeds", self.seeds, 1)
+        if self.paper_effect is None:
+            check(self.direction in (-1, 1), f"a direction-only claim needs direction +1 or -1, not {self.direction!r}")
 
     @property
     def verdict(self) -> str:
+        if not self.testable:
+            return "not a test"
+        if self.paper_effect is None:
+            outside = abs(self.effect) > Z * self.se
+            if not outside:
+                return "unresolved"
+            return "agrees" if math.copysign(1, self.effect) == self.direction else "disagrees"
         return verdict(self.paper_effect, self.effect, self.se)
 
     def row(self) -> dict:
         lo, hi = self.effect - Z * self.se, self.effect + Z * self.se
         return {"notebook": self.notebook, "paper": self.paper, "where": self.where, "claim": self.claim,
-                "paper_effect": self.paper_effect, "effect": self.effect, "se": self.se, "low_2se": lo,
-                "high_2se": hi, "n": self.n, "seeds": self.seeds, "verdict": self.verdict}
+                "paper_effect": self.paper_effect if self.paper_effect is not None else float("nan"),
+                "direction": self.direction if self.paper_effect is None else int(np.sign(self.paper_effect)),
+                "effect": self.effect, "se": self.se, "low_2se": lo, "high_2se": hi, "n": self.n,
+                "seeds": self.seeds, "verdict": self.verdict, "ours": self.ours, "paper_numbers": self.paper_numbers,
+                "note": self.note}
 
 
 RESOLUTION = 0.01   # a claim of *no* effect holds only where 2 SE is within 1 point (accuracies in [0, 1])
@@ -109,3 +133,196 @@ def verdict(paper_effect: float, effect: float, se: float, resolution: float = R
     if outside:
         return "agrees" if same_sign else "disagrees"
     return "disagrees" if abs(effect - paper_effect) > Z * se else "unresolved"
+
+
+# --------------------------------------------------------------------------- from a study's tidy tables
+
+def _origin(df: pd.DataFrame) -> str | None:
+    for col in ("origin", "source"):
+        if col in df and df[col].isin(["paper"]).any() | df[col].isin(["rtlkit"]).any():
+            return col
+    return None
+
+
+def ours(df: pd.DataFrame) -> pd.DataFrame:
+    """Our rows of a figure's CSV (the paper's, ``source`` or ``origin`` = paper, left out)."""
+    col = _origin(df)
+    return df if col is None else df[df[col] != "paper"]
+
+
+def theirs(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's rows of a figure's CSV."""
+    col = _origin(df)
+    return df.iloc[:0] if col is None else df[df[col] == "paper"]
+
+
+def pick(df: pd.DataFrame, **eq) -> pd.DataFrame:
+    """Rows whose columns equal the given values (numbers compared as numbers: k 6 matches 6.0 and
+    "6"; None matches an empty cell)."""
+    keep = np.ones(len(df), dtype=bool)
+    for col, want in eq.items():
+        if col not in df:
+            return df.iloc[:0]
+        v = df[col]
+        if want is None:
+            keep &= v.isna().to_numpy()
+        elif isinstance(want, (int, float)) and not isinstance(want, bool):
+            num = pd.to_numeric(v, errors="coerce")
+            keep &= np.isclose(num.to_numpy(dtype=float), float(want), rtol=0, atol=1e-12)
+        else:
+            keep &= (v.astype(str) == str(want)).to_numpy()
+    return df[keep]
+
+
+def mean_se(rows: pd.DataFrame, col: str) -> tuple[float, float, int, int]:
+    """(mean, SE, n, seeds) of an accuracy over the rows (one per seed) of a table: the binomial SE
+    of the mean accuracy on n test images (Agresti-Coull's, never 0 at 0 % or 100 %), plus the seeds' spread (variance / seeds) where there are
+    several. The test set is shared by the seeds, so its sampling error does not average out."""
+    check(len(rows) >= 1, f"no rows to measure {col} on")
+    v = rows[col].astype(float).to_numpy()
+    n = int(pd.to_numeric(rows["n_test"], errors="coerce").min()) if "n_test" in rows else 0
+    check(n >= 1, f"rows without n_test cannot give an SE for {col}")
+    p = float(v.mean())
+    q = (p * n + 2) / (n + 4)   # Agresti-Coull: at 0 % or 100 % the plain binomial SE would be 0
+    var = q * (1 - q) / (n + 4) + (float(v.var(ddof=1)) / len(v) if len(v) > 1 else 0.0)
+    return p, math.sqrt(var), n, len(v)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def contrast(notebook: str, paper: str, where: str, claim: str, a: pd.DataFrame, b: pd.DataFrame,
+             col: str = "robust_acc", paper_a: float | None = None, paper_b: float | None = None,
+             direction: int = 0, note: str = "", testable: bool = True, se_floor: float = 0.0) -> Finding:
+    """The effect mean(a) - mean(b) of ``col`` with its SE (the two sides' SEs combined as
+    independent: conservative for two models judged on one test set, whose results correlate);
+    the paper's effect ``paper_a - paper_b`` (None: ``direction`` only)."""
+    pa, sa, na, ka = mean_se(a, col)
+    pb, sb, nb, kb = mean_se(b, col)
+    pe = None if paper_a is None or paper_b is None else float(paper_a - paper_b)
+    return Finding(notebook, paper, where, claim, pe, pa - pb, math.sqrt(sa ** 2 + sb ** 2 + se_floor ** 2),
+                   min(na, nb), min(ka, kb), direction if pe is None else 0,
+                   ours=f"{_pct(pa)} vs {_pct(pb)}", note=note, testable=testable,
+                   paper_numbers="" if pe is None else "no difference" if paper_a == paper_b == 0 else
+                   f"{_pct(paper_a)} vs {_pct(paper_b)}")
+
+
+def samples(notebook: str, paper: str, where: str, claim: str, a, b, direction: int, note: str = "") -> Finding:
+    """The effect mean(a) - mean(b) of two sets of per-example measurements that are not accuracies
+    (a share of the gradient, say): the SE of a difference of means, sqrt(var_a / n_a + var_b / n_b)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    check(len(a) >= 2 and len(b) >= 2, f"{where}: need >= 2 measurements a side, not {len(a)} and {len(b)}")
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return Finding(notebook, paper, where, claim, None, float(a.mean() - b.mean()), se, min(len(a), len(b)), 1,
+                   direction, ours=f"{a.mean():.3g} vs {b.mean():.3g}", note=note)
+
+
+def average(notebook: str, paper: str, where: str, claim: str, parts: list[Finding], direction: int = 0,
+            paper_effect: float | None = None, paper_numbers: str = "", note: str = "") -> Finding:
+    """The mean of several findings' effects (one per target, say), its SE from theirs as independent."""
+    check(len(parts) >= 1, f"{where}: nothing to average")
+    k = len(parts)
+    eff = sum(f.effect for f in parts) / k
+    se = math.sqrt(sum(f.se ** 2 for f in parts)) / k
+    return Finding(notebook, paper, where, claim, paper_effect, eff, se, min(f.n for f in parts),
+                   min(f.seeds for f in parts), direction if paper_effect is None else 0,
+                   ours="; ".join(f.ours for f in parts), paper_numbers=paper_numbers, note=note)
+
+
+# --------------------------------------------------------------------------- every notebook's findings
+
+NOTEBOOKS = {"01": "layer_freezing", "02": "bn_ablation", "03": "cartl", "04": "pretraining", "05": "provable",
+             "06": "shafahi"}
+COLUMNS = ["notebook", "paper", "where", "claim", "paper_effect", "direction", "effect", "se", "low_2se", "high_2se",
+           "n", "seeds", "verdict", "ours", "paper_numbers", "note"]
+
+
+def reader(figures_dir):
+    """read(name) -> the DataFrame of ``<figures_dir>/<name>.csv``, or None where it is missing."""
+    from pathlib import Path
+    folder = Path(figures_dir)
+
+    def read(name: str) -> pd.DataFrame | None:
+        path = folder / f"{name}.csv"
+        return pd.read_csv(path) if path.is_file() else None
+    return read
+
+
+def of_notebook(notebook: str, figures_dir) -> list[Finding]:
+    """The findings of one notebook ("03"), computed by its study's ``findings`` from the CSVs its
+    run left in ``figures_dir`` (none where they are missing)."""
+    import importlib
+    check(notebook in NOTEBOOKS, f"unknown notebook {notebook!r}; one of {', '.join(NOTEBOOKS)}")
+    study = importlib.import_module(f"rtlkit.studies.{NOTEBOOKS[notebook]}")
+    return list(study.findings(reader(figures_dir)))
+
+
+def collect(figures_dir) -> pd.DataFrame:
+    """Every notebook's findings as one table (``figures/findings.csv``'s rows)."""
+    rows = [f.row() for nb in NOTEBOOKS for f in of_notebook(nb, figures_dir)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def table(notebook: str, figures_dir) -> pd.DataFrame:
+    """A notebook's findings cell: claim, the paper's effect and ours +- 2 SE in points, n, seeds, verdict."""
+    df = pd.DataFrame([f.row() for f in of_notebook(notebook, figures_dir)], columns=COLUMNS)
+    out = df[["where", "claim", "paper_numbers", "ours", "n", "seeds", "verdict"]].copy()
+    out.insert(3, "paper effect (pts)", [_effect(r.paper_effect, r.direction) for r in df.itertuples()])
+    out.insert(5, "ours (pts, +- 2 SE)", [f"{100 * r.effect:+.1f} +- {200 * r.se:.1f}" for r in df.itertuples()])
+    return out
+
+
+def _effect(paper_effect: float, direction: int) -> str:
+    if paper_effect == paper_effect:   # not NaN
+        return f"{100 * paper_effect:+.1f}"
+    return "higher" if direction > 0 else "lower"
+
+
+def render(df: pd.DataFrame) -> str:
+    """``findings.md``: the findings table as markdown, one section per notebook, generated from
+    ``findings.csv`` (never edited by hand; ``tests/test_findings_doc.py`` holds the two equal)."""
+    titles = {"01": "01 layer freezing", "02": "02 BN ablation", "03": "03 CARTL", "04": "04 pre-training (Vaishnavi et al.)",
+              "05": "05 provably robust transfer", "06": "06 Shafahi et al."}
+    lines = ["# Findings", "",
+             "Generated by `rtlkit.findings` from `findings.csv`, which the notebooks' own code computes from",
+             "the CSVs beside each figure; never edited by hand. Effects are differences of accuracies in",
+             "points. Verdicts by one rule (`rtlkit/findings.py`): **agrees** = the paper's sign, outside 2 SE;",
+             "**disagrees** = the opposite sign outside 2 SE, or inside 2 SE of zero while the paper's effect",
+             "lies outside ours +- 2 SE; **unresolved** = neither; **not a test** = the setting cannot show it.",
+             "The SE of a difference combines both sides' binomial SEs (and the seeds' spread) as independent,",
+             "which over-states it for two models judged on one test set: a conservative rule.", ""]
+    counts = df.verdict.value_counts()
+    lines += ["Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS + ("not a test",)), ""]
+    for nb in NOTEBOOKS:
+        part = df[df.notebook.astype(str).str.zfill(2) == nb]
+        if not len(part):
+            continue
+        lines += [f"## {titles[nb]}", "",
+                  "| where | claim | paper | paper effect | ours | ours, pts +- 2 SE | n x seeds | verdict |",
+                  "|---|---|---|---:|---|---:|---|---|"]
+        notes = []
+        for r in part.itertuples():
+            mark = ""
+            if isinstance(r.note, str) and r.note:
+                notes.append(r.note)
+                mark = f" [{len(notes)}]"
+            cell = lambda v: "" if not isinstance(v, str) else v.replace("|", "/")   # noqa: E731
+            lines.append(f"| {r.paper}, {r.where} | {cell(r.claim)}{mark} | {cell(r.paper_numbers)} | "
+                         f"{_effect(r.paper_effect, r.direction)} | {cell(r.ours)} | "
+                         f"{100 * r.effect:+.1f} +- {200 * r.se:.1f} | {int(r.n)} x {int(r.seeds)} | **{r.verdict}** |")
+        lines.append("")
+        lines += [f"[{i}] {t}" for i, t in enumerate(notes, 1)] + ([""] if notes else [])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(figures_dir) -> pd.DataFrame:
+    """``findings.csv`` and ``findings.md`` in ``figures_dir``, from the CSVs there (atomically)."""
+    from pathlib import Path
+    from .io import atomic_write_bytes, atomic_write_csv
+    folder = Path(figures_dir)
+    df = collect(folder)
+    atomic_write_csv(folder / "findings.csv", df)
+    df = pd.read_csv(folder / "findings.csv")   # render what a reader of the CSV sees
+    atomic_write_bytes(folder / "findings.md", render(df).encode())
+    return df

@@ -217,9 +217,9 @@ SOURCE_KINDS = ("robust", "natural")
 class Shafahi:
     """Notebook 06 (Shafahi et al., ICLR 2020): frozen robust features, N per class, MLP heads,
     input gradients, LwF tables. Defaults are the paper's (Fig. 3 arms, Fig. 4 depths, Tables 4-7's
-    lambda_d grids; App. A.2's arm 2: the extractor frozen and the last layer trained on PGD-3
-    examples at the training eps, step 3/5 of it), with ours marked; each field is a notebook
-    parameter. ``per_class`` None means every training image."""
+    lambda_d grids; Sec. 4.2's arm 2, fine-tuned on App. A.2's PGD-3 at the training eps, step 3/5
+    of it), with ours marked; each field is a notebook parameter. ``per_class`` None means every
+    training image."""
     per_class: tuple = (10, 25, 100, None)              # Fig. 3's N per class
     arm_steps: int = 1000                               # Fig. 3 arms 1-2: one optimizer-step budget at every N
     probe_min_steps: int = 500                          # (ours) Fig. 3's probe: at least this many SGD steps

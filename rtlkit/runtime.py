@@ -63,7 +63,9 @@ def pin_cpu_isa(mode: str | None = None) -> str:
     return mode
 
 
-PINNED_PROFILES = ("quick",)   # the committed figures' profile: its CSVs are the same bits on any AVX2 x86 CPU
+# the committed figures' profile: pinned, its CSVs are the same bits on one host whatever ISA each library could
+# use; not across CPU vendors (AMD EPYC Zen 3 against Intel Xeon measured different, README "Reliability")
+PINNED_PROFILES = ("quick",)
 
 
 def default_cpu_isa(profile: str, device: str | None = None) -> str:

@@ -172,3 +172,107 @@ def panel(df: pd.DataFrame, interactive: bool = True):
     pick_c.observe(redraw, "value")
     redraw()
     return widgets.arrange([pick_k, pick_c], out)
+
+
+# --------------------------------------------------------------------------- findings
+
+def findings(read) -> list:
+    """CARTL Table 1 as findings from ``02_bn_ablation.csv``: freezing the fine-tuned part's BN
+    affine raises robustness (both statistics settings), and reusing the source's statistics in
+    the frozen extractor raises it; the paper's effect is its mean over its four scenarios. Where
+    both sides sit at 0 % robustness, no affine effect can show: "not a test"."""
+    import dataclasses
+
+    from ..findings import contrast, ours, pick
+    t = read("02_bn_ablation")
+    if t is None:
+        return []
+    every = ours(t)
+    us = every[every.swap.isna()] if "swap" in every else every
+    us = us[us.model.isna()] if "model" in us else us
+    out = []
+    for k in sorted(us.k.dropna().unique()):
+        at = pick(us, k=k)
+        for stats in ("reuse", "update"):
+            a, b = pick(at, bn_stats=stats, bn_affine="freeze"), pick(at, bn_stats=stats, bn_affine="train")
+            if len(a) and len(b):
+                pairs = _table1_pairs(stats)
+                floor = max(a.robust_acc.max(), b.robust_acc.max()) <= 0.005
+                f = contrast("02", "CARTL", "Table 1", f"freezing the fine-tuned BN affine raises robustness ({stats} "
+                             f"statistics, k = {k:g})", a, b, paper_a=sum(x - y for x, y in pairs) / len(pairs), paper_b=0.0,
+                             testable=not floor,
+                             note="Both sides are at 0 % robustness: none is left for the affine to change."
+                             if floor else "")
+                out.append(dataclasses.replace(f, paper_numbers=_scenarios(pairs)))
+        a, b = pick(at, bn_stats="reuse", bn_affine="freeze"), pick(at, bn_stats="update", bn_affine="freeze")
+        if len(a) and len(b):
+            pairs = _table1_stats_pairs()
+            f = contrast("02", "CARTL", "Table 1", f"reusing the source's BN statistics in the frozen extractor raises "
+                         f"robustness (frozen affine, k = {k:g})", a, b, paper_a=sum(x - y for x, y in pairs) / len(pairs),
+                         paper_b=0.0, note=_swap_note(every, k))
+            out.append(dataclasses.replace(f, paper_numbers=_scenarios(pairs)))
+    return out
+
+
+def _scenarios(pairs) -> str:
+    return "mean of its 4 scenarios: " + ", ".join(f"{100 * (x - y):+.1f}" for x, y in pairs)
+
+
+def _table1_pairs(stats: str) -> list[tuple[float, float]]:
+    """(frozen-affine robustness, trained-affine robustness) in each of Table 1's scenarios, as fractions."""
+    cells = {(sc, k, a, s): rob / 100 for sc, k, a, s, _, rob in PAPER}
+    return [(cells[(sc, k, "freeze", stats)], cells[(sc, k, "train", stats)])
+            for sc, k in dict.fromkeys((sc, k) for sc, k, *_ in PAPER)]
+
+
+def _table1_stats_pairs() -> list[tuple[float, float]]:
+    """(reused-statistics robustness, updated-statistics robustness) with frozen affine, per scenario."""
+    cells = {(sc, k, a, s): rob / 100 for sc, k, a, s, _, rob in PAPER}
+    return [(cells[(sc, k, "freeze", "reuse")], cells[(sc, k, "freeze", "update")])
+            for sc, k in dict.fromkeys((sc, k) for sc, k, *_ in PAPER)]
+
+
+def _swap_note(us: pd.DataFrame, k) -> str:
+    """What the statistics swap measured at this k (empty where it did not run); its reading is
+    computed: a change counts only outside 2 binomial SEs of the difference."""
+    from ..findings import binomial_se
+    if "swap" not in us:
+        return ""
+    sw = pick_swaps(us, k)
+    base = {s: pick_case(us, k, s) for s in ("reuse", "update")}
+    if not {"reuse", "update"} <= set(sw) or any(v is None for v in base.values()):
+        return ""
+
+    def moved(after, before, n):
+        se = (binomial_se(after, n) ** 2 + binomial_se(before, n) ** 2) ** 0.5
+        return abs(after - before) > 2 * se
+    n = sw["n"]
+    re_, back = sw["reuse"], sw["update"]
+    text = (f"The same weights with only the frozen extractor's BN statistics swapped (k = {k:g}, n = {n}): "
+            f"the reused-statistics model with statistics re-estimated on the target is {100 * re_[1]:.1f} % robust "
+            f"(from {100 * base['reuse'][1]:.1f} %), the updated-statistics model with the source's statistics "
+            f"restored {100 * back[1]:.1f} % (from {100 * base['update'][1]:.1f} %).")
+    if moved(re_[1], base["reuse"][1], n) and moved(back[1], base["update"][1], n) and \
+            re_[1] < base["reuse"][1] and back[1] > base["update"][1]:
+        text += " Both moves are outside 2 SE: the statistics, not the fine-tuned weights, carry the difference."
+    else:
+        text += " At least one move is inside 2 SE: the statistics alone do not explain the difference."
+    return text
+
+
+def pick_case(us: pd.DataFrame, k, stats: str):
+    from ..findings import pick
+    r = pick(us, k=k, bn_stats=stats, bn_affine="freeze")
+    r = r[r.swap.isna()] if "swap" in r else r
+    return None if not len(r) else (float(r.clean_acc.mean()), float(r.robust_acc.mean()))
+
+
+def pick_swaps(us: pd.DataFrame, k) -> dict:
+    from ..findings import pick
+    sw = pick(us, k=k)
+    sw = sw[sw.swap.notna()]
+    out = {}
+    for r in sw.itertuples():
+        out[r.bn_stats] = (float(r.clean_acc), float(r.robust_acc))
+        out["n"] = int(r.n_test)
+    return out

@@ -354,3 +354,92 @@ def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interac
         w.observe(redraw, "value")
     redraw()
     return widgets.arrange([lam, beta, ks, methods], out)
+
+
+# --------------------------------------------------------------------------- findings
+
+def findings(read) -> list:
+    """CARTL Tables 2-5 and Figs. 4-5 as findings, from notebook 03's CSVs (one fine-tuning seed
+    at ``quick`` on the CPU) and, where ``bench.budget`` left ``03_budget.csv``, Table 3's order
+    over its seeds at the 24-epoch budget notebook 03 uses. The paper's effects come from the
+    paper's rows in the same CSVs."""
+    from ..findings import contrast, ours, pick, theirs
+    out = []
+
+    def paper_rob(t, col="robust_acc", **eq):
+        p = pick(theirs(t), **eq)
+        return float(p[col].iloc[0]) if len(p) else None
+
+    t = read("03_table2_grid")
+    if t is not None:
+        us = ours(t)
+        for k in sorted(us.k.dropna().unique()):
+            for lam in sorted(us.lam.dropna().unique()):
+                betas = sorted(pick(us, k=k, lam=lam).beta.dropna().unique())
+                if len(betas) < 2:
+                    continue
+                lo, hi = betas[0], betas[-1]
+                a, b = pick(us, k=k, lam=lam, beta=lo), pick(us, k=k, lam=lam, beta=hi)
+                out.append(contrast("03", "CARTL", "Table 2", f"a smaller NEFT beta raises robustness (beta {lo:g} against "
+                                    f"{hi:g}, lambda {lam:g}, k = {k:g})", a, b,
+                                    paper_a=paper_rob(t, k=k, lam=lam, beta=lo), paper_b=paper_rob(t, k=k, lam=lam, beta=hi)))
+    t = read("03_table3_ablation")
+    if t is not None:
+        us = ours(t)
+        for k in sorted(us.k.dropna().unique()):
+            for m1, m0, what in (("AT + NEFT", "vanilla", "NEFT raises the robustness of plain fine-tuning"),
+                                 ("CARTL", "AT + NEFT", "an FDM source raises NEFT's robustness further")):
+                a, b = pick(us, k=k, method=m1), pick(us, k=k, method=m0)
+                if len(a) and len(b):
+                    out.append(contrast("03", "CARTL", "Table 3", f"{what} (k = {k:g})", a, b,
+                                        paper_a=paper_rob(t, k=k, method=m1), paper_b=paper_rob(t, k=k, method=m0)))
+    t, t3 = read("03_budget"), read("03_table3_ablation")
+    if t is not None:
+        us = pick(ours(t), budget_epochs=24)
+        for pair in us.pair.dropna().unique():
+            at = pick(us, pair=pair)
+            for m1, m0, what in (("AT + NEFT", "vanilla", "NEFT raises the robustness of plain fine-tuning"),
+                                 ("CARTL", "AT + NEFT", "an FDM source raises NEFT's robustness further")):
+                a, b = pick(at, method=m1), pick(at, method=m0)
+                if len(a) and len(b):
+                    k = float(a.k.iloc[0])
+                    pa = paper_rob(t3, k=k, method=m1) if t3 is not None else None
+                    pb = paper_rob(t3, k=k, method=m0) if t3 is not None else None
+                    out.append(contrast("03", "CARTL", "Table 3 (seeds)", f"{what} ({pair}, k = {k:g}, 24 epochs, "
+                                        f"{len(a)} fine-tuning seeds of one source)", a, b, paper_a=pa, paper_b=pb,
+                                        note="From `python -m bench.budget` (03_budget.csv), not `make figures`: "
+                                             "the run and machine its manifest names."))
+    t = read("03_fig4_tradeoff")
+    if t is not None:
+        us, lw = ours(t), pick(ours(t), method="LwF")
+        if len(lw) and lw.lam_d.nunique() >= 2:
+            lo, hi = lw.lam_d.min(), lw.lam_d.max()
+            a, b = pick(lw, lam_d=lo), pick(lw, lam_d=hi)
+            pl = lambda lam, col: paper_rob(t, col, method="LwF", lam_d=lam)   # noqa: E731
+            out += [contrast("03", "CARTL", "Table 5", f"LwF loses robustness as lambda_d falls ({lo:g} against {hi:g})",
+                             a, b, paper_a=pl(lo, "robust_acc"), paper_b=pl(hi, "robust_acc")),
+                    contrast("03", "CARTL", "Table 5", f"LwF gains accuracy as lambda_d falls ({lo:g} against {hi:g})",
+                             a, b, "clean_acc", paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"))]
+            c = pick(us, method="CARTL", k=us[us.method == "CARTL"].k.max()) if (us.method == "CARTL").any() else us.iloc[:0]
+            if len(c):
+                k = float(c.k.iloc[0])
+                out.append(contrast("03", "CARTL", "Fig. 4", f"CARTL is more robust than LwF (k = {k:g} against lambda_d {hi:g})",
+                                    c, b, paper_a=paper_rob(t, method="CARTL", k=k), paper_b=pl(hi, "robust_acc")))
+    t = read("03_fig5_low_data")
+    if t is not None:
+        us = ours(t)
+        for frac in sorted(us.fraction.dropna().unique(), reverse=True):
+            a, b = pick(us, fraction=frac, method="CARTL"), pick(us, fraction=frac, method="vanilla")
+            if len(a) and len(b):
+                out.append(contrast("03", "CARTL", "Fig. 5", f"CARTL is more robust than vanilla fine-tuning with "
+                                    f"{100 * frac:g} % of the target", a, b, direction=1))
+    t = read("03_table4_pairs")
+    if t is not None:   # the paper's pairs are not ours: its Table 4 gives the direction
+        us = ours(t)
+        for other in ("vanilla", "LwF"):
+            for pair in us.pair.dropna().unique():
+                a, b = pick(us, pair=pair, method="CARTL"), pick(us, pair=pair, method=other)
+                if len(a) and len(b):
+                    out.append(contrast("03", "CARTL", "Table 4", f"CARTL is more robust than {other} ({pair})", a, b,
+                                        direction=1))
+    return out

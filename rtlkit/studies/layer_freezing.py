@@ -18,6 +18,9 @@ from .common import row, source_robustness
 __all__ = ["source_robustness", "layer_freezing", "reinit_sweep", "plot_layer_freezing", "panel"]
 
 
+VARIANTS = ("fine-tune last k (target)", "re-init last k, retrain (source)")
+
+
 def layer_freezing(profile: Profile, runtime: Runtime | None = None, progress: bool = True,
                    bn_stats: str = "reuse", bn_affine: str = "freeze") -> pd.DataFrame:
     """CARTL Fig. 3: fine-tune the last k blocks on the target, for each k of the profile."""
@@ -26,7 +29,7 @@ def layer_freezing(profile: Profile, runtime: Runtime | None = None, progress: b
         for k in profile.ks:
             pol = TransferPolicy(k=k, bn_stats=bn_stats, bn_affine=bn_affine)
             m = get_or_evaluate(profile.transfer_run(pol, seed), profile.eval_attacks, runtime, progress)
-            rows.append(row(m, variant="fine-tune last k (target)", k=k, seed=seed, dataset=profile.target.label,
+            rows.append(row(m, variant=VARIANTS[0], k=k, seed=seed, dataset=profile.target.label,
                             bn_stats=bn_stats, bn_affine=bn_affine))
     return pd.DataFrame(rows)
 
@@ -38,7 +41,7 @@ def reinit_sweep(profile: Profile, runtime: Runtime | None = None, progress: boo
     for seed in profile.seeds:
         for k in profile.ks:
             m = get_or_evaluate(profile.reinit_run(k, seed), profile.eval_attacks, runtime, progress)
-            rows.append(row(m, variant="re-init last k, retrain (source)", k=k, seed=seed,
+            rows.append(row(m, variant=VARIANTS[1], k=k, seed=seed,
                             dataset=profile.reinit_source.label, bn_stats="reuse", bn_affine="train"))
     return pd.DataFrame(rows)
 
@@ -92,3 +95,31 @@ def panel(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataFrame | None = 
     show_reinit.observe(redraw, "value")
     redraw()
     return widgets.arrange([pick, show_reinit], out)
+
+
+# --------------------------------------------------------------------------- findings
+
+def findings(read) -> list:
+    """CARTL Fig. 3 and Shafahi Fig. 1 as findings, from ``01_layer_freezing.csv`` (both papers
+    print these as curves, so the claims are directions)."""
+    from ..findings import contrast, pick
+    t = read("01_layer_freezing")
+    if t is None:
+        return []
+    ft, re = pick(t, variant=VARIANTS[0]), pick(t, variant=VARIANTS[1])
+    out = []
+    if len(ft):
+        k_lo, k_hi = ft.k.min(), ft.k.max()
+        out += [contrast("01", "CARTL", "Fig. 3", f"target accuracy rises as more blocks are fine-tuned (k = {k_hi:g} against {k_lo:g})",
+                         pick(ft, k=k_hi), pick(ft, k=k_lo), "clean_acc", direction=1),
+                contrast("01", "CARTL", "Fig. 3", f"fine-tuning every block loses the robustness the last block keeps (k = {k_hi:g} against {k_lo:g})",
+                         pick(ft, k=k_hi), pick(ft, k=k_lo), "robust_acc", direction=-1)]
+    if len(re):
+        k_lo, k_hi = re.k.min(), re.k.max()
+        src = pick(t, model="source")
+        out += [contrast("01", "Shafahi et al.", "Fig. 1", f"re-initialising more blocks and retraining them on the source loses its robustness (k = {k_hi:g} against {k_lo:g})",
+                         pick(re, k=k_hi), pick(re, k=k_lo), "robust_acc", direction=-1)]
+        if len(src):
+            out.append(contrast("01", "Shafahi et al.", "Fig. 1", f"retraining only the last re-initialised block keeps the source's robustness (k = {k_lo:g} against the source)",
+                                pick(re, k=k_lo), src, "robust_acc", paper_a=0.0, paper_b=0.0))
+    return out

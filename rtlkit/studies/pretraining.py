@@ -654,3 +654,90 @@ def panel(empirical: pd.DataFrame, certified: pd.DataFrame, curves: pd.DataFrame
         w.observe(redraw, "value")
     redraw()
     return widgets.arrange([target, metric, methods], out)
+
+
+# --------------------------------------------------------------------------- findings
+
+def findings(read) -> list:
+    """Vaishnavi et al. Tables 2-7 as findings, from notebook 04's CSVs. Tables 4-5 average the
+    pre-training gain over our targets (the paper's are relative changes over its 12 targets, so
+    their direction is the claim); Table 7 compares what the paper compares: the same model smoothed
+    at sigma = 0.5 against sigma = 0."""
+    from ..findings import average, contrast, ours, pick, theirs
+    out = []
+    t = read("04_table2_noise")
+    if t is not None:
+        us, pp = ours(t), theirs(t)
+        for pre, where in (("AT", "collapses under noise it was not trained for"), ("CR", "works only at its own sigma")):
+            sig = sorted(pick(us, pretraining=pre).sigma.dropna().unique())
+            paper_sig = sorted(pick(pp, pretraining=pre).sigma.dropna().unique())
+            if not sig or not paper_sig:
+                continue
+            lo, hi = min(sig), max(s for s in sig if s in paper_sig) if set(sig) & set(paper_sig) else max(sig)
+            pv = lambda s: float(pick(pp, pretraining=pre, sigma=s).robust_acc.iloc[0])   # noqa: E731
+            note = ""
+            if pre == "AT":
+                extra = [f"{name} {100 * float(pick(us, pretraining=name, sigma=s).robust_acc.mean()):.1f} % at {s:g}"
+                         for name in ("AT", "ST") for s in sig if s > hi and len(pick(us, pretraining=name, sigma=s))]
+                st = pick(us, pretraining="ST", sigma=hi)
+                if len(st):
+                    note = (f"The ST source, never trained on noise, keeps {100 * float(st.robust_acc.mean()):.1f} % at "
+                            f"sigma = {hi:g} (noise L2 {float(st.noise_l2.iloc[0]):.0f} at this size)" +
+                            (f"; beyond the paper's sigmas: {', '.join(extra)}" if extra else "") + ".")
+            out.append(contrast("04", "Vaishnavi et al.", "Table 2", f"the {pre} source {where} (sigma {hi:g} against {lo:g})",
+                                pick(us, pretraining=pre, sigma=hi), pick(us, pretraining=pre, sigma=lo),
+                                paper_a=pv(hi), paper_b=pv(lo), note=note))
+    t = read("04_table3_certified_sources")
+    if t is not None:
+        us = ours(t)
+        at = pick(us, pretraining="AT")
+        if len(at) and "certifiable" in at:
+            far = at[(at.r > 0) & (at.table3.astype(str) == "True")]
+            if len(far):
+                r = float(far.r.min())
+                out.append(contrast("04", "Vaishnavi et al.", "Table 3", f"the AT source smoothed at sigma = "
+                                    f"{float(at.sigma.iloc[0]):g} certifies nothing at r = {r:g}", pick(far, r=r),
+                                    pick(at, r=0.0), direction=-1, testable=bool(far.certifiable.astype(str).eq("True").any()),
+                                    note=f"At sigma = {float(at.sigma.iloc[0]):g} and this N no radius above "
+                                         f"{float(at[at.certifiable.astype(str) == 'True'].r.max()):g} can be certified, "
+                                         f"whatever the model: the row cannot show the claim."))
+    for name, where, pres, cols in (("04_table4_empirical", "Table 4", ("AT", "SimCLR"), (("clean_acc", "SA"), ("robust_acc", "RA-WB"))),
+                                    ("04_table5_certified", "Table 5", ("CR", "SimCLR"), (("clean_acc", "SA"), ("robust_acc", "RA-CT")))):
+        t = read(name)
+        if t is None:
+            continue
+        us = ours(t)
+        for pre in pres:
+            for col, label in cols:
+                parts = [contrast("04", "Vaishnavi et al.", where, "", pick(us, target=tg, pretraining=pre),
+                                  pick(us, target=tg, pretraining="Random"), col, direction=1)
+                         for tg in us.target.dropna().unique()
+                         if len(pick(us, target=tg, pretraining=pre)) and len(pick(us, target=tg, pretraining="Random"))]
+                if parts:
+                    out.append(average("04", "Vaishnavi et al.", where, f"{pre} pre-training raises {label} over random "
+                                       f"initialisation (mean over {len(parts)} targets)", parts, direction=1))
+    for name, robust, col, label in (("04_table6_empirical", "AT", "robust_acc", "RA-WB"),
+                                     ("04_table6_certified", "CR", "robust_acc", "RA-CT")):
+        t = read(name)
+        if t is None:
+            continue
+        us = ours(t)
+        parts = [contrast("04", "Vaishnavi et al.", "Table 6", "", pick(us, target=tg, pretraining="ST"),
+                          pick(us, target=tg, pretraining=robust), col, paper_a=0.0, paper_b=0.0)
+                 for tg in us.target.dropna().unique()
+                 if len(pick(us, target=tg, pretraining="ST")) and len(pick(us, target=tg, pretraining=robust))]
+        if parts:
+            out.append(average("04", "Vaishnavi et al.", "Table 6", f"ST pre-training does as well as {robust} "
+                               f"pre-training ({label}, mean over {len(parts)} targets)", parts, paper_effect=0.0))
+    t = read("04_table7_standard_finetuning")
+    if t is not None:
+        us, pp = ours(t), theirs(t)
+        p5, p0 = (float(pick(pp, target="CIFAR-10", sigma=s).sa.iloc[0]) for s in (0.5, 0.0))
+        for ft in (PROBE, "ST (last layer)"):
+            for tg in pick(us, finetune=ft).target.dropna().unique():
+                a, b = pick(us, finetune=ft, target=tg, sigma=0.5), pick(us, finetune=ft, target=tg, sigma=0.0)
+                if len(a) and len(b):
+                    out.append(contrast("04", "Vaishnavi et al.", "Table 7", f"smoothing at sigma = 0.5 loses the "
+                                        f"accuracy of a CR source whose last layer is trained by ST ({ft}, {tg})",
+                                        a, b, "sa", paper_a=p5, paper_b=p0))
+    return out

@@ -12,6 +12,7 @@ draws (``rtlkit.smoothing``). eps, sigma and r are in [0,1] pixels (``Provable.p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 
 import numpy as np
@@ -654,3 +655,120 @@ def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive:
         w.observe(redraw, "value")
     redraw()
     return widgets.arrange([pair, constraint, depth, split, modes, methods], out)
+
+
+# --------------------------------------------------------------------------- findings
+
+def findings(read) -> list:
+    """Provably Robust Transfer Tables 1-3 and Sec. 5 as findings, from notebook 05's CSVs. Table 1's
+    paper effects are means over the paper's own pairs (its rows in the CSV); ours are per pair,
+    averaged over the training modes; Tables 2-3 per mode on the main pair's target heads."""
+    from ..findings import average, contrast, ours, pick, theirs
+    out = []
+    t = read("05_table1_lipschitz")
+    if t is not None:
+        us, pp = ours(t), theirs(t)
+        claims = ((("none", 4), ("none", 1), "4-layer unconstrained heads are more accurate on the target than 1-layer"),
+                  (("wn", 4), ("wn", 1), "4-layer wn heads are more accurate on the target than 1-layer wn heads"),
+                  (("none", 1), ("wn", 1), "1-layer unconstrained heads are more accurate on the target than 1-layer wn"),
+                  (("wn", 4), ("none", 4), "a 4-layer wn head is as accurate on the target as an unconstrained one"))
+        for (c1, l1), (c0, l0), claim in claims:
+            paper = [float(pick(pp, pair=p, constraint=c1, layers=l1, split="target").acc.iloc[0]) -
+                     float(pick(pp, pair=p, constraint=c0, layers=l0, split="target").acc.iloc[0])
+                     for p in pp.pair.dropna().unique()]
+            pe = sum(paper) / len(paper) if paper else None
+            for pair in us.pair.dropna().unique():
+                parts = [contrast("05", "Provably Robust Transfer", "Table 1", "",
+                                  pick(us, pair=pair, mode=m, constraint=c1, layers=l1, split="target"),
+                                  pick(us, pair=pair, mode=m, constraint=c0, layers=l0, split="target"), "acc", direction=1)
+                         for m in us["mode"].dropna().unique()
+                         if len(pick(us, pair=pair, mode=m, constraint=c1, layers=l1, split="target"))
+                         and len(pick(us, pair=pair, mode=m, constraint=c0, layers=l0, split="target"))]
+                if not parts:
+                    continue
+                f = average("05", "Provably Robust Transfer", "Table 1", f"{claim} ({pair}, mean over "
+                            f"{len(parts)} modes)", parts, paper_effect=0.0 if c1 == "wn" and c0 == "none" else pe,
+                            direction=1,
+                            paper_numbers="" if pe is None else f"mean over its {len(paper)} pairs: {100 * pe:+.1f}")
+                out.append(f)
+    t = read("05_table2_search")
+    if t is not None:
+        us, pp = ours(t), theirs(t)
+        us = us.assign(n_test=us.n_correct) if "n_correct" in us else us   # p_x is a share of the correct images
+        note = ("p_x comes from 100 input-search steps against the paper's 1,000, so it is a lower bound "
+                "of the reachable share.")
+        for split in ("source", "target"):
+            for mode in us["mode"].dropna().unique():
+                a, b = pick(us, split=split, mode=mode, constraint="wn"), pick(us, split=split, mode=mode, constraint="none")
+                pa = pick(pp, split=split, mode=mode, constraint="wn")
+                pb = pick(pp, split=split, mode=mode, constraint="none")
+                if len(a) and len(b):
+                    out.append(contrast("05", "Provably Robust Transfer", "Table 2", f"wn lowers the share of reachable "
+                                        f"adversarial representations p_x ({mode} f, {split} head)", a, b, "p_x",
+                                        paper_a=float(pa.p_x.iloc[0]) if len(pa) else None,
+                                        paper_b=float(pb.p_x.iloc[0]) if len(pb) else None, direction=-1, note=note))
+            a, b = pick(us, split=split, mode="adv", constraint="none"), pick(us, split=split, mode="normal", constraint="none")
+            pa, pb = (pick(pp, split=split, mode=m, constraint="none") for m in ("adv", "normal"))
+            if len(a) and len(b):
+                out.append(contrast("05", "Provably Robust Transfer", "Table 2", f"adversarial training of f lowers p_x "
+                                    f"({split} head, none)", a, b, "p_x", paper_a=float(pa.p_x.iloc[0]) if len(pa) else None,
+                                    paper_b=float(pb.p_x.iloc[0]) if len(pb) else None, direction=-1, note=note))
+    t = read("05_table3_smoothing")
+    if t is not None:
+        us, pp = ours(t), theirs(t)
+        us = us[us.head_sigma.isna()] if "head_sigma" in us else us
+        main = us.pair.dropna().unique()[:1]
+        for pair in main:
+            at = pick(us, pair=pair, split="target", constraint="wn", layers=4)
+            for mode in at["mode"].dropna().unique():
+                r = pick(at, mode=mode)
+                p = pick(pp, mode=mode, split="target", constraint="wn", layers=4)
+                pr = lambda col: float(p[col].iloc[0]) if len(p) and p[col].notna().any() else None   # noqa: E731
+                out.append(_two(r, "rep_a_v", "logit_a_v", mode, pr))
+            for mode in at["mode"].dropna().unique():
+                r = pick(at, mode=mode)
+                p = pick(pp, mode=mode, split="target", constraint="wn", layers=4)
+                pl, pg = (float(p[c].iloc[0]) if len(p) else None for c in ("label_a_v", "logit_a_v"))
+                out.append(_pair_contrast(r, "label_a_v", "logit_a_v", "Table 3", f"label smoothing verifies as much as "
+                                          f"logit smoothing ({mode} f, 4-layer wn target head)", pl, pg, equal=True))
+            bonf = pick(us, pair=pair)
+            bonf = bonf[bonf.rep_a_v_bound1 > 0] if "rep_a_v_bound1" in bonf else bonf.iloc[:0]
+            if len(bonf):
+                i = (bonf.rep_a_v_bound1_no_bonferroni - bonf.rep_a_v_bound1).idxmax()
+                r = bonf.loc[[i]]
+                out.append(_pair_contrast(r, "rep_a_v_bound1_no_bonferroni", "rep_a_v_bound1", "Table 3",
+                                          "Bonferroni over the D features costs representation smoothing nothing "
+                                          f"visible (the head where it costs most: {r['mode'].iloc[0]} f, "
+                                          f"{r.split.iloc[0]}, {r.constraint.iloc[0]} {int(r.layers.iloc[0])}-layer, bound 1)",
+                                          0.0, 0.0, equal=True))
+            none4 = pick(us, pair=pair, split="target", constraint="none", layers=4)
+            pn = pick(pp, split="target", constraint="none", layers=4)
+            for hi, lo in (("adv-s", "adv"), ("adv-s", "noise"), ("noise", "normal")):
+                a, b = pick(none4, mode=hi), pick(none4, mode=lo)
+                ph, plo = pick(pn, mode=hi), pick(pn, mode=lo)
+                if len(a) and len(b):
+                    out.append(contrast("05", "Provably Robust Transfer", "Sec. 5", f"{hi} f gives more verified label "
+                                        f"smoothing than {lo} f (4-layer unconstrained target head)", a, b, "label_a_v",
+                                        paper_a=float(ph.label_a_v.iloc[0]) if len(ph) else None,
+                                        paper_b=float(plo.label_a_v.iloc[0]) if len(plo) else None, direction=1))
+    return out
+
+
+def _two(r, a: str, b: str, mode: str, pr):
+    return _pair_contrast(r, a, b, "Table 3", f"representation smoothing verifies more than logit smoothing ({mode} f, "
+                          f"4-layer wn target head, A_V at r = 0.1)", pr(a), pr(b),
+                          note="With the head's true L-inf bound; with the bound taken as 1 the same heads verify "
+                               f"{100 * float(r.rep_a_v_bound1.mean()):.1f} % (rep_a_v_bound1).")
+
+
+def _pair_contrast(r, a: str, b: str, where: str, claim: str, paper_a, paper_b, equal: bool = False, note: str = ""):
+    """Two columns of the same rows (two certificates of one head on the same images)."""
+    from ..findings import contrast
+    left, right = r.assign(_v=r[a]), r.assign(_v=r[b])
+    if equal:   # a claim of no difference: the paper's effect is 0 (its printed columns, where given, are equal)
+        f = contrast("05", "Provably Robust Transfer", where, claim, left, right, "_v", paper_a=0.0, paper_b=0.0, note=note)
+        shown = "" if paper_a is None or paper_b is None or (paper_a, paper_b) == (0.0, 0.0) else \
+            f"{100 * paper_a:.1f} vs {100 * paper_b:.1f}"
+        return dataclasses.replace(f, paper_numbers=shown)
+    return contrast("05", "Provably Robust Transfer", where, claim, left, right, "_v", paper_a=paper_a, paper_b=paper_b,
+                    direction=1, note=note)
