@@ -150,6 +150,11 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
         monitor.stop.set()
         bar.close()
     print(f"[rtlkit] all notebooks: {sum(times.values()):.0f} s", flush=True)
+    from . import findings
+    table = findings.write(fig_dir)   # every notebook's claims, from the CSVs now in the figures folder
+    counts = table.verdict.value_counts()
+    print(f"[rtlkit] findings: {len(table)} claims ({', '.join(f'{n} {v}' for v, n in counts.items())}) in "
+          f"{fig_dir / 'findings.csv'} and findings.md", flush=True)
     return times
 
 

@@ -316,6 +316,31 @@ def render(df: pd.DataFrame) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
+
+
+def summary(df: pd.DataFrame) -> str:
+    """The README's generated block: verdict counts per notebook, from ``findings.csv``."""
+    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test |", "|---|---:|---:|---:|---:|---:|"]
+    for nb, name in NOTEBOOKS.items():
+        part = df[df.notebook.astype(str).str.zfill(2) == nb]
+        if len(part):
+            c = part.verdict.value_counts()
+            lines.append(f"| {nb} {name.replace('_', ' ')} | {len(part)} | " +
+                         " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",)) + " |")
+    c = df.verdict.value_counts()
+    lines.append(f"| **all** | {len(df)} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",)) + " |")
+    return "\n".join(lines)
+
+
+def readme_with(text: str, df: pd.DataFrame) -> str:
+    """``text`` (the README) with its generated block replaced by :func:`summary` of ``df``."""
+    check(BEGIN in text and END in text, f"the README has no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{summary(df)}\n{END}{tail}"
+
+
 def write(figures_dir) -> pd.DataFrame:
     """``findings.csv`` and ``findings.md`` in ``figures_dir``, from the CSVs there (atomically)."""
     from pathlib import Path
@@ -326,3 +351,36 @@ def write(figures_dir) -> pd.DataFrame:
     df = pd.read_csv(folder / "findings.csv")   # render what a reader of the CSV sees
     atomic_write_bytes(folder / "findings.md", render(df).encode())
     return df
+
+
+def _main(argv=None) -> int:
+    """python -m rtlkit.findings [--figures-dir DIR] [--readme README.md]: rewrite DIR's findings.csv
+    and findings.md from the figure CSVs there (what `make figures` does after the last notebook),
+    and the README's generated block, and print the verdicts."""
+    import argparse
+    import os
+    from pathlib import Path
+    ap = argparse.ArgumentParser(prog="python -m rtlkit.findings", description=_main.__doc__)
+    ap.add_argument("--figures-dir", default=os.environ.get("RTLKIT_FIGURES", "figures"))
+    ap.add_argument("--readme", default=None, help="also rewrite this README's generated findings block")
+    args = ap.parse_args(argv)
+    folder = Path(args.figures_dir)
+    check(folder.is_dir(), f"--figures-dir {folder}: not a folder of figures")
+    if args.readme:
+        check(Path(args.readme).is_file(), f"--readme {args.readme}: no such file")
+    df = write(folder)
+    if args.readme:
+        from .io import atomic_write_bytes
+        atomic_write_bytes(Path(args.readme), readme_with(Path(args.readme).read_text(), df).encode())
+    print(df.verdict.value_counts().to_string())
+    return 0
+
+
+def main(argv=None) -> int:
+    from .errors import cli
+    return cli("rtlkit.findings", _main)(argv)
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -21,14 +21,38 @@ def kcode(k):
     return 10 ** 6 if k == "all" else int(k)
 
 
+ERRORBAR = ("se", 2)   # seaborn's bars: +- 2 SE over seeds (the findings' interval); none with one seed
+
+
+def _two_se(x) -> float:
+    """Half-width of a +- 2 SE interval over seeds; NaN (no bar drawn) with fewer than 2 seeds."""
+    x = pd.Series(x).dropna()
+    return float(2 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) >= 2 else float("nan")
+
+
+def seed_bars(df: pd.DataFrame, by, cols) -> pd.DataFrame:
+    """Per group: each column's mean over seeds and ``err``, the half-width of +- 2 SE over seeds
+    (NaN with one seed, so that no zero-width bar is drawn), in %."""
+    g = df.groupby(by, sort=False)[cols].agg(["mean", _two_se]) * 100
+    return g.rename(columns={"_two_se": "err"}, level=1)
+
+
+def seeds_note(df: pd.DataFrame, seed_col: str = "seed") -> str:
+    """What a figure's error bars are: "1 seed, no error bars" or "N seeds, bars +- 2 SE"."""
+    n = int(df[seed_col].nunique()) if seed_col in df and df[seed_col].notna().any() else 1
+    return "1 seed, no error bars" if n <= 1 else f"{n} seeds, bars +- 2 SE over seeds"
+
+
 def by_k(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd over seeds of accuracy and robustness per k, in %, k in order ("all" last)."""
-    g = df.groupby("k", sort=False)[["clean_acc", "robust_acc"]].agg(["mean", "std"]).fillna(0) * 100
+    """Mean and +- 2 SE half-width (``err``; NaN with one seed) over seeds of accuracy and robustness
+    per k, in %, k in order ("all" last)."""
+    g = seed_bars(df, "k", ["clean_acc", "robust_acc"])
     return g.iloc[sorted(range(len(g)), key=lambda i: kcode(g.index[i]))]
 
 
-def finish(fig, title: str = ""):
-    """Title and tight layout; returns the figure."""
+def finish(fig, title: str = "", note: str = ""):
+    """Title (and a second line ``note``: what the error bars are) and tight layout; returns the figure."""
+    title = "\n".join(t for t in (title, note) if t)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

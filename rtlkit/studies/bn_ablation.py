@@ -139,14 +139,14 @@ def plot_bn_ablation(df: pd.DataFrame, title: str = ""):
     long = d.melt(id_vars=["k", "case"], value_vars=["accuracy", "robustness"], var_name="metric", value_name="%")
     fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric in zip(axes, ["accuracy", "robustness"]):
-        plots.sns.barplot(data=long[long.metric == metric], x="k", y="%", hue="case", ax=ax, errorbar="sd")
+        plots.sns.barplot(data=long[long.metric == metric], x="k", y="%", hue="case", ax=ax, errorbar=plots.ERRORBAR)
         ax.set_title(f"target {metric}")
         ax.set_xlabel("k (number of last blocks trained)")
         if metric == "accuracy":
             ax.get_legend().remove()
         else:
             ax.legend(fontsize=7, title="frozen extractor stats / fine-tuned BN affine", title_fontsize=7)
-    return plots.finish(fig, title)
+    return plots.finish(fig, title, plots.seeds_note(df))
 
 
 def panel(df: pd.DataFrame, interactive: bool = True):

@@ -247,7 +247,8 @@ def plot_heatmaps(grid: pd.DataFrame, title: str = ""):
 
 
 def plot_method_bars(df: pd.DataFrame, x: str, title: str = "", order: list[str] | None = None):
-    """Accuracy and robustness bars of the methods at each ``x`` (k or pair), sd over seeds."""
+    """Accuracy and robustness bars of the methods at each ``x`` (k or pair), +- 2 SE over seeds
+    (none with one seed; the title says which)."""
     d = df.assign(accuracy=df.clean_acc * 100, robustness=df.robust_acc * 100,   # pair names wrap at the arrow,
                   **{x: df[x].astype(str).str.replace(" -> ", " →\n", regex=False)})  # so labels never overlap
     long = d.melt(id_vars=[x, "method"], value_vars=["accuracy", "robustness"], var_name="metric", value_name="%")
@@ -255,25 +256,25 @@ def plot_method_bars(df: pd.DataFrame, x: str, title: str = "", order: list[str]
     fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric in zip(axes, ["accuracy", "robustness"]):
         plots.sns.barplot(data=long[long.metric == metric], x=x, y="%", hue="method", hue_order=hue_order, ax=ax,
-                    errorbar="sd", palette=METHOD_COLORS, capsize=0.1)
+                    errorbar=plots.ERRORBAR, palette=METHOD_COLORS, capsize=0.1)
         ax.set_title(f"target {metric}" + (" (min CE, CW)" if metric == "robustness" else ""))
         ax.tick_params(axis="x", labelsize=8)
         if metric == "accuracy":
             ax.get_legend().remove()
         else:
             ax.legend(fontsize=8)
-    return plots.finish(fig, title)
+    return plots.finish(fig, title, plots.seeds_note(df))
 
 
 def plot_tradeoff(ablation: pd.DataFrame, lwf: pd.DataFrame, title: str = ""):
     """CARTL Fig. 4: robustness against accuracy; vanilla and CARTL one point per k, LwF one per
-    lambda_d; error bars are the sd over fine-tuning seeds."""
+    lambda_d; error bars are +- 2 SE over fine-tuning seeds (none with one seed)."""
     fig, ax = plots.plt.subplots(figsize=(6.4, 4.8))
     parts = [(ablation[ablation.method == m], m, "k") for m in ("vanilla", "CARTL")] + [(lwf, "LwF", "lam_d")]
     for df, method, key in parts:
-        g = df.groupby(key)[["clean_acc", "robust_acc"]].agg(["mean", "std"]).fillna(0) * 100
-        ax.errorbar(g[("clean_acc", "mean")], g[("robust_acc", "mean")], xerr=g[("clean_acc", "std")],
-                    yerr=g[("robust_acc", "std")], fmt="o-" if method != "LwF" else "s--", capsize=3,
+        g = plots.seed_bars(df, key, ["clean_acc", "robust_acc"])
+        ax.errorbar(g[("clean_acc", "mean")], g[("robust_acc", "mean")], xerr=g[("clean_acc", "err")],
+                    yerr=g[("robust_acc", "err")], fmt="o-" if method != "LwF" else "s--", capsize=3,
                     color=METHOD_COLORS[method], label=method)
         for v, row in g.iterrows():
             ax.annotate(f"{'k' if key == 'k' else 'λd'}={v:g}" if key != "k" else f"k={v}",
@@ -282,7 +283,8 @@ def plot_tradeoff(ablation: pd.DataFrame, lwf: pd.DataFrame, title: str = ""):
     ax.set_xlabel("target accuracy %")
     ax.set_ylabel("target robustness % (min CE, CW)")
     ax.legend()
-    ax.set_title(title or "accuracy-robustness trade-off", fontsize=10)
+    ax.set_title((title or "accuracy-robustness trade-off") + "\n" + plots.seeds_note(pd.concat([ablation, lwf])),
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -292,33 +294,33 @@ def plot_low_data(df: pd.DataFrame, title: str = ""):
     fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, col, name in zip(axes, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
         for m, sub in df.groupby("method", sort=False):
-            g = sub.groupby("fraction")[col].agg(["mean", "std"]).fillna(0).sort_index() * 100
-            ax.errorbar([f"{f:.0%}" for f in g.index], g["mean"], yerr=g["std"], marker="o", capsize=3,
+            g = plots.seed_bars(sub, "fraction", [col])[col].sort_index()
+            ax.errorbar([f"{f:.0%}" for f in g.index], g["mean"], yerr=g["err"], marker="o", capsize=3,
                         color=METHOD_COLORS.get(m), label=m)
         ax.set_xlabel("fraction of target training set (class-balanced)")
         ax.set_ylabel("%")
         ax.set_title(f"target {name}")
         ax.legend(fontsize=8)
-    return plots.finish(fig, title)
+    return plots.finish(fig, title, plots.seeds_note(df))
 
 
 def plot_budget(df: pd.DataFrame, title: str = ""):
     """Robustness and accuracy against the fine-tuning budget, one panel pair per source -> target
-    pair, mean and sd over seeds per method."""
+    pair, mean and +- 2 SE over seeds per method."""
     pairs = list(dict.fromkeys(df.pair))
     fig, axes = plots.plt.subplots(len(pairs), 2, figsize=(11, 3.8 * len(pairs)), squeeze=False)
     for row, pair in zip(axes, pairs):
         sub = df[df.pair == pair]
         for ax, col, name in zip(row, ["clean_acc", "robust_acc"], ["accuracy", "robustness (min CE, CW)"]):
             for m, d in sub.groupby("method", sort=False):
-                g = d.groupby("budget_epochs")[col].agg(["mean", "std"]).fillna(0).sort_index() * 100
-                ax.errorbar([str(b) for b in g.index], g["mean"], yerr=g["std"], marker="o", capsize=3,
+                g = plots.seed_bars(d, "budget_epochs", [col])[col].sort_index()
+                ax.errorbar([str(b) for b in g.index], g["mean"], yerr=g["err"], marker="o", capsize=3,
                             color=METHOD_COLORS.get(m), label=m)
             ax.set_xlabel("fine-tuning budget (epochs-equivalent steps)")
             ax.set_ylabel("%")
             ax.set_title(f"{pair}: target {name}", fontsize=9)
             ax.legend(fontsize=8)
-    return plots.finish(fig, title)
+    return plots.finish(fig, title, plots.seeds_note(df))
 
 
 # --------------------------------------------------------------------------- panel

@@ -58,14 +58,14 @@ def plot_layer_freezing(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataF
         g = plots.by_k(df)
         xs = [str(k) for k in g.index]
         for col, color, lab in (("clean_acc", "tab:blue", "accuracy"), ("robust_acc", "tab:red", "robustness")):
-            ax.errorbar(xs, g[(col, "mean")], yerr=g[(col, "std")], marker="o", color=color, label=lab, capsize=3)
+            ax.errorbar(xs, g[(col, "mean")], yerr=g[(col, "err")], marker="o", color=color, label=lab, capsize=3)
         ax.axhline(src_rob, ls="--", color="tab:red", alpha=0.6, label="source robustness")
         ax.set_xlabel("k (number of last blocks trained)")
         ax.set_ylabel("%")
         ax.set_ylim(0, 105)   # room above 100 %: a source robustness of 100 % stays visible
         ax.set_title(f"{name}\n{df['dataset'].iloc[0]}", fontsize=10)
         ax.legend(fontsize=8, loc="best")
-    return plots.finish(fig, title)
+    return plots.finish(fig, title, plots.seeds_note(ft))
 
 
 def panel(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataFrame | None = None,
