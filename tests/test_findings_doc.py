@@ -105,3 +105,28 @@ def test_an_accuracy_at_the_floor_still_has_an_se(p, n):
     assert mean == p and nn == n and seeds == 1 and se > 0
     q = (p * n + 2) / (n + 4)
     assert math.isclose(se, math.sqrt(q * (1 - q) / (n + 4)))
+
+
+def test_new_transcriptions_are_the_printed_numbers():
+    """Issue 21 point 11: Shafahi Tables 2-3, Table 5's CW-20 column, Table 7's CIFAR-10 rows,
+    Fig. 4's natural-MLP PGD as fractions; Provably Robust Transfer Table 4's MNIST -> KMNIST half."""
+    from rtlkit.studies import provable, shafahi
+    t23 = shafahi.PAPER["tables2_3"]
+    r = t23[(t23.pair == "CIFAR-10 -> CIFAR-100") & (t23.source == "robust")].iloc[0]
+    assert np.allclose([r.clean_acc, r.robust_ce, r.robust_cw, r.robust_acc], [0.4159, 0.1163, 0.0968, 0.0968])
+    r = t23[(t23.pair == "ImageNet -> CIFAR-10+") & (t23.source == "robust")].iloc[0]
+    assert r.table == "Table 3" and np.allclose([r.clean_acc, r.robust_ce, r.robust_cw], [0.8833, 0.2266, 0.2601])
+    assert len(t23) == 12
+    lwf = shafahi.PAPER["lwf"]
+    t5 = lwf[(lwf.table == "Tables 5/7") & (lwf.target == "CIFAR-100") & (lwf.lam_d == 0.001)].iloc[0]
+    assert math.isclose(t5.robust_cw, 0.2317) and math.isclose(t5.robust_ce, 0.2431) and math.isclose(t5.robust_acc, 0.2317)
+    t7 = lwf[(lwf.table == "Tables 5/7") & (lwf.target == "CIFAR-10")]
+    assert len(t7) == 8
+    r = t7[t7.lam_d == 1e-4].iloc[0]
+    assert (round(r.clean_acc, 4), round(r.robust_ce, 4), round(r.robust_cw, 4)) == (0.8781, 0.4654, 0.4729)
+    assert shafahi.PAPER["fig4_natural_pgd"][5] == 0.0661 and max(shafahi.PAPER["fig4_natural_pgd"].values()) < 1
+    t4 = provable.PAPER["table4"]
+    m = t4[(t4.pair == "MNIST -> KMNIST") & (t4.split == "target") & (t4.constraint == "wn") & (t4["mode"] == "adv-d")].iloc[0]
+    assert [round(float(m[c]), 4) for c in ("a_b", "label_a_v", "label_rad", "rep_a_m", "rep_a_v", "logit_a_m", "logit_a_v")] \
+        == [0.923, 0.896, 0.191, 0.913, 0.911, 0.913, 0.896]
+    assert len(t4) == 40 and set(t4.pair) == {"MNIST -> KMNIST", "FMNIST -> KMNIST"}

@@ -490,6 +490,27 @@ _T4 = """4 source none normal 93.2 69.0 0.108 - - 77.5 69.0
 4 target wn adv-d 86.4 56.6 0.087 66.6 62.9 66.6 56.6
 4 target wn adv-s 80.7 46.0 0.112 78.9 74.4 78.9 46.0"""
 
+_T4_MNIST = """4 source none normal 99.8 92.6 0.188 - - 93.6 92.6
+4 source none noise 99.4 99.4 0.208 - - 99.5 99.4
+4 source none adv 99.5 79.9 0.174 - - 82.2 79.9
+4 source none adv-d 99.6 97.5 0.202 - - 97.9 97.5
+4 source none adv-s 99.8 99.6 0.208 - - 99.7 99.6
+4 source wn normal 99.6 88.3 0.193 89.8 89.2 89.8 88.3
+4 source wn noise 99.7 99.6 0.208 99.7 99.6 99.7 99.6
+4 source wn adv 99.9 97.6 0.196 98.3 98.2 98.3 97.6
+4 source wn adv-d 99.4 98.5 0.202 99.0 99.0 99.0 98.5
+4 source wn adv-s 100.0 99.9 0.209 99.9 99.9 99.9 99.9
+4 target none normal 86.8 67.4 0.131 - - 77.6 67.4
+4 target none noise 88.3 80.4 0.178 - - 88.4 80.4
+4 target none adv 87.6 60.0 0.127 - - 71.7 60.0
+4 target none adv-d 92.0 87.5 0.182 - - 90.3 87.5
+4 target none adv-s 87.2 81.1 0.183 - - 87.5 81.1
+4 target wn normal 88.0 65.5 0.143 80.7 78.3 80.7 65.5
+4 target wn noise 91.2 82.7 0.187 90.8 89.5 90.8 82.7
+4 target wn adv 87.4 63.1 0.143 75.8 73.5 75.8 63.1
+4 target wn adv-d 92.3 89.6 0.191 91.3 91.1 91.3 89.6
+4 target wn adv-s 88.6 80.8 0.187 88.0 87.3 88.0 80.8"""   # Table 4's first half (MNIST -> KMNIST)
+
 _SMOOTH_COLS = ["layers", "split", "constraint", "mode", "a_b", "label_a_v", "label_rad", "rep_a_m", "rep_a_v",
                 "logit_a_m", "logit_a_v"]
 
@@ -503,9 +524,11 @@ def _parse(text: str, cols: list[str]) -> pd.DataFrame:
 
 
 PAPER = {"table2": _parse(_T2, ["split", "constraint", "mode", "acc", "p_z", "z_delta", "p_x", "x_delta", "zx_delta"]),
-         "table3": _parse(_T3, _SMOOTH_COLS), "table4": _parse(_T4, _SMOOTH_COLS)}
+         "table3": _parse(_T3, _SMOOTH_COLS),
+         "table4": pd.concat([_parse(_T4_MNIST, _SMOOTH_COLS).assign(pair="MNIST -> KMNIST"),
+                              _parse(_T4, _SMOOTH_COLS).assign(pair="FMNIST -> KMNIST")], ignore_index=True)}
 PAPER_PAIRS = {"table1": "every pair (Table 1)", "table2": "SVHN -> MNIST", "table3": "SVHN -> MNIST",
-               "table4": "FMNIST -> KMNIST"}
+               "table4": "MNIST / FMNIST -> KMNIST"}
 
 
 def with_paper(ours: pd.DataFrame, table: str, setting_: str) -> pd.DataFrame:
@@ -731,16 +754,22 @@ def findings(read) -> list:
                 pl, pg = (float(p[c].iloc[0]) if len(p) else None for c in ("label_a_v", "logit_a_v"))
                 out.append(_pair_contrast(r, "label_a_v", "logit_a_v", "Table 3", f"label smoothing verifies as much as "
                                           f"logit smoothing ({mode} f, 4-layer wn target head)", pl, pg, equal=True))
-            bonf = pick(us, pair=pair)
-            bonf = bonf[bonf.rep_a_v_bound1 > 0] if "rep_a_v_bound1" in bonf else bonf.iloc[:0]
-            if len(bonf):
-                i = (bonf.rep_a_v_bound1_no_bonferroni - bonf.rep_a_v_bound1).idxmax()
-                r = bonf.loc[[i]]
-                out.append(_pair_contrast(r, "rep_a_v_bound1_no_bonferroni", "rep_a_v_bound1", "Table 3",
+            every = pick(us, pair=pair)
+            worst = None
+            for with_, without, bound in (("rep_a_v", "rep_a_v_no_bonferroni", "its true bound"),
+                                          ("rep_a_v_bound1", "rep_a_v_bound1_no_bonferroni", "the bound taken as 1")):
+                if with_ in every and without in every and len(every):
+                    gap = every[without] - every[with_]
+                    i = gap.idxmax()
+                    if worst is None or gap[i] > worst[0]:
+                        worst = (gap[i], every.loc[[i]], with_, without, bound)
+            if worst is not None:
+                _, r, with_, without, bound = worst
+                out.append(_pair_contrast(r, without, with_, "Table 3",
                                           "Bonferroni over the D features costs representation smoothing nothing "
                                           f"visible (the head where it costs most: {r['mode'].iloc[0]} f, "
-                                          f"{r.split.iloc[0]}, {r.constraint.iloc[0]} {int(r.layers.iloc[0])}-layer, bound 1)",
-                                          0.0, 0.0, equal=True))
+                                          f"{r.split.iloc[0]}, {r.constraint.iloc[0]} {int(r.layers.iloc[0])}-layer, "
+                                          f"{bound})", 0.0, 0.0, equal=True))
             none4 = pick(us, pair=pair, split="target", constraint="none", layers=4)
             pn = pick(pp, split="target", constraint="none", layers=4)
             for hi, lo in (("adv-s", "adv"), ("adv-s", "noise"), ("noise", "normal")):
