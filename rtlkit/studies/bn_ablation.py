@@ -252,9 +252,12 @@ def _swap_note(us: pd.DataFrame, k) -> str:
             f"the reused-statistics model with statistics re-estimated on the target is {100 * re_[1]:.1f} % robust "
             f"(from {100 * base['reuse'][1]:.1f} %), the updated-statistics model with the source's statistics "
             f"restored {100 * back[1]:.1f} % (from {100 * base['update'][1]:.1f} %).")
-    if moved(re_[1], base["reuse"][1], n) and moved(back[1], base["update"][1], n) and \
+    gap = base["reuse"][1] - base["update"][1]
+    if moved(re_[1], base["reuse"][1], n) and moved(back[1], base["update"][1], n) and gap > 0 and \
             re_[1] < base["reuse"][1] and back[1] > base["update"][1]:
-        text += " Both moves are outside 2 SE: the statistics, not the fine-tuned weights, carry the difference."
+        text += (f" Both moves are outside 2 SE: the statistics alone remove {100 * (base['reuse'][1] - re_[1]) / gap:.0f} % "
+                 f"of the {100 * gap:.1f}-point gap one way and restore {100 * (back[1] - base['update'][1]) / gap:.0f} % "
+                 f"of it the other; the rest is the weights fine-tuned under those statistics.")
     else:
         text += " At least one move is inside 2 SE: the statistics alone do not explain the difference."
     return text
