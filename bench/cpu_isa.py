@@ -5,6 +5,8 @@ their first kernel), on the same weights and batches.
 
     python -m bench.cpu_isa                  # 2 threads, 3 repeats per mode, interleaved
     python -m bench.cpu_isa --repeats 5 --threads 2
+    python -m bench.cpu_isa --fingerprint    # the pinned smoke source's weight hash on this CPU, against
+                                             # every CPU in bench/reference/cpu-fingerprints.json (--record adds it)
 
 Results go to bench/results/cpu-isa-*.json; the table to paste into BENCHMARKS.md is printed.
 """
@@ -62,11 +64,57 @@ def run(mode: str, threads: int) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+FINGERPRINT = r"""
+import hashlib, json, sys, tempfile, os, torch
+from rtlkit.runtime import Runtime, cpu_record, pin_cpu_isa
+pin_cpu_isa()
+torch.set_num_threads(int(sys.argv[1]))
+os.environ["RTLKIT_RUNS"] = tempfile.mkdtemp()
+from rtlkit import profiles, runs
+run = profiles.get("smoke", gpu=False).source_run()
+model = runs.get_or_train(run, Runtime(device="cpu"), progress=False)
+blob = b"".join(v.numpy().tobytes() for _, v in sorted(model.state_dict().items()))
+print(json.dumps({"sha256": hashlib.sha256(blob).hexdigest(), "torch": torch.__version__, **cpu_record()}))
+"""
+FINGERPRINTS = ROOT / "bench" / "reference" / "cpu-fingerprints.json"
+
+
+def fingerprint(threads: int, record: bool) -> int:
+    """Issue 24: are the pinned mode's bits the same on this CPU as on the CPUs recorded so far? The
+    smoke source (WRN-10-1, 2 epochs, PGD) trained pinned in a fresh process; its weights' sha256
+    against bench/reference/cpu-fingerprints.json (one entry per CPU model and torch version)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
+    env.update(RTLKIT_CPU_ISA="avx2", PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", FINGERPRINT, str(threads)], env=env, capture_output=True, text=True,
+                       timeout=1200)
+    if p.returncode:
+        raise SystemExit(p.stderr)
+    me = json.loads(p.stdout.strip().splitlines()[-1])
+    known = json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.is_file() else []
+    print(f"this CPU ({me['cpu_model']}, torch {me['torch']}, {threads} threads, pinned avx2): {me['sha256'][:16]}")
+    for k in known:
+        same = "same bits" if k["sha256"] == me["sha256"] else "different bits"
+        print(f"  {k['cpu_model']} (torch {k['torch']}, {k['threads']} threads, {k['date']}): {k['sha256'][:16]}  {same}")
+    if record:
+        entry = {"cpu_model": me["cpu_model"], "cpu_flags": me["cpu_flags"], "torch": me["torch"], "threads": threads,
+                 "sha256": me["sha256"], "date": datetime.now(timezone.utc).date().isoformat()}
+        known = [k for k in known if (k["cpu_model"], k["torch"], k["threads"]) !=
+                 (entry["cpu_model"], entry["torch"], entry["threads"])] + [entry]
+        FINGERPRINTS.write_text(json.dumps(known, indent=1) + "\n")
+        print(f"recorded in {FINGERPRINTS}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fingerprint", action="store_true", help="compare this CPU's pinned bits with recorded CPUs'")
+    ap.add_argument("--record", action="store_true", help="with --fingerprint: add this CPU's entry")
     a = ap.parse_args(argv)
+    if a.fingerprint:
+        return fingerprint(a.threads, a.record)
     runs = {"native": [], "avx2": []}
     for _ in range(a.repeats):   # interleaved, so drift on a shared machine hits both modes alike
         for mode in runs:
