@@ -384,7 +384,8 @@ def findings(read) -> list:
                 a, b = pick(us, k=k, lam=lam, beta=lo), pick(us, k=k, lam=lam, beta=hi)
                 out.append(contrast("03", "CARTL", "Table 2", f"a smaller NEFT beta raises robustness (beta {lo:g} against "
                                     f"{hi:g}, lambda {lam:g}, k = {k:g})", a, b,
-                                    paper_a=paper_rob(t, k=k, lam=lam, beta=lo), paper_b=paper_rob(t, k=k, lam=lam, beta=hi)))
+                                    paper_a=paper_rob(t, k=k, lam=lam, beta=lo), paper_b=paper_rob(t, k=k, lam=lam, beta=hi),
+                                    direction=1))
     t = read("03_table3_ablation")
     if t is not None:
         us = ours(t)
@@ -394,7 +395,8 @@ def findings(read) -> list:
                 a, b = pick(us, k=k, method=m1), pick(us, k=k, method=m0)
                 if len(a) and len(b):
                     out.append(contrast("03", "CARTL", "Table 3", f"{what} (k = {k:g})", a, b,
-                                        paper_a=paper_rob(t, k=k, method=m1), paper_b=paper_rob(t, k=k, method=m0)))
+                                        paper_a=paper_rob(t, k=k, method=m1), paper_b=paper_rob(t, k=k, method=m0),
+                                        direction=1))
     t, t3 = read("03_budget"), read("03_table3_ablation")
     if t is not None:
         us = pick(ours(t), budget_epochs=24)
@@ -408,7 +410,7 @@ def findings(read) -> list:
                     pa = paper_rob(t3, k=k, method=m1) if t3 is not None else None
                     pb = paper_rob(t3, k=k, method=m0) if t3 is not None else None
                     out.append(contrast("03", "CARTL", "Table 3 (seeds)", f"{what} ({pair}, k = {k:g}, 24 epochs, "
-                                        f"{len(a)} fine-tuning seeds of one source)", a, b, paper_a=pa, paper_b=pb,
+                                        f"{len(a)} fine-tuning seeds of one source)", a, b, paper_a=pa, paper_b=pb, direction=1,
                                         note="From `python -m bench.budget` (03_budget.csv), not `make figures`: "
                                              "the run and machine its manifest names."))
     t = read("03_fig4_tradeoff")
@@ -419,14 +421,15 @@ def findings(read) -> list:
             a, b = pick(lw, lam_d=lo), pick(lw, lam_d=hi)
             pl = lambda lam, col: paper_rob(t, col, method="LwF", lam_d=lam)   # noqa: E731
             out += [contrast("03", "CARTL", "Table 5", f"LwF loses robustness as lambda_d falls ({lo:g} against {hi:g})",
-                             a, b, paper_a=pl(lo, "robust_acc"), paper_b=pl(hi, "robust_acc")),
+                             a, b, paper_a=pl(lo, "robust_acc"), paper_b=pl(hi, "robust_acc"), direction=-1),
                     contrast("03", "CARTL", "Table 5", f"LwF gains accuracy as lambda_d falls ({lo:g} against {hi:g})",
-                             a, b, "clean_acc", paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"))]
+                             a, b, "clean_acc", paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"), direction=1)]
             c = pick(us, method="CARTL", k=us[us.method == "CARTL"].k.max()) if (us.method == "CARTL").any() else us.iloc[:0]
             if len(c):
                 k = float(c.k.iloc[0])
                 out.append(contrast("03", "CARTL", "Fig. 4", f"CARTL is more robust than LwF (k = {k:g} against lambda_d {hi:g})",
-                                    c, b, paper_a=paper_rob(t, method="CARTL", k=k), paper_b=pl(hi, "robust_acc")))
+                                    c, b, paper_a=paper_rob(t, method="CARTL", k=k), paper_b=pl(hi, "robust_acc"),
+                                    direction=1))
     t = read("03_fig5_low_data")
     if t is not None:
         us = ours(t)

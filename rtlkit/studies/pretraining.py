@@ -266,12 +266,11 @@ def robust_finetuning_needed(profile: Profile, runtime: Runtime | None = None, p
             rows.append(dict(row, finetune="ST (last layer)"))
             run = transfer_run(profile, "CR", "ST", t, s)
             model = get_or_train(run, runtime, progress)
-            if model is None:
-                continue
-            x, y = _images(run, pt.cert_images, runtime)
-            base = float(noisy_correct(model, x, y, 0.0, s, autocast=runtime.autocast).mean())
-            rows.append(dict(row, finetune="ST (last layer)", sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0,
-                             clean_acc=base, robust_acc=0.0))
+            if model is not None:   # None: rtlkit.plan's recording mode
+                x, y = _images(run, pt.cert_images, runtime)
+                base = float(noisy_correct(model, x, y, 0.0, s, autocast=runtime.autocast).mean())
+                rows.append(dict(row, finetune="ST (last layer)", sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0,
+                                 clean_acc=base, robust_acc=0.0))
             # the same comparison with the last layer trained to convergence: a linear probe on the CR
             # source's cached clean features (methods.probes, App. A.2's schedule), so that an
             # under-trained classifier does not confound sigma = 0.5 against sigma = 0
@@ -674,7 +673,8 @@ def findings(read) -> list:
             if not sig or not paper_sig:
                 continue
             lo, hi = min(sig), max(s for s in sig if s in paper_sig) if set(sig) & set(paper_sig) else max(sig)
-            pv = lambda s: float(pick(pp, pretraining=pre, sigma=s).robust_acc.iloc[0])   # noqa: E731
+            pv = lambda s: (float(pick(pp, pretraining=pre, sigma=s).robust_acc.iloc[0])   # noqa: E731
+                            if len(pick(pp, pretraining=pre, sigma=s)) else None)
             note = ""
             if pre == "AT":
                 extra = [f"{name} {100 * float(pick(us, pretraining=name, sigma=s).robust_acc.mean()):.1f} % at {s:g}"
@@ -686,7 +686,7 @@ def findings(read) -> list:
                             (f"; beyond the paper's sigmas: {', '.join(extra)}" if extra else "") + ".")
             out.append(contrast("04", "Vaishnavi et al.", "Table 2", f"the {pre} source {where} (sigma {hi:g} against {lo:g})",
                                 pick(us, pretraining=pre, sigma=hi), pick(us, pretraining=pre, sigma=lo),
-                                paper_a=pv(hi), paper_b=pv(lo), note=note))
+                                paper_a=pv(hi), paper_b=pv(lo), direction=-1 if pre == "AT" else 1, note=note))
     t = read("04_table3_certified_sources")
     if t is not None:
         us = ours(t)
@@ -739,5 +739,5 @@ def findings(read) -> list:
                 if len(a) and len(b):
                     out.append(contrast("04", "Vaishnavi et al.", "Table 7", f"smoothing at sigma = 0.5 loses the "
                                         f"accuracy of a CR source whose last layer is trained by ST ({ft}, {tg})",
-                                        a, b, "sa", paper_a=p5, paper_b=p0))
+                                        a, b, "sa", paper_a=p5, paper_b=p0, direction=-1))
     return out

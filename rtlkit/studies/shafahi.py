@@ -578,9 +578,11 @@ def findings(read) -> list:
         for ds in t1.dataset.dropna().unique():
             a, b = pick(t1, dataset=ds, source="natural"), pick(t1, dataset=ds, source="robust")
             out += [contrast("06", "Shafahi et al.", "Table 1", f"a natural source is more accurate than a robust one ({ds})",
-                             a, b, "clean_acc", paper_a=pv("clean_acc", "natural"), paper_b=pv("clean_acc", "robust")),
+                             a, b, "clean_acc", paper_a=pv("clean_acc", "natural"), paper_b=pv("clean_acc", "robust"),
+                             direction=1),
                     contrast("06", "Shafahi et al.", "Table 1", f"a natural source is not robust ({ds}, natural against robust)",
-                             a, b, "robust_acc", paper_a=pv("robust_acc", "natural"), paper_b=pv("robust_acc", "robust"))]
+                             a, b, "robust_acc", paper_a=pv("robust_acc", "natural"), paper_b=pv("robust_acc", "robust"),
+                             direction=-1)]
         t23 = pick(us, table="Tables 2-3")
         p2 = pick(pp, table="Table 2")
 
@@ -645,7 +647,7 @@ def findings(read) -> list:
         models = list(dict.fromkeys(g.model))
         rob = [m for m in models if m.startswith("robust")][:1]
         nat = [m for m in models if m.startswith("natural")][:1]
-        if rob and nat:
+        if rob and nat and min((g.model == rob[0]).sum(), (g.model == nat[0]).sum()) >= 2:
             out.append(samples("06", "Shafahi et al.", "Fig. 5", f"input gradients of the robust probe lie on the strokes "
                                f"more than the natural probe's (share of |grad| on stroke pixels, per image; ours)",
                                g[g.model == rob[0]].stroke_share, g[g.model == nat[0]].stroke_share, direction=1))
@@ -659,10 +661,10 @@ def findings(read) -> list:
             pl = lambda lam, col: float(pick(p4, lam_d=lam)[col].iloc[0]) if len(pick(p4, lam_d=lam)) else None   # noqa: E731
             out += [contrast("06", "Shafahi et al.", "Table 4", f"LwF trades accuracy for robustness: more robust at "
                              f"lambda_d {hi:g} than {lo:g}", pick(t4, lam_d=hi), pick(t4, lam_d=lo),
-                             paper_a=pl(hi, "robust_acc"), paper_b=pl(lo, "robust_acc"), note=_lwf_note(t4)),
+                             paper_a=pl(hi, "robust_acc"), paper_b=pl(lo, "robust_acc"), direction=1, note=_lwf_note(t4)),
                     contrast("06", "Shafahi et al.", "Table 4", f"LwF trades accuracy for robustness: more accurate at "
                              f"lambda_d {lo:g} than {hi:g}", pick(t4, lam_d=lo), pick(t4, lam_d=hi), "clean_acc",
-                             paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"))]
+                             paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"), direction=1)]
         t5, p5 = pick(us, table="Tables 5/7"), pick(pp, table="Tables 5/7")
         src, psrc = pick(t5, model="robust source"), pick(p5, model="robust source")
         lw = pick(t5, model="LwF")

@@ -174,7 +174,9 @@ def _wait_change(panel, before: str, what: str, timeout_s: float = 30) -> str:
 
 
 def _use_panel(page, name: str, shots: Path) -> None:
-    last = page.locator(f"{NB} .jp-CodeCell").last
+    cells = page.locator(f"{NB} .jp-CodeCell")
+    calls = cells.filter(has=page.locator(".jp-InputArea", has_text="panel("))   # the cell that calls the panel
+    last = calls.last if calls.count() else cells.last   # (the findings cell comes after it in the studies)
     outputs = last.locator(".jp-Cell-outputArea > .jp-OutputArea-child")   # the cell's own outputs, not the panel's
     assert outputs.count() == 1, f"{name}: the panel is shown {outputs.count()} times"
     panel = outputs.first
