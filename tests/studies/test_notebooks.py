@@ -77,7 +77,7 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
     made = {d.name for d in (tmp_path / "runs").iterdir() if d.name not in ("notebooks", ".locks")}
     assert set(p.trainings) == made
     assert len(p.evaluations) == sum(len(list((tmp_path / "runs").glob(f"*/{kind}-*.{ext}"))) for kind, ext in (
-        ("eval", "json"), ("cert", "json"), ("noisy", "pt"), ("search", "json")))
+        ("eval", "json"), ("cert", "json"), ("noisy", "pt"), ("search", "json"), ("bn-swap", "json")))
     assert p.totals(include_cached=False)["evaluations"] == 0 and not any(r["cached"] is False for r in p.trainings.values())
     # the suite's progress bar counted exactly these files, and they are all there now
     suite, _ = figures.suite_plan("smoke")
@@ -98,5 +98,5 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, monkeypatch, caps
     with pytest.raises(KeyboardInterrupt):
         figures.run("smoke", figures_dir=str(tmp_path / "figs"), out_dir=str(tmp_path / "x"), only=["02"], progress=False)
     out = capsys.readouterr()
-    assert "0 cached, 18 to run" in out.out
-    assert "stopped: 0 of 18" in out.err and "--profile smoke --only 02" in out.err
+    assert "0 cached, 22 to run" in out.out   # 02 at smoke: 18 runs and evaluations, 4 statistics swaps
+    assert "stopped: 0 of 22" in out.err and "--profile smoke --only 02" in out.err
