@@ -70,7 +70,7 @@ class LwFTraining(StandardTraining):
                 feats[pos[idx]] = model.penultimate(runtime.inputs(x))[:n].float()
         return {"z0": feats, "pos": pos, "trainable": [p for p in model.parameters() if p.requires_grad],
                 "head": set(map(id, model.head.fc.parameters())),
-                "sums": torch.zeros(3, device=runtime.device)}   # this epoch's sum of distances, of CE, images
+                "sums": torch.zeros(2, device=runtime.device), "images": 0}   # this epoch's sums of distances, of CE
 
     def on_epoch_start(self, model, epoch: int, state: dict) -> None:
         warm = epoch < self.warm_epochs()
@@ -80,10 +80,12 @@ class LwFTraining(StandardTraining):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.train(self.bn_stats == "update")
         state["sums"].zero_()
+        state["images"] = 0
 
     def epoch_record(self, state: dict) -> dict:
         from .. import distributed
-        dist, ce, n = (float(v) for v in distributed.all_sum(*state["sums"].clone()))
+        dist, ce, n = (float(v) for v in distributed.all_sum(*state["sums"].clone(),
+                                                             state["sums"].new_tensor(float(state["images"]))))
         if n == 0:
             return {}
         dist, ce = dist / n, ce / n
@@ -97,8 +99,8 @@ class LwFTraining(StandardTraining):
         dist = lwf_distance(z.float(), z0, self.distance)
         ce = F.cross_entropy(logits.float(), y)
         with torch.no_grad():   # the epoch's record; no host sync here
-            state["sums"] += torch.stack([dist.detach() * len(y), ce.detach() * len(y),
-                                          torch.full_like(ce.detach(), float(len(y)))])
+            state["sums"] += torch.stack([dist.detach(), ce.detach()]) * len(y)
+        state["images"] += len(y)
         return ce + self.lam_d * dist, logits
 
 

@@ -196,7 +196,7 @@ def findings(read) -> list:
         for stats in ("reuse", "update"):
             a, b = pick(at, bn_stats=stats, bn_affine="freeze"), pick(at, bn_stats=stats, bn_affine="train")
             if len(a) and len(b):
-                pairs = _table1_pairs(stats)
+                pairs = _paper_pairs(("freeze", stats), ("train", stats))
                 floor = max(a.robust_acc.max(), b.robust_acc.max()) <= 0.005
                 f = contrast("02", "CARTL", "Table 1", f"freezing the fine-tuned BN affine raises robustness ({stats} "
                              f"statistics, k = {k:g})", a, b, paper_a=sum(x - y for x, y in pairs) / len(pairs), paper_b=0.0,
@@ -206,7 +206,7 @@ def findings(read) -> list:
                 out.append(dataclasses.replace(f, paper_numbers=_scenarios(pairs)))
         a, b = pick(at, bn_stats="reuse", bn_affine="freeze"), pick(at, bn_stats="update", bn_affine="freeze")
         if len(a) and len(b):
-            pairs = _table1_stats_pairs()
+            pairs = _paper_pairs(("freeze", "reuse"), ("freeze", "update"))
             f = contrast("02", "CARTL", "Table 1", f"reusing the source's BN statistics in the frozen extractor raises "
                          f"robustness (frozen affine, k = {k:g})", a, b, paper_a=sum(x - y for x, y in pairs) / len(pairs),
                          paper_b=0.0, note=_swap_note(every, k))
@@ -218,18 +218,11 @@ def _scenarios(pairs) -> str:
     return "mean of its 4 scenarios: " + ", ".join(f"{100 * (x - y):+.1f}" for x, y in pairs)
 
 
-def _table1_pairs(stats: str) -> list[tuple[float, float]]:
-    """(frozen-affine robustness, trained-affine robustness) in each of Table 1's scenarios, as fractions."""
+def _paper_pairs(hi: tuple[str, str], lo: tuple[str, str]) -> list[tuple[float, float]]:
+    """(robustness of cell ``hi``, of cell ``lo``) in each of Table 1's scenarios, as fractions; a
+    cell is (fine-tuned BN affine, extractor statistics)."""
     cells = {(sc, k, a, s): rob / 100 for sc, k, a, s, _, rob in PAPER}
-    return [(cells[(sc, k, "freeze", stats)], cells[(sc, k, "train", stats)])
-            for sc, k in dict.fromkeys((sc, k) for sc, k, *_ in PAPER)]
-
-
-def _table1_stats_pairs() -> list[tuple[float, float]]:
-    """(reused-statistics robustness, updated-statistics robustness) with frozen affine, per scenario."""
-    cells = {(sc, k, a, s): rob / 100 for sc, k, a, s, _, rob in PAPER}
-    return [(cells[(sc, k, "freeze", "reuse")], cells[(sc, k, "freeze", "update")])
-            for sc, k in dict.fromkeys((sc, k) for sc, k, *_ in PAPER)]
+    return [(cells[(sc, k, *hi)], cells[(sc, k, *lo)]) for sc, k in dict.fromkeys((sc, k) for sc, k, *_ in PAPER)]
 
 
 def _swap_note(us: pd.DataFrame, k) -> str:
@@ -238,8 +231,8 @@ def _swap_note(us: pd.DataFrame, k) -> str:
     from ..findings import binomial_se
     if "swap" not in us:
         return ""
-    sw = pick_swaps(us, k)
-    base = {s: pick_case(us, k, s) for s in ("reuse", "update")}
+    sw = _swaps(us, k)
+    base = {s: _case(us, k, s) for s in ("reuse", "update")}
     if not {"reuse", "update"} <= set(sw) or any(v is None for v in base.values()):
         return ""
 
@@ -263,14 +256,14 @@ def _swap_note(us: pd.DataFrame, k) -> str:
     return text
 
 
-def pick_case(us: pd.DataFrame, k, stats: str):
+def _case(us: pd.DataFrame, k, stats: str):
     from ..findings import pick
     r = pick(us, k=k, bn_stats=stats, bn_affine="freeze")
     r = r[r.swap.isna()] if "swap" in r else r
     return None if not len(r) else (float(r.clean_acc.mean()), float(r.robust_acc.mean()))
 
 
-def pick_swaps(us: pd.DataFrame, k) -> dict:
+def _swaps(us: pd.DataFrame, k) -> dict:
     from ..findings import pick
     sw = pick(us, k=k)
     sw = sw[sw.swap.notna()]

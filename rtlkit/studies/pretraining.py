@@ -201,13 +201,26 @@ def _empirical_row(profile, runtime, progress, pretraining: str, target, seed: i
                 n_test=m["n_test"])
 
 
-def _certified_row(profile, runtime, progress, pretraining: str, finetune: str, target, seed: int) -> dict:
+def _certified_row(profile, runtime, progress, pretraining: str, finetune: str, target, seed: int, run=None) -> dict:
+    """SA, RA-CT and ACR of ``run`` (default: the fine-tune of ``pretraining`` by ``finetune``) smoothed at eps."""
     pt = _pt(profile)
-    m = get_or_certify(transfer_run(profile, pretraining, finetune, target, seed), smoothing(pt), pt.l2_eps,
-                       runtime, progress, test_n=pt.cert_images)
+    run = run or transfer_run(profile, pretraining, finetune, target, seed)
+    m = get_or_certify(run, smoothing(pt), pt.l2_eps, runtime, progress, test_n=pt.cert_images)
     return dict(target=target_label(target), pretraining=pretraining, finetune=finetune, seed=seed, sigma=pt.l2_eps,
                 sa=m["smoothed_acc"], ra_ct=m["certified_acc"], acr=m["acr"], abstain=m["abstain"],
                 clean_acc=m["smoothed_acc"], robust_acc=m["certified_acc"], n_test=m["n_test"])
+
+
+def _sigma_pair(profile, runtime, progress, run, row: dict) -> list[dict]:
+    """``row`` (the model smoothed at eps) and the same model at sigma = 0: its base accuracy on the
+    certified images (RA-CT = ACR = 0 by Eq. 2); the second row is left out while recording."""
+    pt = _pt(profile)
+    model = get_or_train(run, runtime, progress)
+    if model is None:   # rtlkit.plan's recording mode
+        return [row]
+    x, y = _images(run, pt.cert_images, runtime)
+    base = float(noisy_correct(model, x, y, 0.0, row["seed"], autocast=runtime.autocast).mean())
+    return [row, dict(row, sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0, clean_acc=base, robust_acc=0.0)]
 
 
 def empirical_transfer(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
@@ -262,29 +275,15 @@ def robust_finetuning_needed(profile: Profile, runtime: Runtime | None = None, p
     rows = []
     for t in _table6(pt):
         for s in pt.pt_seeds:
-            row = _certified_row(profile, runtime, progress, "CR", "ST", t, s)
-            rows.append(dict(row, finetune="ST (last layer)"))
             run = transfer_run(profile, "CR", "ST", t, s)
-            model = get_or_train(run, runtime, progress)
-            if model is not None:   # None: rtlkit.plan's recording mode
-                x, y = _images(run, pt.cert_images, runtime)
-                base = float(noisy_correct(model, x, y, 0.0, s, autocast=runtime.autocast).mean())
-                rows.append(dict(row, finetune="ST (last layer)", sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0,
-                                 clean_acc=base, robust_acc=0.0))
+            row = dict(_certified_row(profile, runtime, progress, "CR", "ST", t, s, run), finetune="ST (last layer)")
+            rows += _sigma_pair(profile, runtime, progress, run, row)
             # the same comparison with the last layer trained to convergence: a linear probe on the CR
             # source's cached clean features (methods.probes, App. A.2's schedule), so that an
             # under-trained classifier does not confound sigma = 0.5 against sigma = 0
             probe = probe_run(profile, t, s)
-            m = get_or_certify(probe, smoothing(pt), pt.l2_eps, runtime, progress, test_n=pt.cert_images)
-            prow = dict(row, finetune=PROBE, sa=m["smoothed_acc"], ra_ct=m["certified_acc"], acr=m["acr"],
-                        abstain=m["abstain"], clean_acc=m["smoothed_acc"], robust_acc=m["certified_acc"], n_test=m["n_test"])
-            rows.append(prow)
-            model = get_or_train(probe, runtime, progress)
-            if model is None:
-                continue
-            x, y = _images(probe, pt.cert_images, runtime)
-            base = float(noisy_correct(model, x, y, 0.0, s, autocast=runtime.autocast).mean())
-            rows.append(dict(prow, sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0, clean_acc=base, robust_acc=0.0))
+            row = dict(_certified_row(profile, runtime, progress, "CR", "ST", t, s, probe), finetune=PROBE)
+            rows += _sigma_pair(profile, runtime, progress, probe, row)
     return pd.DataFrame(rows)
 
 

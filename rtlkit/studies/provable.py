@@ -747,7 +747,11 @@ def findings(read) -> list:
                 r = pick(at, mode=mode)
                 p = pick(pp, mode=mode, split="target", constraint="wn", layers=4)
                 pr = lambda col: float(p[col].iloc[0]) if len(p) and p[col].notna().any() else None   # noqa: E731
-                out.append(_two(r, "rep_a_v", "logit_a_v", mode, pr))
+                out.append(_pair_contrast(r, "rep_a_v", "logit_a_v", "Table 3", f"representation smoothing verifies "
+                                          f"more than logit smoothing ({mode} f, 4-layer wn target head, A_V at r = 0.1)",
+                                          pr("rep_a_v"), pr("logit_a_v"),
+                                          note="With the head's true L-inf bound; with the bound taken as 1 the same "
+                                               f"heads verify {100 * float(r.rep_a_v_bound1.mean()):.1f} % (rep_a_v_bound1)."))
             for mode in at["mode"].dropna().unique():
                 r = pick(at, mode=mode)
                 p = pick(pp, mode=mode, split="target", constraint="wn", layers=4)
@@ -781,13 +785,6 @@ def findings(read) -> list:
                                         paper_a=float(ph.label_a_v.iloc[0]) if len(ph) else None,
                                         paper_b=float(plo.label_a_v.iloc[0]) if len(plo) else None, direction=1))
     return out
-
-
-def _two(r, a: str, b: str, mode: str, pr):
-    return _pair_contrast(r, a, b, "Table 3", f"representation smoothing verifies more than logit smoothing ({mode} f, "
-                          f"4-layer wn target head, A_V at r = 0.1)", pr(a), pr(b),
-                          note="With the head's true L-inf bound; with the bound taken as 1 the same heads verify "
-                               f"{100 * float(r.rep_a_v_bound1.mean()):.1f} % (rep_a_v_bound1).")
 
 
 def _pair_contrast(r, a: str, b: str, where: str, claim: str, paper_a, paper_b, equal: bool = False, note: str = ""):

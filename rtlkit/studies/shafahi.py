@@ -91,22 +91,18 @@ def _train_acc(run: HeadRun, runtime, progress) -> float:
         return float((model.head.fc.eval()(z.to(runtime.device)).argmax(1).cpu() == y).float().mean())
 
 
-def _history(run, runtime) -> list[dict]:
-    """A run's per-epoch records (train.json), [] while recording or when unknown."""
+def _train_record(run, runtime) -> dict:
+    """A run's train.json, {} while recording or when unknown."""
     import json
     try:
-        return list(json.loads((run_dir(run, runtime) / "train.json").read_text())["history"])
-    except (OSError, ValueError, KeyError):
-        return []
+        return json.loads((run_dir(run, runtime) / "train.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _seconds(run, runtime) -> float:
-    """The wall time a run's training took (train.json), NaN while recording or when unknown."""
-    import json
-    try:
-        return float(json.loads((run_dir(run, runtime) / "train.json").read_text())["wall_seconds"])
-    except (OSError, ValueError, KeyError):
-        return np.nan
+    """The wall time a run's training took, NaN while recording or when unknown."""
+    return float(_train_record(run, runtime).get("wall_seconds", np.nan))
 
 
 def _pairs(profile: Profile) -> list:
@@ -286,7 +282,7 @@ def lwf_tables(profile: Profile, runtime: Runtime | None = None, progress: bool 
         m = measure(profile, runtime, progress, "LwF", "all", seed, target=target, source=source, lam_d=lam,
                     lwf_bn_stats=bn_stats)
         run, _ = _transfer(profile, "LwF", "all", seed, target=target, source=source, lam_d=lam, lwf_bn_stats=bn_stats)
-        last = _history(run, runtime)[-1:] or [{}]
+        last = _train_record(run, runtime).get("history", [])[-1:] or [{}]
         rows.append(dict(table=table, model="LwF" if bn_stats == "reuse" else "LwF, BN statistics updated",
                          lam_d=lam, target=target.label, seed=seed,
                          feature_distance=last[0].get("feature_distance", np.nan),
