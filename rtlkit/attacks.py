@@ -73,7 +73,7 @@ class PGD:
                 + ("" if self.random_start else " no-restart"))
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext,
-                worst: bool = True) -> torch.Tensor:
+                worst: bool = True, start: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial examples for ``forward`` (a callable on [0,1] images). No host sync in the loop.
 
         ``worst`` (evaluation): each example's first iterate that fooled the model, else the last
@@ -81,11 +81,17 @@ class PGD:
         already has each iterate's logits, so this costs a compare and a select per step.
         ``worst=False`` (adversarial training, as in Madry et al.): the last iterate.
         The caller puts the model in :func:`attack_mode`; :meth:`__call__` does it for you.
+        ``start``: the random start's offsets (inside the ball), instead of a draw from the global
+        RNG: ``rtlkit.card`` gives each example its own, so an example's result does not depend on
+        which others share its batch.
         """
         if self.eps == 0 or self.steps == 0:
             return x.detach()
         x = x.detach()
-        x_adv = (x + self._start(x)).clamp_(0, 1) if self.random_start else x.clone()
+        if self.random_start:
+            x_adv = (x + (self._start(x) if start is None else start.to(x.dtype))).clamp_(0, 1)
+        else:
+            x_adv = x.clone()
         keep = FirstFooling(y) if worst else None
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
@@ -317,3 +323,72 @@ class Square(_AutoAttackAdapter):
         return _aa_run(lambda: SquareAttack(no_grad_predict, norm=_AA_NORM[self.norm], n_queries=self.n_queries,
                                             eps=self.eps, p_init=self.p_init, n_restarts=self.n_restarts,
                                             seed=self.seed, loss="margin", device=x.device), x, y)
+
+
+@dataclass(frozen=True)
+class APGDT(_AutoAttackAdapter):
+    """APGD-T (Croce & Hein, ICML 2020): APGD on the targeted DLR loss through pyautoattack 0.2.0's
+    ``APGDAttack_targeted``, in AutoAttack's standard version: 100 iterations, 1 restart, the 9
+    most likely wrong classes as targets in turn (at most C - 1; the targeted DLR loss needs C >= 4).
+    Each target attacks only the survivors of the previous ones."""
+    eps: float = 8 / 255
+    n_iter: int = 100
+    n_target_classes: int = 9
+    n_restarts: int = 1
+    norm: str = "linf"
+    seed: int = 0
+
+    def __post_init__(self):
+        self._check("APGD-T")
+        check_int("APGD-T iterations", self.n_iter, 1)
+        check_int("APGD-T target classes", self.n_target_classes, 1)
+        check_int("APGD-T restarts", self.n_restarts, 1)
+
+    @property
+    def label(self) -> str:
+        return (f"APGD-T {self.norm} eps={self.eps:.4g} iters={self.n_iter} targets={self.n_target_classes} "
+                f"restarts={self.n_restarts} seed={self.seed}")
+
+    def check_classes(self, num_classes: int) -> None:
+        check(num_classes >= 4, f"APGD-T's targeted DLR loss needs at least 4 classes, not {num_classes}")
+        check(self.n_target_classes <= num_classes - 1,
+              f"APGD-T: {self.n_target_classes} target classes, but {num_classes} classes have only {num_classes - 1}")
+
+    def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+        from pyautoattack.autopgd_base import APGDAttack_targeted
+        return _aa_run(lambda: APGDAttack_targeted(_aa_predict(forward, autocast), n_iter=self.n_iter,
+                                                   norm=_AA_NORM[self.norm], n_restarts=self.n_restarts, eps=self.eps,
+                                                   seed=self.seed, n_target_classes=self.n_target_classes,
+                                                   device=x.device), x, y)
+
+
+@dataclass(frozen=True)
+class FABT(_AutoAttackAdapter):
+    """FAB-T (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples with a fast adaptive
+    boundary attack") through pyautoattack 0.2.0's ``FABAttack_PT``, targeted, in AutoAttack's standard
+    version: 100 iterations, 1 restart, 9 target classes (at most C - 1), alpha_max 0.1, eta 1.05,
+    beta 0.9. An example counts as fooled only within eps."""
+    eps: float = 8 / 255
+    n_iter: int = 100
+    n_target_classes: int = 9
+    norm: str = "linf"
+    seed: int = 0
+
+    def __post_init__(self):
+        self._check("FAB-T")
+        check_int("FAB-T iterations", self.n_iter, 1)
+        check_int("FAB-T target classes", self.n_target_classes, 1)
+
+    @property
+    def label(self) -> str:
+        return f"FAB-T {self.norm} eps={self.eps:.4g} iters={self.n_iter} targets={self.n_target_classes} seed={self.seed}"
+
+    def check_classes(self, num_classes: int) -> None:
+        check(num_classes >= 2 and self.n_target_classes <= num_classes - 1,
+              f"FAB-T: {self.n_target_classes} target classes, but {num_classes} classes have only {num_classes - 1}")
+
+    def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+        from pyautoattack.fab_pt import FABAttack_PT
+        return _aa_run(lambda: FABAttack_PT(_aa_predict(forward, autocast), norm=_AA_NORM[self.norm], n_restarts=1,
+                                            n_iter=self.n_iter, eps=self.eps, seed=self.seed, targeted=True,
+                                            n_target_classes=self.n_target_classes, device=x.device), x, y)

@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 
 from .attacks import PGD, FoolboxPGD
+from .card import Card
 from .errors import ConfigError, check, check_int, check_real, is_int, is_real
 from .models import WRNSpec
 from .runs import DataSpec, SourceRun, TransferRun
@@ -304,6 +305,10 @@ class Profile:
     pretraining: Pretraining | None = None   # notebook 04 (Vaishnavi et al.)
     provable: Provable | None = None         # notebook 05 (Provably Robust Transfer)
     shafahi: Shafahi | None = None           # notebook 06 (Shafahi et al.)
+    # notebook 07's report cards (rtlkit.card): eps and norm are each model's own; None is AutoAttack's
+    # standard version and the checks' defaults (what full and paper run)
+    card: Card | None = None
+    card_test_n: int = 1000
 
     def __post_init__(self):
         for name in _GRIDS:
@@ -549,7 +554,9 @@ def _smoke() -> Profile:
             head_lr=1e-2, head_max_epochs=6, normal_epochs=2, shared_adv=True),
         shafahi=Shafahi(per_class=(4, 16, None), arm_steps=6, depths=(0, 1, 2), table4_extra_lams=(1e-7, 0.0),
                         same_lams=(1e-5, 0.01), split_lams=(0.01,), grad_images=4, lwf_seed_lams=(0.1,),
-                        lwf_seeds=(0, 1), wide_heads=((2, 16),)))
+                        lwf_seeds=(0, 1), wide_heads=((2, 16),)),
+        card=Card(eps=eps, pgd_steps=3, apgd_iters=3, targets=2, fab_iters=3, square_queries=20, strong_factor=2,
+                  strong_restarts=1), card_test_n=24)
 
 
 def _quick(gpu: bool) -> Profile:
@@ -578,7 +585,11 @@ def _quick(gpu: bool) -> Profile:
         provable=_offline_provable(gpu, True, WRNSpec(16, 1, stem_stride=2), _offline_pairs(None if gpu else 6000)),
         # notebook 06 on 2 cores (<= 15 min with 01-03 warm): N in {10, 25, 100, all}, 150 steps per arm,
         # hidden layers 0-3, Tables 5/7 without 5e-5
-        shafahi=Shafahi(arm_steps=300 if gpu else 150, depths=(0, 1, 2, 3), same_lams=(1e-5, 1e-4, 0.001, 0.01, 0.1)))
+        shafahi=Shafahi(arm_steps=300 if gpu else 150, depths=(0, 1, 2, 3), same_lams=(1e-5, 1e-4, 0.001, 0.01, 0.1)),
+        # notebook 07 on 2 cores (<= 15 min with 01-06 warm): AutoAttack's attacks at a fifth of their
+        # iterations and queries, 3 targets, and check 4 at 5x steps with 2 restarts, on 500 images
+        card=Card(eps=eps, apgd_iters=20, targets=3, fab_iters=20, square_queries=1000, strong_factor=5,
+                  strong_restarts=2), card_test_n=500)
 
 
 def _full() -> Profile:
@@ -675,7 +686,9 @@ def _paper_dry() -> Profile:
                             smoothing_n0=2, smoothing_n=16, noise_images=10),
         provable=replace(pv, pv_model=pv_model, pv_samples=samples, pv_radii=radii, pv_n0=2, smooth_images=10, search_images=10,
                          search_steps=2, head_seeds=(0,), head_max_epochs=2, normal_epochs=1),
-        shafahi=replace(p.shafahi, per_class=(1, 2, None), arm_steps=1, probe_min_steps=1, grad_images=2))
+        shafahi=replace(p.shafahi, per_class=(1, 2, None), arm_steps=1, probe_min_steps=1, grad_images=2),
+        card=Card(eps=eps, pgd_steps=2, apgd_iters=2, targets=2, fab_iters=2, square_queries=4, strong_factor=2,
+                  strong_restarts=1), card_test_n=20)
 
 
 PROFILES = ("smoke", "quick", "full", "paper", "paper-dry")

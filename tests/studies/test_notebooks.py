@@ -12,7 +12,7 @@ BOOKS = figures.notebooks()
 
 
 def test_there_are_notebooks():
-    assert [b.name[:2] for b in BOOKS] == ["01", "02", "03", "04", "05", "06"]
+    assert [b.name[:2] for b in BOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.parametrize("book", BOOKS, ids=lambda b: b.stem)
@@ -38,14 +38,15 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
             table = pd.read_csv(figs / manifest["table"])
             # 05's tables are head accuracies, search rates and verified accuracies, not clean / robust pairs
             shares = {"05_provable": ("acc", "a_b", "a_v", "p_z", "p_x", "label_a_v", "rep_a_v", "logit_a_v"),
-                      "06_shafahi": ("clean_acc", "robust_acc", "train_acc", "stroke_share")}.get(book.stem)
+                      "06_shafahi": ("clean_acc", "robust_acc", "train_acc", "stroke_share"),
+                      "07_report_cards": ("accuracy", "warn")}.get(book.stem)
             shares = [c for c in shares if c in table] if shares else ["clean_acc", "robust_acc"]
             assert shares and set(shares) <= set(table.columns) and len(table) > 0
             # the paper's rows, as printed, are marked in column origin (06) or source (03-05)
             ours = table[table.origin != "paper"] if "origin" in table else \
                 table[table.source != "paper"] if "source" in table else table
             assert len(ours) > 0
-            if book.stem == "06_shafahi":   # a combined table: train_acc is blank on Table 1's source rows
+            if book.stem in ("06_shafahi", "07_report_cards"):   # a combined table: train_acc is blank on Table 1's source rows
                 assert ours[shares].apply(lambda s: s.notna().any() and s.dropna().between(0, 1).all()).all()
             else:
                 assert ours[shares].apply(lambda s: s.between(0, 1)).all().all()
@@ -60,7 +61,7 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
         "04_table6_certified.png", "04_table7_standard_finetuning.png",
         "05_table1_lipschitz.png", "05_table2_search.png", "05_table3_smoothing.png", "05_table4_smoothing_pairs.png",
         "05_radius.png", "06_tables1_3_probes.png", "06_fig3_low_data.png", "06_fig4_mlp_depth.png",
-        "06_fig5_gradients.png", "06_tables4_7_lwf.png"}
+        "06_fig5_gradients.png", "06_tables4_7_lwf.png", "07_report_cards.png", "07_masking_checks.png", "07_cards.png"}
     for m in manifests.values():   # notebook 04's manifests say how every number was measured
         if m["notebook"] == "04_pretraining":
             assert {"N0", "N", "alpha", "sigma", "apgd_restarts", "square_queries", "cert_images", "eps_rule"} <= set(m)
@@ -77,7 +78,7 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
     made = {d.name for d in (tmp_path / "runs").iterdir() if d.name not in ("notebooks", ".locks")}
     assert set(p.trainings) == made
     assert len(p.evaluations) == sum(len(list((tmp_path / "runs").glob(f"*/{kind}-*.{ext}"))) for kind, ext in (
-        ("eval", "json"), ("cert", "json"), ("noisy", "pt"), ("search", "json"), ("bn-swap", "json")))
+        ("eval", "json"), ("cert", "json"), ("noisy", "pt"), ("search", "json"), ("bn-swap", "json"), ("card", "json")))
     assert p.totals(include_cached=False)["evaluations"] == 0 and not any(r["cached"] is False for r in p.trainings.values())
     # the suite's progress bar counted exactly these files, and they are all there now
     suite, _ = figures.suite_plan("smoke")
