@@ -48,7 +48,7 @@ NOTEBOOK_STEPS = {
     "05_provable": ("provable", ("lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs",
                                  "radius_curves")),
     "06_shafahi": ("shafahi", ("sources_table", "probe_table", "low_data", "mlp_depth", "gradients", "lwf_tables")),
-    "07_report_cards": ("report_cards", ("report_cards",)),
+    "07_report_cards": ("report_cards", ("report_cards", "masking_checks", "cards")),
 }
 
 

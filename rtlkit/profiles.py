@@ -308,7 +308,7 @@ class Profile:
     # notebook 07's report cards (rtlkit.card): eps and norm are each model's own; None is AutoAttack's
     # standard version and the checks' defaults (what full and paper run)
     card: Card | None = None
-    card_test_n: int = 1000
+    card_test_n: int | None = 1000   # class-balanced test images per card; None: the whole test set
 
     def __post_init__(self):
         for name in _GRIDS:
@@ -688,7 +688,7 @@ def _paper_dry() -> Profile:
                          search_steps=2, head_seeds=(0,), head_max_epochs=2, normal_epochs=1),
         shafahi=replace(p.shafahi, per_class=(1, 2, None), arm_steps=1, probe_min_steps=1, grad_images=2),
         card=Card(eps=eps, pgd_steps=2, apgd_iters=2, targets=2, fab_iters=2, square_queries=4, strong_factor=2,
-                  strong_restarts=1), card_test_n=20)
+                  strong_restarts=1), card_test_n=None)   # the dry run's whole 3-per-class test sets
 
 
 PROFILES = ("smoke", "quick", "full", "paper", "paper-dry")

@@ -5,6 +5,7 @@ RNG as they were."""
 import dataclasses
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -150,9 +151,33 @@ def _checks(model, data, card):
 
 def test_every_check_passes_on_an_honest_model():
     model, data, _, _ = linear_case()
-    st = _checks(model, data, small_card())
+    card = small_card()
+    t = cascade(model, data, card, CPU)
+    ch = checks(card, t, masking(model, data, card, t, None, CPU), C).set_index("check")
+    st = ch.status
     assert (st.drop("5 transfer not stronger") == "pass").all(), st.to_dict()
     assert st["5 transfer not stronger"] == "n/a"
+    assert ch.value["4 more steps and restarts"] == 0   # the cascade is exact here: nothing is left to find
+
+
+def test_check_4_warns_when_a_stronger_pgd_fools_what_the_cascade_left_robust():
+    """The rule on hand-made tables: 5 of 100 examples that survived the whole cascade fall to the
+    stronger PGD-CE (beyond tol = 0.01: warn); 1 of 100 is within tol (pass); and PGD-CE's own
+    drop, which the cascade's later attacks covered, does not count."""
+    def tables(k):
+        n = 100
+        robust = np.r_[np.ones(50), np.zeros(50)].astype(int)
+        pgd_ce = np.ones(n, int)                                  # PGD-CE alone missed half the fooled ones
+        strong = robust.copy()
+        strong[:k] = 0
+        t = pd.DataFrame({"robust_correct": robust, "pgd_ce_correct": pgd_ce, "white_box_correct": robust,
+                          "took[Square]": np.zeros(n, int)})
+        m = pd.DataFrame({"grid[0.05]": robust, "grid[0.5]": np.zeros(n, int), "strong_correct": strong,
+                          "transfer_correct": np.full(n, np.nan), "grad_norm": np.ones(n)})
+        return checks(small_card(), t, m, C).set_index("check").loc["4 more steps and restarts"]
+    assert tables(5).status == "warn" and tables(5).value == pytest.approx(0.05)
+    assert tables(1).status == "pass" and tables(0).value == 0
+    assert "0.500" in tables(0).detail   # PGD-CE's own drop is reported, not judged
 
 
 @pytest.mark.parametrize("mask", [Rounded, Saturated], ids=["round", "softmax"])

@@ -14,7 +14,7 @@ from conftest import TINY
 
 NOT_STEPS = {"summarise", "bn_table", "attack_disagreements", "with_paper",   # table helpers: they run nothing
              "setting", "record", "relative_change", "regressions", "changes_vs_paper", "changes_with_paper",
-             "gradient_summary", "split_vs_whole", "paper_rows"}
+             "gradient_summary", "split_vs_whole", "paper_rows", "overstatement"}
 
 
 @pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)
