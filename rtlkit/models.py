@@ -1,5 +1,14 @@
-"""Wide-ResNets with the input normalisation inside the model (so epsilon and sigma are in
-[0, 1] pixel units) and an explicit, ordered block partition for "fine-tune the last k blocks".
+"""Backbones with the input normalisation inside the model (so epsilon and sigma are in [0, 1]
+pixel units) and an explicit, ordered block partition for "fine-tune the last k blocks".
+
+:class:`Backbone` is the protocol every method uses (last-k fine-tuning, the BN policies, FDM, NEFT,
+LwF, probes, heads, attacks, certification, the report card): ``normalize``; ``blocks``, in forward
+order, the last one a :class:`Head` (``head.fc`` replaceable, ``head.features`` the pooled
+penultimate feature); ``features(x, n)`` (the first n blocks) and ``forward_from(h, n)``;
+``penultimate``; ``feature_dim``. Residual blocks that NEFT can make non-expansive carry a
+``convex_sum`` flag. Two implementations: rtlkit's pre-activation :class:`WideResNet`
+(:class:`WRNSpec`) and torchvision's ResNet-18/34/50 (:class:`ResNetSpec`, same parameter names
+per block, so torchvision's and the robustness ecosystem's weights load: :func:`load_torchvision`).
 """
 from __future__ import annotations
 
@@ -100,8 +109,71 @@ class WRNSpec:
     def n_blocks(self) -> int:
         return 3 * (self.depth - 4) // 6 + 2
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The channel width after each block but the head (the first ``tap`` blocks end at ``widths[tap - 1]``)."""
+        n = (self.depth - 4) // 6
+        return tuple(self.base * self.width * m for m in (1, 2, 4) for _ in range(n)) + (4 * self.base * self.width,)
 
-class WideResNet(nn.Module):
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
+
+
+class Backbone(nn.Module):
+    """The block-partitioned model every method works through (module docstring). Subclasses set
+    ``spec``, ``normalize``, ``blocks`` (the last a :class:`Head`) and ``feature_dim``."""
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def head(self) -> Head:
+        return self.blocks[-1]
+
+    def forward_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        for b in self.blocks[start:]:
+            h = b(h)
+        return h
+
+    def features(self, x: torch.Tensor, n_first: int) -> torch.Tensor:
+        """Output of the first ``n_first`` blocks (the part a transfer with k = n_blocks - n_first freezes)."""
+        h = self.normalize(x)
+        for b in self.blocks[:n_first]:
+            h = b(h)
+        return h
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled feature that feeds the final linear layer."""
+        return self.head.features(self.features(x, self.n_blocks - 1))
+
+    def forward(self, x):
+        return self.forward_from(self.normalize(x), 0)
+
+    def add_projection(self, out_dim: int = 128) -> "Backbone":
+        """A 2-layer MLP projection head on the penultimate feature (SimCLR pre-training; Chen et
+        al. App. B.9: feature_dim -> feature_dim -> out_dim). It is part of the model, so the
+        optimiser and checkpoints carry it; :meth:`replace_head` drops it."""
+        d = self.feature_dim
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, out_dim))
+        return self
+
+    def replace_head(self, num_classes: int, seed: int | None = None, hidden: int = 0, width: int | None = None,
+                     bn: bool = False, dropout: float = 0.0) -> "Backbone":
+        """A fresh classifier for ``num_classes`` classes (in place; returns self); a pre-training
+        projection head, if any, is dropped. ``hidden`` = 0: one linear layer. Otherwise an MLP
+        inside ``head.fc`` (Shafahi et al. Fig. 4): ``hidden`` x (Linear to ``width`` (default the
+        feature width) [+ BatchNorm] + ReLU [+ Dropout]), then the linear classifier."""
+        fc = mlp_head(self.feature_dim, num_classes, seed, hidden, width, bn, dropout)   # checks first
+        if "projection" in self._modules:
+            del self.projection
+        self.head.fc = fc.to(next(self.parameters()).device)
+        return self
+
+
+
+class WideResNet(Backbone):
     """WRN with an ordered block partition, numbered as in CARTL Sec. 4 / Shafahi Fig. 2.
 
     ``self.blocks`` holds, in forward order: every residual block (the stem convolution rides
@@ -146,54 +218,6 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def head(self) -> Head:
-        return self.blocks[-1]
-
-    def forward_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
-        for b in self.blocks[start:]:
-            h = b(h)
-        return h
-
-    def features(self, x: torch.Tensor, n_first: int) -> torch.Tensor:
-        """Output of the first ``n_first`` blocks (the part a transfer with k = n_blocks - n_first freezes)."""
-        h = self.normalize(x)
-        for b in self.blocks[:n_first]:
-            h = b(h)
-        return h
-
-    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled feature that feeds the final linear layer."""
-        return self.head.features(self.features(x, self.n_blocks - 1))
-
-    def forward(self, x):
-        return self.forward_from(self.normalize(x), 0)
-
-    def add_projection(self, out_dim: int = 128) -> "WideResNet":
-        """A 2-layer MLP projection head on the penultimate feature (SimCLR pre-training; Chen et
-        al. App. B.9: feature_dim -> feature_dim -> out_dim). It is part of the model, so the
-        optimiser and checkpoints carry it; :meth:`replace_head` drops it."""
-        d = self.feature_dim
-        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, out_dim))
-        return self
-
-    def replace_head(self, num_classes: int, seed: int | None = None, hidden: int = 0, width: int | None = None,
-                     bn: bool = False, dropout: float = 0.0) -> "WideResNet":
-        """A fresh classifier for ``num_classes`` classes (in place; returns self); a pre-training
-        projection head, if any, is dropped. ``hidden`` = 0: one linear layer. Otherwise an MLP
-        inside ``head.fc`` (Shafahi et al. Fig. 4): ``hidden`` x (Linear to ``width`` (default the
-        feature width) [+ BatchNorm] + ReLU [+ Dropout]), then the linear classifier."""
-        fc = mlp_head(self.feature_dim, num_classes, seed, hidden, width, bn, dropout)   # checks first
-        if "projection" in self._modules:
-            del self.projection
-        self.head.fc = fc.to(next(self.parameters()).device)
-        return self
-
-
 def mlp_head(d: int, num_classes: int, seed: int | None = None, hidden: int = 0, width: int | None = None,
              bn: bool = False, dropout: float = 0.0) -> nn.Module:
     """A classifier on a ``d``-wide feature: one linear layer (``hidden`` = 0), or ``hidden`` x
@@ -223,7 +247,7 @@ def mlp_head(d: int, num_classes: int, seed: int | None = None, hidden: int = 0,
     return nn.Sequential(*layers, last) if hidden else last
 
 
-def reinit_blocks(model: WideResNet, blocks: list[nn.Module], seed: int = 0) -> None:
+def reinit_blocks(model: Backbone, blocks: list[nn.Module], seed: int = 0) -> None:
     """Re-initialise the given blocks (Shafahi Fig. 1), deterministically."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -235,5 +259,196 @@ def reinit_blocks(model: WideResNet, blocks: list[nn.Module], seed: int = 0) -> 
                         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
-def build(spec: WRNSpec, num_classes: int, in_channels: int, mean, std) -> WideResNet:
-    return WideResNet(spec, num_classes, in_channels, mean, std)
+# --------------------------------------------------------------------------- torchvision's ResNets
+
+_RESNET_LAYERS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """torchvision's ResNet-``depth`` (18, 34, 50; He et al. 2016, v1.5: the bottleneck's stride on
+    its 3x3 conv). ``width`` is the first stage's width (torchvision: 64; smaller for tests only,
+    since no released weights fit it); ``small_input`` replaces the ImageNet stem (7x7 stride-2 conv
+    + max-pool) by a 3x3 stride-1 conv, as CIFAR ResNets do (released ImageNet weights then do not
+    fit the stem). Partition: the stem rides with layer1's first block, then every basic or
+    bottleneck block of layer1-layer4 is one block, then pool + fc (``n_blocks`` = blocks + 1)."""
+    depth: int = 50
+    width: int = 64
+    small_input: bool = False
+
+    def __post_init__(self):
+        check(self.depth in _RESNET_LAYERS, f"ResNet depth must be one of {sorted(_RESNET_LAYERS)} (torchvision's "
+              f"resnet18/34/50), not {self.depth!r}")
+        check_int("ResNet width", self.width, 1)
+
+    @property
+    def name(self) -> str:
+        return f"resnet-{self.depth}" + (f"-w{self.width}" if self.width != 64 else "") + \
+            ("-small" if self.small_input else "")
+
+    @property
+    def kind(self) -> str:
+        return _RESNET_LAYERS[self.depth][0]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return _RESNET_LAYERS[self.depth][1]
+
+    @property
+    def n_blocks(self) -> int:
+        return sum(self.layers) + 1
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        e = 4 if self.kind == "bottleneck" else 1
+        return tuple(self.width * 2 ** g * e for g, n in enumerate(self.layers) for _ in range(n))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
+
+
+class ResNetStem(nn.Module):
+    """torchvision's stem (conv1, bn1, ReLU, 3x3 stride-2 max-pool), or with ``small`` a 3x3
+    stride-1 conv, BN and ReLU; the parameter names are torchvision's."""
+
+    def __init__(self, cin: int, cout: int, small: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3 if small else 7, 1 if small else 2, 1 if small else 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.pool = nn.Identity() if small else nn.MaxPool2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.bn1(self.conv1(x))))
+
+
+def _downsample(cin: int, cout: int, stride: int) -> nn.Module | None:
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class ResNetBasic(nn.Module):
+    """torchvision's BasicBlock (post-activation: relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut));
+    ``convex_sum`` (NEFT) makes the sum before the last ReLU (a + b) / 2."""
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _downsample(cin, planes, stride)
+        self.convex_sum = False
+
+    def residual(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+    def forward(self, x):
+        out, short = self.residual(x), x if self.downsample is None else self.downsample(x)
+        return torch.relu(0.5 * (out + short) if self.convex_sum else out + short)
+
+
+class ResNetBottleneck(ResNetBasic):
+    """torchvision's Bottleneck (1x1, 3x3 with the stride, 1x1 to 4 x planes), with ``convex_sum``."""
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        nn.Module.__init__(self)
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = _downsample(cin, planes * 4, stride)
+        self.convex_sum = False
+
+    def residual(self, x):
+        o = torch.relu(self.bn1(self.conv1(x)))
+        return self.bn3(self.conv3(torch.relu(self.bn2(self.conv2(o)))))
+
+
+class ResNet(Backbone):
+    """torchvision's ResNet-18/34/50 as a :class:`Backbone` (:class:`ResNetSpec` gives the
+    partition). No final BN block: the post-activation blocks end in their own ReLU."""
+
+    def __init__(self, spec: ResNetSpec, num_classes: int, in_channels: int = 3, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.spec = spec
+        mean = tuple(mean) * (in_channels // len(mean)) if len(mean) == 1 else tuple(mean)
+        std = tuple(std) * (in_channels // len(std)) if len(std) == 1 else tuple(std)
+        self.normalize = Normalize(mean, std)
+        block = ResNetBottleneck if spec.kind == "bottleneck" else ResNetBasic
+        blocks: list[nn.Module] = []
+        cin = spec.width
+        for g, n in enumerate(spec.layers):
+            for i in range(n):
+                blk = block(cin, spec.width * 2 ** g, 2 if (g > 0 and i == 0) else 1)
+                if g == 0 and i == 0:
+                    blk = nn.Sequential(ResNetStem(in_channels, spec.width, spec.small_input), blk)
+                blocks.append(blk)
+                cin = spec.width * 2 ** g * block.expansion
+        blocks.append(Head(cin, num_classes))
+        self.blocks = nn.ModuleList(blocks)
+        self.feature_dim = cin
+        for m in self.modules():   # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def torchvision_key_map(spec: ResNetSpec) -> dict[str, str]:
+    """torchvision ResNet parameter-name prefixes -> ours (``conv1.`` -> ``blocks.0.0.conv1.``,
+    ``layer2.0.`` -> ``blocks.<i>.``, ``fc.`` -> ``blocks.<last>.fc.``)."""
+    out = {"conv1.": "blocks.0.0.conv1.", "bn1.": "blocks.0.0.bn1."}
+    i = 0
+    for g, n in enumerate(spec.layers):
+        for j in range(n):
+            out[f"layer{g + 1}.{j}."] = "blocks.0.1." if i == 0 else f"blocks.{i}."
+            i += 1
+    out["fc."] = f"blocks.{i}.fc."
+    return out
+
+
+def from_torchvision_keys(state: dict, spec: ResNetSpec) -> dict:
+    """A torchvision-named ResNet state dict renamed to :class:`ResNet`'s; a key under no known
+    prefix is kept as it is (load_state_dict then names it)."""
+    prefixes = sorted(torchvision_key_map(spec).items(), key=lambda kv: -len(kv[0]))
+    out = {}
+    for k, v in state.items():
+        for a, b in prefixes:
+            if k.startswith(a):
+                k = b + k[len(a):]
+                break
+        out[k] = v
+    return out
+
+
+def parse_spec(value) -> WRNSpec | ResNetSpec:
+    """A backbone by name, as a notebook parameter gives it: ``wrn-16-1`` (``-s2``: early
+    downsampling), ``resnet18`` / ``resnet-50`` (``-w8``: first-stage width 8, ``-small``: the
+    CIFAR stem); a spec passes through. Anything else is a ConfigError naming the forms."""
+    import re
+    if isinstance(value, (WRNSpec, ResNetSpec)):
+        return value
+    forms = "wrn-<depth>-<width>[-s2] or resnet<18|34|50>[-w<width>][-small]"
+    check(isinstance(value, str), f"model: a backbone name ({forms}), not {value!r}")
+    v = value.strip().lower()
+    m = re.fullmatch(r"wrn-(\d+)-(\d+)(-s2)?", v)
+    if m:
+        return WRNSpec(int(m[1]), int(m[2]), stem_stride=2 if m[3] else 1)
+    m = re.fullmatch(r"resnet-?(\d+)(?:-w(\d+))?(-small)?", v)
+    check(m is not None, f"unknown model {value!r}: {forms}")
+    return ResNetSpec(int(m[1]), int(m[2] or 64), bool(m[3]))
+
+
+def build(spec: WRNSpec | ResNetSpec, num_classes: int, in_channels: int, mean, std) -> Backbone:
+    """The backbone ``spec`` names, for ``num_classes`` classes, normalising its input by mean / std."""
+    check(isinstance(spec, (WRNSpec, ResNetSpec)), f"model: a WRNSpec or a ResNetSpec, not {type(spec).__name__}")
+    cls = ResNet if isinstance(spec, ResNetSpec) else WideResNet
+    return cls(spec, num_classes, in_channels, mean, std)

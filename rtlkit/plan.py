@@ -260,7 +260,7 @@ def _root(run):
 
 
 def _spec(run):
-    """The WRNSpec of ``run``'s model: its root source's (a fine-tune or a head keeps it)."""
+    """The backbone spec of ``run``'s model: its root source's (a fine-tune or a head keeps it)."""
     return _root(run).model
 
 
@@ -299,8 +299,8 @@ def disk_bytes(p: Plan) -> int:
 
 
 def _feature_dim(spec) -> int:
-    """The width of a WRN's penultimate feature: 64 x width."""
-    return spec.base * spec.width * 4
+    """The width of the backbone's penultimate feature."""
+    return spec.feature_dim
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from .attacks import PGD, FoolboxPGD
 from .card import Card
 from .errors import ConfigError, check, check_int, check_real, is_int, is_real
-from .models import WRNSpec
+from .models import ResNetSpec, WRNSpec
 from .runs import DataSpec, SourceRun, TransferRun
 from .training import AdversarialTraining, StandardTraining
 from .transfer import TransferPolicy
@@ -52,7 +52,7 @@ class Pretraining:
     pt_source: DataSpec                       # all four pre-trainings (AT, CR, SimCLR, ST) use it
     pt_targets: tuple[DataSpec, ...]          # Tables 4-5, Figs. 2-3
     table6_targets: tuple[int, ...] = (0, 1)  # Tables 6-7: indices into pt_targets
-    pt_model: WRNSpec | None = None           # None: the profile's model
+    pt_model: WRNSpec | ResNetSpec | None = None           # None: the profile's model
     l2_eps: float = L2_EPS
     pretrain_epochs: int = 100
     pt_finetune_steps: int = 10_000           # every target, every method: the same optimizer steps
@@ -117,7 +117,7 @@ class Provable:
     main_pair: tuple                          # Tables 2-3 and the radius figure
     table1_pairs: tuple                       # Table 1 (the main pair first)
     table4_pairs: tuple                       # Table 4: 4-layer heads on a distant pair
-    pv_model: WRNSpec | None = None           # None: the profile's model
+    pv_model: WRNSpec | ResNetSpec | None = None           # None: the profile's model
     pv_modes: tuple[str, ...] = PV_MODES[:5]
     pv_sigma: float = 0.1                     # smoothing sigma and the noise / adv-s training sigma
     pv_eps: float = 0.1                       # adv (paper) and adv-s: L2 PGD radius
@@ -172,7 +172,7 @@ class Provable:
         if self.pv_model is not None:
             self.check_model(self.pv_model)
 
-    def check_model(self, spec: WRNSpec) -> None:
+    def check_model(self, spec: WRNSpec | ResNetSpec) -> None:
         """What depends on the extractor: the tap names one of its blocks, and every radius is below
         the largest one S draws can certify over its feature width D (Bonferroni over D)."""
         from .runs import check_tap
@@ -191,12 +191,10 @@ class Provable:
             check(r * self.pv_scale < limit, f"{name} = {r:g} is at or above the largest radius median smoothing can "
                   f"certify {where}: {limit / self.pv_scale:.4g}; S = {need} draws would certify it")
 
-    def feature_dim(self, spec: WRNSpec) -> int:
-        """D, the width of f's output: 64 x width at the penultimate feature; at a tap, the width of
-        the block group it ends in (n residual blocks per group, then the final BN)."""
-        n = (spec.depth - 4) // 6
-        widths = [spec.base * spec.width * m for m in (1, 2, 4)]
-        return widths[-1] if self.tap is None else widths[min(2, (self.tap - 1) // n)]
+    def feature_dim(self, spec: WRNSpec | ResNetSpec) -> int:
+        """D, the width of f's output: the penultimate feature's, or at a tap, the channel width
+        after that many blocks."""
+        return spec.feature_dim if self.tap is None else spec.widths[self.tap - 1]
 
     @property
     def sigma(self) -> float:
@@ -278,7 +276,7 @@ class Profile:
     name: str
     source: DataSpec
     target: DataSpec
-    model: WRNSpec
+    model: WRNSpec | ResNetSpec
     eps: float
     source_method: AdversarialTraining
     finetune: StandardTraining
@@ -340,6 +338,11 @@ class Profile:
             sm = self.source_method
             changes.setdefault("source_method", replace(sm, attack=pgd(e, sm.attack.steps)))
             changes.setdefault("eval_attacks", tuple(_rescale(a, e) for a in self.eval_attacks))
+        if "model" in changes:   # the user's backbone for every notebook (04's and 05's own models follow it)
+            if self.pretraining is not None:
+                changes.setdefault("pretraining", replace(self.pretraining, pt_model=None))
+            if self.provable is not None:
+                changes.setdefault("provable", replace(self.provable, pv_model=None))
         if "source_epochs" in changes:
             changes["source_method"] = replace(changes.get("source_method", self.source_method),
                                                epochs=changes.pop("source_epochs"))
@@ -446,6 +449,9 @@ def parameter(name: str, value):
         check(isinstance(value, (list, tuple)) and len(value) == 2 and all(is_real(v) for v in value),
               f"cartl_choice is a (lambda, beta) pair of numbers, not {value!r}")
         return tuple(value)
+    if name == "model":
+        from .models import parse_spec
+        return parse_spec(value)
     if name == "eps":
         check_real("eps", value, 0, 1)
     elif name in ("source_epochs", "finetune_epochs", "cartl_finetune_epochs"):

@@ -41,7 +41,7 @@ from .errors import check, check_int, check_real, is_int
 from .evaluate import evaluate
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, csv_bytes, fault_point, read_json,
                  set_aside, sha256_bytes, sweep_tmp)
-from .models import WideResNet, WRNSpec, build
+from .models import Backbone, ResNetSpec, WRNSpec, build
 from .runtime import cpu_record, Runtime, seed_all
 from .methods.neft import NEFT, settle
 from .training import AdversarialTraining, Checkpoints, StandardTraining, train
@@ -132,7 +132,7 @@ class DataSpec:
 class SourceRun:
     """A source model trained from scratch (adversarially, for a robust source)."""
     data: DataSpec
-    model: WRNSpec
+    model: WRNSpec | ResNetSpec
     method: StandardTraining
     seed: int = 0
     kind = "source"
@@ -146,7 +146,7 @@ class SourceRun:
                 plain = {f.name: getattr(self.method, f.name) for f in dataclasses.fields(AdversarialTraining)}
                 object.__setattr__(self, "method", AdversarialTraining(**plain))
 
-    def build_model(self) -> WideResNet:
+    def build_model(self) -> Backbone:
         """The initial weights, drawn from the run's own seed (whatever the global RNG's state)."""
         d = self.data.train()
         mean, std = d.mean_std()
@@ -225,7 +225,7 @@ def check_tap(tap: int | None, n_blocks: int) -> None:
               f"tap={tap!r} is not a block count below the head: 1..{n_blocks - 1} (None: the penultimate feature)")
 
 
-def tapped(model: WideResNet, x: torch.Tensor, tap: int | None = None) -> torch.Tensor:
+def tapped(model: Backbone, x: torch.Tensor, tap: int | None = None) -> torch.Tensor:
     """The frozen feature f(x): ``model.penultimate`` or, with ``tap``, the pooled first ``tap`` blocks."""
     return model.penultimate(x) if tap is None else model.head.features(model.features(x, tap))
 
@@ -398,7 +398,7 @@ def _verified_state(folder: Path, marker: dict) -> dict | None:
         return None
 
 
-def _initial_model(run, runtime: Runtime, progress: bool) -> WideResNet:
+def _initial_model(run, runtime: Runtime, progress: bool) -> Backbone:
     """The model before training: every random draw comes from the run's own seed, so it does
     not depend on what ran before in this process (a source trained or loaded, other runs)."""
     if isinstance(run, SourceRun):
@@ -409,7 +409,7 @@ def _initial_model(run, runtime: Runtime, progress: bool) -> WideResNet:
     return prepare_target(src.cpu(), run.data.train().info.num_classes, run.policy, run.seed, run.neft)
 
 
-def _headed(source: WideResNet, run: HeadRun) -> WideResNet:
+def _headed(source: Backbone, run: HeadRun) -> Backbone:
     """A copy of the source with ``head.fc`` replaced by the run's fresh head (seeded) and every
     other parameter frozen; eval mode (f's BN uses the source's statistics)."""
     import copy
@@ -424,7 +424,7 @@ def _headed(source: WideResNet, run: HeadRun) -> WideResNet:
     return model.eval()
 
 
-def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, progress: bool = True) -> WideResNet:
+def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, progress: bool = True) -> Backbone:
     """The trained model of ``run``: from the cache (verified), or trained now (resuming a checkpoint)."""
     if _RECORDING:
         _RECORDING[-1].trainings.append(run)
@@ -445,7 +445,7 @@ def get_or_train(run: SourceRun | TransferRun, runtime: Runtime | None = None, p
         return _train(run, folder, model, runtime, progress)
 
 
-def _train(run, folder: Path, model: WideResNet, runtime: Runtime, progress: bool) -> WideResNet:
+def _train(run, folder: Path, model: Backbone, runtime: Runtime, progress: bool) -> Backbone:
     from . import distributed
     main = distributed.is_main()   # under torchrun only rank 0 writes; the others train beside it
     if main:
@@ -556,7 +556,7 @@ def _eval_mismatches(m: dict, df: pd.DataFrame) -> list[str]:
     return [k for k, v in means.items() if _differs(m[k], v, 1e-9)]
 
 
-def _model_for(run, folder: Path, runtime: Runtime, progress: bool) -> tuple[WideResNet, str]:
+def _model_for(run, folder: Path, runtime: Runtime, progress: bool) -> tuple[Backbone, str]:
     """The run's model (cached or trained now) and the sha256 of its model.pt, with the folder's
     stale temp files swept (the caller holds the run's lock)."""
     from . import distributed

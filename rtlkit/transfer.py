@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError, check, is_int
-from .models import WideResNet, reinit_blocks
+from .models import Backbone, reinit_blocks
 
 BN_CASES = {  # CARTL Table 1, in the order of its rows and columns
     "update stats, train affine": ("update", "train"),
@@ -64,13 +64,13 @@ class TransferPolicy:
             raise ConfigError(f"k={self.k} but the model has only {n_blocks} blocks (k = 1..{n_blocks} or 'all')")
         return self.k
 
-    def split(self, model: WideResNet) -> tuple[list[nn.Module], list[nn.Module]]:
+    def split(self, model: Backbone) -> tuple[list[nn.Module], list[nn.Module]]:
         """(frozen blocks, fine-tuned blocks)."""
         k = self.check_model(model.n_blocks)
         blocks = list(model.blocks)
         return blocks[:len(blocks) - k], blocks[len(blocks) - k:]
 
-    def apply(self, model: WideResNet) -> list[nn.Parameter]:
+    def apply(self, model: Backbone) -> list[nn.Parameter]:
         """Set requires_grad per the policy; return the trainable parameters."""
         frozen, tuned = self.split(model)
         for p in model.parameters():
@@ -82,7 +82,7 @@ class TransferPolicy:
                     p.requires_grad_(train_me)
         return [p for p in model.parameters() if p.requires_grad]
 
-    def set_modes(self, model: WideResNet) -> None:
+    def set_modes(self, model: Backbone) -> None:
         """Training modes for a fine-tuning step: fine-tuned blocks train (their BN statistics
         always update: freezing them stops convergence, CARTL Sec. 6); the frozen extractor runs
         in eval mode when its statistics are reused."""
@@ -92,8 +92,8 @@ class TransferPolicy:
                 blk.eval()
 
 
-def prepare_target(source: WideResNet, num_classes: int, policy: TransferPolicy, seed: int = 0,
-                   neft=None) -> WideResNet:
+def prepare_target(source: Backbone, num_classes: int, policy: TransferPolicy, seed: int = 0,
+                   neft=None) -> Backbone:
     """A copy of the source model ready for fine-tuning under ``policy``: new head, optional re-init,
     optional non-expansive parametrisation of the fine-tuned blocks (``neft``), requires_grad set."""
     model = copy.deepcopy(source)  # blocks compiled in place come out uncompiled (nn.Module drops it)

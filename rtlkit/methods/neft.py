@@ -14,8 +14,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..errors import check_int, check_real
-from ..models import BasicBlock, WideResNet
+from ..errors import check, check_int, check_real
 
 
 class BetaScale(nn.Module):
@@ -45,8 +44,16 @@ def normalised_layers(blocks: list[nn.Module]) -> list[nn.Module]:
     return [m for b in blocks for m in b.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def apply_neft(model: WideResNet, tuned_blocks: list[nn.Module], neft: NEFT) -> list[nn.Module]:
-    """Parametrise the fine-tuned blocks in place; returns the normalised layers."""
+def apply_neft(model: nn.Module, tuned_blocks: list[nn.Module], neft: NEFT) -> list[nn.Module]:
+    """Parametrise the fine-tuned blocks in place; returns the normalised layers. Any backbone's
+    residual blocks that carry a ``convex_sum`` flag (rtlkit's WRN blocks, torchvision's basic and
+    bottleneck blocks: the sum before their last ReLU) become convex; a tuned block with a residual
+    sum that cannot be made convex is an error rather than a silently expansive sum."""
+    for b in tuned_blocks:
+        for m in b.modules():
+            check(not (hasattr(m, "downsample") or hasattr(m, "shortcut")) or hasattr(m, "convex_sum"),
+                  f"NEFT: the residual block {type(m).__name__} has no convex_sum flag, so its sum (a + b) "
+                  "cannot be made the convex (a + b) / 2 that NEFT needs")
     layers = normalised_layers(tuned_blocks)
     for m in layers:
         if parametrize.is_parametrized(m, "weight"):
@@ -55,7 +62,7 @@ def apply_neft(model: WideResNet, tuned_blocks: list[nn.Module], neft: NEFT) -> 
         parametrize.register_parametrization(m, "weight", BetaScale(neft.beta))
     for b in tuned_blocks:
         for m in b.modules():
-            if isinstance(m, BasicBlock):
+            if hasattr(m, "convex_sum"):
                 m.convex_sum = True
     return layers
 
