@@ -34,7 +34,7 @@ from .errors import ConfigError, DatasetNotFound, check, check_notebooks, cli
 from .io import atomic_write_json
 from .methods.fdm import FDMTraining
 from .profiles import PROFILES, Profile, default_name, get
-from .runs import MARKER, DataSpec, TransferRun, cert_path, eval_path, is_cached, recording, run_dir, runs_root
+from .runs import MARKER, DataSpec, ExternalSource, TransferRun, cert_path, eval_path, is_cached, recording, run_dir, runs_root
 from .training import AdversarialTraining
 
 # Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
@@ -85,6 +85,13 @@ class Plan:
             self.add_training(run.source)
         name = run_dir(run).name
         if name in self.trainings:
+            return
+        if isinstance(run, ExternalSource):   # loaded, not trained: its converted weights are cached
+            params = _params(run.model, run.num_outputs(), run.channels)
+            self.trainings[name] = {"run": name, "kind": run.kind, "method": f"checkpoint ({run.format})",
+                                    "images": 0, "flops": _run_flops(run), "params": params, "bytes": params * 4,
+                                    "path": str(run_dir(run) / MARKER), "A": 0, "T": 0.0, "cached": is_cached(run),
+                                    "what": Path(run.path).name}
             return
         n = _n_train(run.data)
         m = run.method
@@ -264,15 +271,24 @@ def _spec(run):
     return _root(run).model
 
 
+def _root_input(run) -> tuple[int, int]:
+    """(channels, size) of the images ``run``'s model takes: its root source's."""
+    root = _root(run)
+    if isinstance(root, ExternalSource):
+        return root.input_shape()
+    return _shape(root.data)[1:]
+
+
 def _input_channels(run) -> int:
-    return _shape(_root(run).data)[1]
+    return _root_input(run)[0]
 
 
 def _run_flops(run) -> float:
     """One forward pass of ``run``'s model on one image of its input shape (a transfer's images
     are adapted to its source's shape)."""
-    _, channels, size = _shape(_root(run).data)
-    return forward_flops(_spec(run), _shape(run.data)[0], channels, size)
+    channels, size = _root_input(run)
+    classes = run.num_outputs() if isinstance(run, ExternalSource) else _shape(run.data)[0]
+    return forward_flops(_spec(run), classes, channels, size)
 
 
 def gpu_seconds(p: Plan, device: str = "H100", utilisation: float = UTILISATION, include_cached: bool = True) -> float:

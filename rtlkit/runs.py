@@ -37,10 +37,10 @@ import torch
 
 from . import data as D
 from .attacks import PGD, FoolboxPGD
-from .errors import check, check_int, check_real, is_int
+from .errors import ConfigError, check, check_int, check_real, is_int
 from .evaluate import evaluate
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, csv_bytes, fault_point, read_json,
-                 set_aside, sha256_bytes, sweep_tmp)
+                 set_aside, sha256_bytes, sha256_file, sweep_tmp)
 from .models import Backbone, ResNetSpec, WRNSpec, build
 from .runtime import cpu_record, Runtime, seed_all
 from .methods.neft import NEFT, settle
@@ -161,10 +161,104 @@ class SourceRun:
         return self.data.test()
 
 
-def shaped_for(source: SourceRun, d: D.ImageData) -> D.ImageData:
+@dataclass(frozen=True)
+class ExternalSource:
+    """A source model from a checkpoint file a researcher already has, instead of one trained here:
+    ``model`` (e.g. ``ResNetSpec(50)``), ``path``, ``format`` (``models.CHECKPOINT_FORMATS``:
+    a torchvision state dict, a MadryLab ``robustness`` checkpoint, a RobustBench / TRADES
+    WideResNet, an rtlkit ``model.pt``). The checkpoint's normalisation goes inside the model
+    (``mean`` / ``std``; None: the file's own where it records one (robustness), ImageNet's for a
+    ResNet, none (0 / 1) for a WideResNet), so eps stays in [0, 1] pixels. The file's sha256 is part
+    of the cache key: a changed file is another run, never the old results. ``data``: its own test
+    data, to evaluate or card the source itself (optional); the inputs a target is adapted to are
+    ``channels`` x ``size`` (from ``data`` when given). Nothing is downloaded."""
+    model: WRNSpec | ResNetSpec
+    path: str
+    format: str = "torchvision"
+    num_classes: int | None = None     # None: the checkpoint's classifier's
+    data: DataSpec | None = None
+    channels: int = 3
+    size: int = 224
+    mean: tuple | None = None
+    std: tuple | None = None
+    allow_pickle: bool = False         # robustness checkpoints from old torch versions pickle more than tensors
+    sha256: str | None = None          # filled in from the file; given (a config read back), it must match
+    seed: int = 0
+    kind = "source"
+    method = None
+
+    def __post_init__(self):
+        from .models import CHECKPOINT_FORMATS, parse_spec
+        object.__setattr__(self, "model", parse_spec(self.model))
+        check(self.format in CHECKPOINT_FORMATS, f"checkpoint format {self.format!r}: one of {', '.join(CHECKPOINT_FORMATS)}")
+        path = Path(self.path).expanduser().absolute()
+        check(path.is_file(), f"checkpoint {path}: no such file")
+        object.__setattr__(self, "path", str(path))
+        sha = sha256_file(path)
+        check(self.sha256 in (None, sha), f"checkpoint {path} has changed since this run was made (sha256 {sha[:12]}, "
+              f"recorded {str(self.sha256)[:12]})")
+        object.__setattr__(self, "sha256", sha)
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, 2)
+        check(self.channels in (1, 3), f"channels: 1 or 3, not {self.channels!r}")
+        check_int("size", self.size, 8)
+        check((self.mean is None) == (self.std is None), "mean and std: give both or neither")
+        if self.data is not None:
+            info = D.load(self.data.name, "train").info
+            object.__setattr__(self, "channels", info.channels)
+            object.__setattr__(self, "size", info.size)
+
+    def build_model(self) -> Backbone:
+        """The checkpoint's weights in rtlkit's partition (ConfigError naming the file and the
+        first mismatched keys where they do not fit ``model``)."""
+        from .models import IMAGENET_MEAN, IMAGENET_STD, ResNetSpec, load_weights, read_checkpoint
+        state, mean, std = read_checkpoint(self.path, self.model, self.format, self.allow_pickle)
+        fc = f"blocks.{self.model.n_blocks - 1}.fc.weight"
+        check(fc in state or self.num_classes is not None,
+              f"checkpoint {self.path}: no classifier ({fc}) to count its classes by; give num_classes")
+        classes = self.num_classes or int(state[fc].shape[0])
+        if self.mean is not None:
+            mean, std = self.mean, self.std
+        elif mean is None:
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if isinstance(self.model, ResNetSpec) else ((0.0,), (1.0,))
+        if len(mean) == 3 and self.channels == 1:
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        model = build(self.model, classes, self.channels, mean, std)
+        load_weights(model, state, self.path)
+        return model
+
+    def input_shape(self) -> tuple[int, int]:
+        return self.channels, self.size
+
+    def num_outputs(self) -> int:
+        """Its classifier's classes (num_classes, else read from the file)."""
+        if self.num_classes is not None:
+            return self.num_classes
+        from .models import read_checkpoint
+        state, _, _ = read_checkpoint(self.path, self.model, self.format, self.allow_pickle)
+        fc = state.get(f"blocks.{self.model.n_blocks - 1}.fc.weight")
+        check(fc is not None, f"checkpoint {self.path}: no classifier to count its classes by; give num_classes")
+        return int(fc.shape[0])
+
+    def train_data(self) -> D.ImageData:
+        raise ConfigError(f"the external source {Path(self.path).name} is not trained here")
+
+    def test_data(self) -> D.ImageData:
+        check(self.data is not None, f"the external source {Path(self.path).name} has no data: give "
+              "ExternalSource(data=DataSpec(...)) to evaluate the source itself")
+        return D.adapt(self.data.test(), self.channels, self.size)
+
+
+def _input_shape(source) -> tuple[int, int]:
+    if isinstance(source, ExternalSource):
+        return source.input_shape()
+    info = D.load(source.data.name, "train").info
+    return info.channels, info.size
+
+
+def shaped_for(source: SourceRun | ExternalSource, d: D.ImageData) -> D.ImageData:
     """``d`` adapted to the source's input channels and size (a transfer's or a head's data)."""
-    src = D.load(source.data.name, "train").info
-    return D.adapt(d, src.channels, src.size)
+    return D.adapt(d, *_input_shape(source))
 
 
 class _OnSourceInputs:
@@ -401,7 +495,7 @@ def _verified_state(folder: Path, marker: dict) -> dict | None:
 def _initial_model(run, runtime: Runtime, progress: bool) -> Backbone:
     """The model before training: every random draw comes from the run's own seed, so it does
     not depend on what ran before in this process (a source trained or loaded, other runs)."""
-    if isinstance(run, SourceRun):
+    if isinstance(run, (SourceRun, ExternalSource)):
         return run.build_model()
     src = get_or_train(run.source, runtime, progress)
     if isinstance(run, HeadRun):
@@ -456,9 +550,12 @@ def _train(run, folder: Path, model: Backbone, runtime: Runtime, progress: bool)
     shas = {"config.json": atomic_write_json(folder / "config.json", to_jsonable(run))} if main else {}
     t0 = time.time()
     policy = run.policy if isinstance(run, TransferRun) else None
-    desc = f"{run.kind} {run.data.label}" + (f" k={run.policy.k}" if policy else "")
+    desc = f"{run.kind} " + (Path(run.path).name if isinstance(run, ExternalSource) else run.data.label) + \
+        (f" k={run.policy.k}" if policy else "")
     try:
-        if isinstance(run, HeadRun):   # cheap (features cached): no checkpoints, a killed one starts again
+        if isinstance(run, ExternalSource):   # nothing to train: the checkpoint's weights, cached sha-checked
+            history = {"checkpoint": run.path, "format": run.format, "sha256": run.sha256}
+        elif isinstance(run, HeadRun):   # cheap (features cached): no checkpoints, a killed one starts again
             z, y = get_or_features(run.source, run.data, "train", runtime, progress, run.head_sigma, run.seed,
                                    tap=run.tap)
             model = runtime.prepare(model)
