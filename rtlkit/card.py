@@ -337,7 +337,8 @@ CHECKS = ("1 non-increasing in eps", "2 large eps at or below chance", "3 black-
 
 
 def checks(card: Card, table: pd.DataFrame, mask: pd.DataFrame, num_classes: int) -> pd.DataFrame:
-    """The six checks as rows: check, status ("pass", "warn" or "n/a"), value, threshold, detail."""
+    """The six checks as rows: check, status ("pass", "warn", or "none" where the check does not
+    apply; not "n/a", which CSV readers take for a missing value), value, threshold, detail."""
     n = len(table)
     grid = [c for c in mask.columns if c.startswith("grid[")]
     accs = [float(mask[c].mean()) for c in grid]
@@ -363,7 +364,7 @@ def checks(card: Card, table: pd.DataFrame, mask: pd.DataFrame, num_classes: int
                             f"fooled {extra:.3f} of the examples the whole cascade left robust (it lowers "
                             f"{card.pgd_steps}-step PGD-CE's accuracy by {drop:.3f})"))
     if mask.transfer_correct.isna().all():
-        rows.append(dict(check=CHECKS[4], status="n/a", value=float("nan"), threshold=card.tol,
+        rows.append(dict(check=CHECKS[4], status="none", value=float("nan"), threshold=card.tol,
                          detail="no separate source (a source model, or a head on the source's own extractor)"))
     else:
         extra = float((table.white_box_correct.astype(bool) & ~mask.transfer_correct.astype(bool)).mean())

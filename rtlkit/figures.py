@@ -23,8 +23,13 @@ from .profiles import PROFILES, default_name
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
+YOURS = "00_"   # notebook 00 runs your model and data: by name only (--only 00), never in the suite
+
+
 def notebooks(only: list[str] | None = None) -> list[Path]:
     books = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if not (only and any(o.startswith("00") for o in only)):
+        books = [b for b in books if not b.name.startswith(YOURS)]
     if only:
         books = [b for b in books if any(b.name.startswith(o) for o in only)]
         if not books:

@@ -184,6 +184,20 @@ def plan(profile: Profile, notebooks: list[str] | None = None) -> Plan:
     """Every unique training and evaluation the notebooks (all, or those named) would run."""
     p = Plan(profile.name, profile.model.name)
     rec, p.skipped = record(profile, notebooks)
+    return _filled(p, rec)
+
+
+def plan_steps(profile_name: str, model_name: str, steps) -> Plan:
+    """The plan of any steps (callables with no arguments that call the run cache), recorded with
+    nothing run: notebook 00's steps on your model and data."""
+    p = Plan(profile_name, model_name)
+    with recording() as rec, contextlib.redirect_stdout(sys.stderr):
+        for step in steps:
+            step()
+    return _filled(p, rec)
+
+
+def _filled(p: Plan, rec) -> Plan:
     for run in rec.trainings:
         p.add_training(run)
     for run, attacks, test_n, *path in rec.evaluations:

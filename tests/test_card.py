@@ -156,7 +156,7 @@ def test_every_check_passes_on_an_honest_model():
     ch = checks(card, t, masking(model, data, card, t, None, CPU), C).set_index("check")
     st = ch.status
     assert (st.drop("5 transfer not stronger") == "pass").all(), st.to_dict()
-    assert st["5 transfer not stronger"] == "n/a"
+    assert st["5 transfer not stronger"] == "none"
     assert ch.value["4 more steps and restarts"] == 0   # the cascade is exact here: nothing is left to find
 
 

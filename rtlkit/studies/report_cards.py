@@ -119,7 +119,7 @@ def report_cards(profile: Profile, runtime: Runtime | None = None, progress: boo
 
 def masking_checks(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """The six gradient-masking checks of every headline model (from the same cached cards):
-    model, check, status (pass / warn / n/a), value, threshold, detail."""
+    model, check, status (pass / warn / none), value, threshold, detail."""
     runtime = runtime or Runtime()
     rows = []
     for h, res in _measure(profile, runtime, progress):
@@ -171,11 +171,12 @@ def plot_pgd_vs_autoattack(cards_df: pd.DataFrame, title: str = ""):
     return plots.finish(fig, title, "1 seed; bars +- 2 SE over the test images; label: AutoAttack - PGD-20 in points, +- 2 paired SE")
 
 
-STATUS_COLOR = {"pass": 0.0, "warn": 1.0, "n/a": 0.5}
+STATUS_COLOR = {"pass": 0.0, "warn": 1.0, "none": 0.5}
 
 
 def plot_masking(checks_df: pd.DataFrame, title: str = ""):
-    """The masking-check grid: models down, checks across; green pass, red warn, grey n/a, with the value."""
+    """The masking-check grid: models down, checks across; green pass, red warn, grey none (the
+    check does not apply), with the value."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     models = list(dict.fromkeys(checks_df.model))
