@@ -21,6 +21,12 @@ from .errors import check, check_int, is_real
 
 
 class Normalize(nn.Module):
+    @classmethod
+    def for_channels(cls, mean, std, channels: int) -> "Normalize":
+        """One mean / std value repeated over ``channels``, or one per channel."""
+        rep = lambda v: tuple(v) * (channels // len(v)) if len(v) == 1 else tuple(v)
+        return cls(rep(mean), rep(std))
+
     def __init__(self, mean, std):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -187,9 +193,7 @@ class WideResNet(Backbone):
                  mean=(0.5,), std=(0.5,)):
         super().__init__()
         self.spec = spec
-        mean = tuple(mean) * (in_channels // len(mean)) if len(mean) == 1 else tuple(mean)
-        std = tuple(std) * (in_channels // len(std)) if len(std) == 1 else tuple(std)
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize.for_channels(mean, std, in_channels)
         n = (spec.depth - 4) // 6
         widths = [spec.base, spec.base * spec.width, 2 * spec.base * spec.width, 4 * spec.base * spec.width]
         blocks: list[nn.Module] = []
@@ -378,9 +382,7 @@ class ResNet(Backbone):
     def __init__(self, spec: ResNetSpec, num_classes: int, in_channels: int = 3, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.spec = spec
-        mean = tuple(mean) * (in_channels // len(mean)) if len(mean) == 1 else tuple(mean)
-        std = tuple(std) * (in_channels // len(std)) if len(std) == 1 else tuple(std)
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize.for_channels(mean, std, in_channels)
         block = ResNetBottleneck if spec.kind == "bottleneck" else ResNetBasic
         blocks: list[nn.Module] = []
         cin = spec.width
@@ -418,15 +420,7 @@ def torchvision_key_map(spec: ResNetSpec) -> dict[str, str]:
 def from_torchvision_keys(state: dict, spec: ResNetSpec) -> dict:
     """A torchvision-named ResNet state dict renamed to :class:`ResNet`'s; a key under no known
     prefix is kept as it is (load_state_dict then names it)."""
-    prefixes = sorted(torchvision_key_map(spec).items(), key=lambda kv: -len(kv[0]))
-    out = {}
-    for k, v in state.items():
-        for a, b in prefixes:
-            if k.startswith(a):
-                k = b + k[len(a):]
-                break
-        out[k] = v
-    return out
+    return _renamed(state, torchvision_key_map(spec))
 
 
 # --------------------------------------------------------------------------- checkpoints from elsewhere

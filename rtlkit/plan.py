@@ -34,7 +34,7 @@ from .errors import ConfigError, DatasetNotFound, check, check_notebooks, cli
 from .io import atomic_write_json
 from .methods.fdm import FDMTraining
 from .profiles import PROFILES, Profile, default_name, get
-from .runs import MARKER, DataSpec, ExternalSource, TransferRun, cert_path, eval_path, is_cached, recording, run_dir, runs_root
+from .runs import MARKER, DataSpec, ExternalSource, TransferRun, _input_shape, cert_path, eval_path, is_cached, recording, run_dir, runs_root
 from .training import AdversarialTraining
 
 # Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
@@ -287,10 +287,7 @@ def _spec(run):
 
 def _root_input(run) -> tuple[int, int]:
     """(channels, size) of the images ``run``'s model takes: its root source's."""
-    root = _root(run)
-    if isinstance(root, ExternalSource):
-        return root.input_shape()
-    return _shape(root.data)[1:]
+    return _input_shape(_root(run))
 
 
 def _input_channels(run) -> int:
