@@ -73,18 +73,25 @@ class PGD:
                 + ("" if self.random_start else " no-restart"))
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext,
-                worst: bool = True, start: torch.Tensor | None = None) -> torch.Tensor:
-        """Adversarial examples for ``forward`` (a callable on [0,1] images). No host sync in the loop.
+                worst: bool = True, start: torch.Tensor | None = None, prune_every: int = 0) -> torch.Tensor:
+        """Adversarial examples for ``forward`` (a callable on [0,1] images). No host sync in the loop
+        unless ``prune_every`` asks for one.
 
         ``worst`` (evaluation): each example's first iterate that fooled the model, else the last
         one; an example that a middle step fooled and a later step did not is not robust. The loop
         already has each iterate's logits, so this costs a compare and a select per step.
         ``worst=False`` (adversarial training, as in Madry et al.): the last iterate.
+        ``prune_every`` (evaluation only, with ``worst``): every that many steps, drop the examples
+        already fooled from the batch (their answer, the first fooling iterate, is fixed) and stop
+        once none is left. Each example's gradient is its own (the model is in eval mode and the
+        loss a sum over examples), so every example gets the iterates it gets in the whole batch;
+        it costs one host sync per pruning.
         The caller puts the model in :func:`attack_mode`; :meth:`__call__` does it for you.
         ``start``: the random start's offsets (inside the ball), instead of a draw from the global
         RNG: ``rtlkit.card`` gives each example its own, so an example's result does not depend on
         which others share its batch.
         """
+        check_int("PGD prune_every", prune_every, 0)
         if self.eps == 0 or self.steps == 0:
             return x.detach()
         x = x.detach()
@@ -92,25 +99,48 @@ class PGD:
             x_adv = (x + (self._start(x) if start is None else start.to(x.dtype))).clamp_(0, 1)
         else:
             x_adv = x.clone()
-        keep = FirstFooling(y) if worst else None
-        for _ in range(self.steps):
-            x_adv.requires_grad_(True)
-            with autocast():
-                logits = forward(x_adv)
-            grad, = torch.autograd.grad(_loss(self.loss, logits, y), x_adv)
-            with torch.no_grad():
-                if keep is not None:   # this iterate's logits are the ones above
-                    keep.update(x_adv, logits)
-                if self.norm == "linf":
-                    x_adv = x_adv + self.step_size * grad.sign()
-                    x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps)
-                else:
-                    x_adv = x_adv + self.step_size * grad / _l2_norm(grad)
-                    delta = x_adv - x
-                    delta = delta * (self.eps / _l2_norm(delta)).clamp(max=1.0)
-                    x_adv = x + delta
-                x_adv = x_adv.clamp_(0, 1)
-        return keep.worst(x_adv.detach()) if keep is not None else x_adv.detach()
+        if not worst:
+            for _ in range(self.steps):
+                x_adv = self._step(forward, x_adv, x, y, autocast)[0]
+            return x_adv.detach()
+        out = x_adv.clone() if prune_every else None   # the answers of pruned examples
+        act = torch.arange(len(y), device=x.device)    # the batch rows still attacked
+        keep = FirstFooling(y)
+        for i in range(self.steps):
+            x_adv, logits, iterate = self._step(forward, x_adv, x, y, autocast)
+            keep.update(iterate, logits)   # this iterate's logits are the ones the step used
+            if prune_every and (i + 1) % prune_every == 0 and i + 1 < self.steps:
+                done = keep.fooled
+                if bool(done.any()):       # the sync
+                    out[act[done]] = keep.found[done]
+                    live = ~done
+                    if not bool(live.any()):
+                        return out
+                    act, x, y, x_adv = act[live], x[live], y[live], x_adv[live]
+                    keep = FirstFooling(y)
+        last = keep.worst(x_adv.detach())
+        if out is None:
+            return last
+        out[act] = last
+        return out
+
+    def _step(self, forward, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, autocast):
+        """One PGD step from ``x_adv``: (the next iterate, this iterate's logits, this iterate)."""
+        x_adv.requires_grad_(True)
+        with autocast():
+            logits = forward(x_adv)
+        grad, = torch.autograd.grad(_loss(self.loss, logits, y), x_adv)
+        with torch.no_grad():
+            here = x_adv.detach()
+            if self.norm == "linf":
+                nxt = here + self.step_size * grad.sign()
+                nxt = torch.min(torch.max(nxt, x - self.eps), x + self.eps)
+            else:
+                nxt = here + self.step_size * grad / _l2_norm(grad)
+                delta = nxt - x
+                delta = delta * (self.eps / _l2_norm(delta)).clamp(max=1.0)
+                nxt = x + delta
+            return nxt.clamp_(0, 1), logits.detach(), here
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         """The random start, uniform in the eps-ball, from the global RNG."""

@@ -292,3 +292,45 @@ def test_skipping_a_batch_draws_what_attacking_it_draws(trained_tiny, attack):
     assert torch.equal(attack(model, xb, y), both)
     torch.manual_seed(0)
     assert not torch.equal(attack(model, xb, y), both)   # the stream matters: without the skip it differs
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("linf", 0.08), ("l2", 0.5)])
+def test_pruning_fooled_examples_gives_every_example_its_whole_batch_result(trained_tiny, norm, eps):
+    """Survivors only, step by step: dropping each example once fooled (and ending the batch when all
+    are) gives every example the same adversarial input, bit for bit, as attacking the whole batch,
+    on a trained CNN with BatchNorm where examples fall at different steps."""
+    model, test = trained_tiny
+    x, y = test.x.float().div(255), test.y
+    attack = PGD(eps=eps, steps=12, step_size=eps / 4, norm=norm)
+    with attack_mode(model):
+        torch.manual_seed(3)
+        whole = attack.perturb(model, x, y)
+        with torch.no_grad():
+            fooled = model(whole).argmax(1) != y
+        assert 0 < fooled.sum() < len(y)          # some fall, some stand: the pruning is exercised
+        for every in (1, 3, 12):
+            torch.manual_seed(3)
+            assert torch.equal(attack.perturb(model, x, y, prune_every=every), whole), every
+    torch.manual_seed(4)
+    a = evaluate(model, test, [attack, PGD(eps, 12, eps / 4, norm, "cw")], CPU, progress=False, prune=True)
+    torch.manual_seed(4)
+    b = evaluate(model, test, [attack, PGD(eps, 12, eps / 4, norm, "cw")], CPU, progress=False, prune=False)
+    assert a.examples.equals(b.examples) and a.per_attack == b.per_attack
+
+
+def test_pruning_ends_a_batch_that_is_all_fooled():
+    """A model that is wrong everywhere: the pruned attack stops after its first step (one forward)."""
+    calls = []
+
+    class Wrong(nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return torch.stack([torch.zeros(len(x)), x.flatten(1).sum(1) + 1], 1)
+    x, y = torch.rand(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)
+    out = PGD(eps=0.1, steps=20, step_size=0.025).perturb(Wrong(), x, y, prune_every=1)
+    assert calls == [8] and (out - x).abs().max() <= 0.1 + 1e-7
+
+
+def test_prune_every_must_be_a_count():
+    with pytest.raises(ConfigError):
+        PGD(0.1, 5, 0.02).perturb(nn.Identity(), torch.rand(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), prune_every=-1)
