@@ -73,7 +73,8 @@ class PGD:
                 + ("" if self.random_start else " no-restart"))
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext,
-                worst: bool = True, start: torch.Tensor | None = None, prune_every: int = 0) -> torch.Tensor:
+                worst: bool = True, start: torch.Tensor | None = None, prune_every: int = 0,
+                compact: bool = True) -> torch.Tensor:
         """Adversarial examples for ``forward`` (a callable on [0,1] images). No host sync in the loop
         unless ``prune_every`` asks for one.
 
@@ -85,7 +86,8 @@ class PGD:
         already fooled from the batch (their answer, the first fooling iterate, is fixed) and stop
         once none is left. Each example's gradient is its own (the model is in eval mode and the
         loss a sum over examples), so every example gets the iterates it gets in the whole batch;
-        it costs one host sync per pruning.
+        it costs one host sync per pruning. ``compact=False`` keeps the batch's shape (a compiled
+        model recompiles on a new one) and only ends the batch once every example is fooled.
         The caller puts the model in :func:`attack_mode`; :meth:`__call__` does it for you.
         ``start``: the random start's offsets (inside the ball), instead of a draw from the global
         RNG: ``rtlkit.card`` gives each example its own, so an example's result does not depend on
@@ -103,7 +105,7 @@ class PGD:
             for _ in range(self.steps):
                 x_adv = self._step(forward, x_adv, x, y, autocast)[0]
             return x_adv.detach()
-        out = x_adv.clone() if prune_every else None   # the answers of pruned examples
+        out = x_adv.clone() if prune_every and compact else None   # the answers of pruned examples
         act = torch.arange(len(y), device=x.device)    # the batch rows still attacked
         keep = FirstFooling(y)
         for i in range(self.steps):
@@ -111,7 +113,10 @@ class PGD:
             keep.update(iterate, logits)   # this iterate's logits are the ones the step used
             if prune_every and (i + 1) % prune_every == 0 and i + 1 < self.steps:
                 done = keep.fooled
-                if bool(done.any()):       # the sync
+                if not compact:
+                    if bool(done.all()):   # the sync
+                        return keep.worst(x_adv.detach())
+                elif bool(done.any()):     # the sync
                     out[act[done]] = keep.found[done]
                     live = ~done
                     if not bool(live.any()):

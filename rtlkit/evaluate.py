@@ -34,8 +34,9 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
 
     Each attack runs on every example, so each attack's own column is that attack alone (03 and
     06 compare PGD-CE with PGD-CW). ``prune``: our PGD drops an example from its batch once it is
-    fooled (every step on the CPU, every 5 on a GPU, where each pruning is a host sync) and ends
-    the batch when all are: an example's result is the one the whole batch gives it (its random
+    fooled (every step on the CPU, every 5 on a GPU, where each pruning is a host sync; a compiled
+    model keeps its batch shape and only ends the batch when all are fooled) and ends the batch
+    when all are: an example's result is the one the whole batch gives it (its random
     start is drawn with the batch's; tests/test_attacks checks the per-example identity).
     foolbox's PGD runs the whole batch (its random start is drawn per call)."""
     from . import distributed
@@ -63,8 +64,10 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
             for a, name in zip(attacks, names):
                 if isinstance(a, FoolboxPGD):
                     x_adv = a(model, x, y)
-                else:
-                    x_adv = a.perturb(fwd, x, y, runtime.autocast, prune_every=every)
+                elif isinstance(a, PGD):
+                    x_adv = a.perturb(fwd, x, y, runtime.autocast, prune_every=every, compact=not runtime.compile)
+                else:   # APGD, Square: pyautoattack's own loops
+                    x_adv = a.perturb(fwd, x, y, runtime.autocast)
                 with torch.no_grad(), runtime.autocast():
                     cols[name] = ((fwd(runtime.inputs(x_adv)).argmax(1) == y) & clean)[:n]
     done = {b: {k: v.cpu().numpy() for k, v in cols.items()} for b, cols in done.items()}   # one sync, at the end

@@ -308,9 +308,9 @@ def test_pruning_fooled_examples_gives_every_example_its_whole_batch_result(trai
         with torch.no_grad():
             fooled = model(whole).argmax(1) != y
         assert 0 < fooled.sum() < len(y)          # some fall, some stand: the pruning is exercised
-        for every in (1, 3, 12):
+        for every, compact in ((1, True), (3, True), (12, True), (1, False)):
             torch.manual_seed(3)
-            assert torch.equal(attack.perturb(model, x, y, prune_every=every), whole), every
+            assert torch.equal(attack.perturb(model, x, y, prune_every=every, compact=compact), whole), every
     torch.manual_seed(4)
     a = evaluate(model, test, [attack, PGD(eps, 12, eps / 4, norm, "cw")], CPU, progress=False, prune=True)
     torch.manual_seed(4)
@@ -327,8 +327,10 @@ def test_pruning_ends_a_batch_that_is_all_fooled():
             calls.append(len(x))
             return torch.stack([torch.zeros(len(x)), x.flatten(1).sum(1) + 1], 1)
     x, y = torch.rand(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)
-    out = PGD(eps=0.1, steps=20, step_size=0.025).perturb(Wrong(), x, y, prune_every=1)
-    assert calls == [8] and (out - x).abs().max() <= 0.1 + 1e-7
+    for compact in (True, False):
+        calls.clear()
+        out = PGD(eps=0.1, steps=20, step_size=0.025).perturb(Wrong(), x, y, prune_every=1, compact=compact)
+        assert calls == [8] and (out - x).abs().max() <= 0.1 + 1e-7
 
 
 def test_prune_every_must_be_a_count():
