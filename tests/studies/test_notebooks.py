@@ -23,10 +23,9 @@ def test_committed_clean_with_parameters(book):
     assert any("parameters" in c.metadata.get("tags", []) for c in code)
 
 
-def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
-    figs = tmp_path / "figs"
-    times = figures.run("smoke", figures_dir=str(figs), out_dir=str(tmp_path / "executed"))
+def test_notebooks_execute_at_smoke(smoke_suite, monkeypatch):
+    runs, figs, times = smoke_suite["runs"], smoke_suite["figs"], smoke_suite["times"]
+    monkeypatch.setenv("RTLKIT_RUNS", str(runs))
     assert set(times) == {b.name for b in BOOKS}
     manifests = {p: json.loads(p.read_text()) for p in figs.glob("*.json")}
     for book in BOOKS:
@@ -70,14 +69,14 @@ def test_notebooks_execute_at_smoke(tmp_path, monkeypatch):
     # pre-trainings (AT, CR, SimCLR, ST), which its tables share; 05's normal, noise, adv-d, adv-s and the
     # split pair's normal (its adv modes are 01's and 03's sources); 06's two natural sources and Fig. 3's
     # AT from scratch at each N
-    sources = list((tmp_path / "runs").glob("source-*"))
+    sources = list(runs.glob("source-*"))
     assert len(sources) == 5 + 4 + 5 + 2 + 3
     # rtlkit.plan, without running anything, names exactly the runs and evaluations the notebooks made
     from rtlkit import plan, profiles
     p = plan.plan(profiles.get("smoke"))
-    made = {d.name for d in (tmp_path / "runs").iterdir() if d.name not in ("notebooks", ".locks")}
+    made = {d.name for d in runs.iterdir() if d.name not in ("notebooks", ".locks")}
     assert set(p.trainings) == made
-    assert len(p.evaluations) == sum(len(list((tmp_path / "runs").glob(f"*/{kind}-*.{ext}"))) for kind, ext in (
+    assert len(p.evaluations) == sum(len(list(runs.glob(f"*/{kind}-*.{ext}"))) for kind, ext in (
         ("eval", "json"), ("cert", "json"), ("noisy", "pt"), ("search", "json"), ("bn-swap", "json"), ("card", "json")))
     assert p.totals(include_cached=False)["evaluations"] == 0 and not any(r["cached"] is False for r in p.trainings.values())
     # the suite's progress bar counted exactly these files, and they are all there now
