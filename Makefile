@@ -36,10 +36,11 @@ figures: setup
 	$(PY) -m rtlkit.figures --profile $(PROFILE)
 
 # the test files on every core (pytest-xdist, a file per worker: a file's module fixtures stay in one
-# process), each worker and every notebook kernel it starts on one thread (no oversubscription)
+# process; the longest files first, tests/conftest.py), each worker and every notebook kernel it
+# starts on one thread (no oversubscription)
 TEST_JOBS ?= auto
 test: setup
-	@RTLKIT_THREADS=$${RTLKIT_THREADS:-1} $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile; rc=$$?; \
+	@RTLKIT_THREADS=$${RTLKIT_THREADS:-1} $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing, since nothing was checked"; exit 1; fi; \
 	exit $$rc
 

@@ -1,7 +1,9 @@
+import json
 import os
 
 import pytest
 import torch
+from filelock import FileLock
 
 from rtlkit import data as D
 from rtlkit.models import WRNSpec, build
@@ -11,6 +13,18 @@ TINY = WRNSpec(10, 1, stem_stride=2)  # 5 blocks
 # The tests' models are tiny: one intra-op thread is fastest, and on a shared CPU it avoids
 # OpenMP threads spinning while a sibling thread waits for a core (20-50x slower under load).
 torch.set_num_threads(int(os.environ.get("RTLKIT_TEST_THREADS", "1")))
+
+
+# The longest files first, so that pytest-xdist (make test: -n auto --dist loadfile
+# --no-loadscope-reorder) starts them while the short ones fill the other workers: the paper dry
+# run (one test, minutes), then the smoke suite's notebooks, then the browser test (which reads
+# the smoke suite's cache, tests/studies/conftest.py). Without xdist the order changes nothing.
+LONGEST_FIRST = ("tests/studies/test_paper_dry.py", "tests/studies/test_notebooks.py", "tests/studies/test_browser.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {f: i for i, f in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda it: rank.get(it.nodeid.split("::")[0], len(rank)))   # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +78,36 @@ def no_compute(monkeypatch):
         raise AssertionError("compute started before the bad setting was reported")
     for mod, name in ((T, "train"), (runs, "train"), (runs, "build"), (runs, "evaluate"), (D, "load")):
         monkeypatch.setattr(mod, name, started)
+
+
+# ---------------------------------------------------------------- the smoke suite, once per session
+# The smoke suite, executed once per test session and shared: test_notebooks checks what it wrote,
+# and the browser test starts JupyterLab on a copy of its run cache (it tests the notebooks as a
+# person meets them, not the training a second time). Under pytest-xdist the workers share one
+# folder and a file lock: the first to ask runs the suite, the others wait for it and read it.
+
+
+@pytest.fixture(scope="session")
+def smoke_suite(tmp_path_factory, worker_id):
+    from rtlkit import figures
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent            # the folder every xdist worker's basetemp lies in
+    root = shared / "smoke-suite"
+    done = root / "times.json"
+    with FileLock(str(shared / "smoke-suite.lock")):
+        if not done.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("RTLKIT_RUNS", str(root / "runs"))
+                mp.setenv("RTLKIT_FIGURES", str(root / "figs"))
+                mp.delenv("RTLKIT_DOWNLOAD", raising=False)
+                times = figures.run("smoke", figures_dir=str(root / "figs"), out_dir=str(root / "executed"))
+            done.write_text(json.dumps(times))
+    return {"runs": root / "runs", "figs": root / "figs", "times": json.loads(done.read_text())}
+
+
+@pytest.fixture(scope="session")
+def worker_id(request):
+    """pytest-xdist's worker id ("gw0", ...), or "master" without xdist."""
+    return getattr(request.config, "workerinput", {}).get("workerid", "master")

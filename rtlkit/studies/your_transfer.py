@@ -9,6 +9,8 @@ cache), so a rerun is a cache hit and ``rtlkit.plan`` can count the work.
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +34,13 @@ from ..transfer import BN_CASES, TransferPolicy
 from .common import row
 
 FIGURES = REPO_ROOT / "figures" / "yours"   # ignored by git: your figures never replace the committed ones
+
+
+def figures_dir() -> str:
+    """Where 00 writes without a ``figures_dir``: ``yours/`` under RTLKIT_FIGURES where that is set
+    (the tests' and a batch run's folder), else ``figures/yours/`` (ignored by git)."""
+    env = os.environ.get("RTLKIT_FIGURES")
+    return str(Path(env) / "yours" if env else FIGURES)
 
 
 @dataclass(frozen=True)
