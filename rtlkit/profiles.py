@@ -663,8 +663,8 @@ def _paper_dry() -> Profile:
     pv = p.provable
     pv_model = WRNSpec(34, 1)
     # the radius curve at 0, r / 2 and r (the paper's 19 radii up to 0.18 need 386 draws, 4.6x the
-    # forward passes of these 84: most of the dry run's time), with the fewest draws that certify r,
-    # on 5 smoothed images (the noisy features were 161 of notebook 05's 265 s at 10, on one thread)
+    # forward passes of these 84: most of the dry run's time), with the fewest draws that certify r
+    # (on 10 smoothed images, one per class: the smoothed subset is class-balanced)
     from .smoothing import median_samples_needed
     radii = (0.0, round(pv.pv_r / 2, 4), pv.pv_r)
     samples = median_samples_needed(pv.pv_r * pv.pv_scale, pv.sigma, pv.pv_alpha, pv.feature_dim(pv_model)) + 1
@@ -691,7 +691,7 @@ def _paper_dry() -> Profile:
                             pt_model=WRNSpec(28, 1), pretrain_epochs=1, pt_finetune_steps=1,
                             attack_images=None, apgd_iters=2, apgd_restarts=1, square_queries=4, cert_images=4,
                             smoothing_n0=2, smoothing_n=16, noise_images=10),
-        provable=replace(pv, pv_model=pv_model, pv_samples=samples, pv_radii=radii, pv_n0=2, smooth_images=5, search_images=10,
+        provable=replace(pv, pv_model=pv_model, pv_samples=samples, pv_radii=radii, pv_n0=2, smooth_images=10, search_images=10,
                          search_steps=2, head_seeds=(0,), head_max_epochs=2, normal_epochs=1),
         shafahi=replace(p.shafahi, per_class=(1, 2, None), arm_steps=1, probe_min_steps=1, grad_images=2),
         card=Card(eps=eps, pgd_steps=2, apgd_iters=2, targets=2, fab_iters=2, square_queries=4, strong_factor=2,

@@ -16,10 +16,13 @@ torch.set_num_threads(int(os.environ.get("RTLKIT_TEST_THREADS", "1")))
 
 
 # The longest files first, so that pytest-xdist (make test: -n auto --dist loadfile
-# --no-loadscope-reorder) starts them while the short ones fill the other workers: the paper dry
-# run (one test, minutes), then the smoke suite's notebooks, then the browser test (which reads
-# the smoke suite's cache, tests/studies/conftest.py). Without xdist the order changes nothing.
-LONGEST_FIRST = ("tests/studies/test_paper_dry.py", "tests/studies/test_notebooks.py", "tests/studies/test_browser.py")
+# --no-loadscope-reorder) starts them while the short ones fill the other workers. xdist hands each
+# worker one file, then a second: worker 1 gets the paper dry run (one test, minutes) and a short
+# file, worker 2 the smoke suite's notebooks and then the browser test, which reads the smoke
+# suite's cache (smoke_suite below) and so would only wait for it on another worker.
+# Without xdist the order changes nothing.
+LONGEST_FIRST = ("tests/studies/test_paper_dry.py", "tests/studies/test_notebooks.py", "tests/test_lock.py",
+                 "tests/studies/test_browser.py")
 
 
 def pytest_collection_modifyitems(config, items):
