@@ -244,6 +244,7 @@ KNOWN_SIZES = {"cifar10": (50000, 10000, 10), "cifar100": (50000, 10000, 100), "
                "gtsrb": (26640, 12630, 43), "stl10": (5000, 8000, 10), "mnist": (60000, 10000, 10),
                "kmnist": (60000, 10000, 10), "fashion-mnist": (60000, 10000, 10)}
 _STAND_INS: list[set] = []
+_STAND_IN_DATA: list[dict] = []   # per stand_ins() block: the stand-ins made in it (one per split)
 
 
 @contextlib.contextmanager
@@ -251,13 +252,17 @@ def stand_ins():
     """Within this block, a dataset of :data:`KNOWN_SIZES` that is not on this machine loads as a
     stand-in of its true size, image shape and class count (black images, labels cycling through
     the classes); the names substituted are collected in the set it yields. What rtlkit.plan
-    counts with: nothing may train on a stand-in, and none is kept in the loader's cache."""
+    counts with: nothing may train on a stand-in, and none is kept in the loader's cache (the
+    block keeps each one it made, once, until it ends: a plan asks for a set's shape per run)."""
     missing: set = set()
+    made: dict = {}
     _STAND_INS.append(missing)
+    _STAND_IN_DATA.append(made)
     try:
         yield missing
     finally:
         _STAND_INS.remove(missing)
+        _STAND_IN_DATA.remove(made)
 
 
 def _stand_in(name: str, split: str) -> ImageData:
@@ -310,6 +315,8 @@ def load(name: str, split: str = "train", download: bool | None = None) -> Image
     check_name(name)
     check(split in ("train", "test"), f"split must be 'train' or 'test', not {split!r}")
     key = (name, split)
+    if _STAND_IN_DATA and key in _STAND_IN_DATA[-1]:
+        return _STAND_IN_DATA[-1][key]
     if key not in _CACHE:
         try:
             _CACHE[key] = SOURCES[name](split, download)
@@ -317,7 +324,8 @@ def load(name: str, split: str = "train", download: bool | None = None) -> Image
             if not _STAND_INS or name not in KNOWN_SIZES:
                 raise
             _STAND_INS[-1].add(name)
-            return _stand_in(name, split)
+            made = _STAND_IN_DATA[-1][key] = _stand_in(name, split)
+            return made
     return _CACHE[key]
 
 
