@@ -166,8 +166,8 @@ def plot_pgd_vs_autoattack(cards_df: pd.DataFrame, title: str = ""):
         ax.text(i + 0.27, 100 * r.autoattack + 3, f"{100 * r.aa_minus_pgd:+.1f}\n+-{200 * r.paired_se:.1f}", ha="center", fontsize=7)
     ax.set_xticks(x, [textwrap.fill(m, 14) + f"\n({s})" for m, s in zip(o.model, o.study)], fontsize=7)
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 110)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_ylim(0, 125)   # the legend in one row above the bars and their labels (it hid the last model's)
+    ax.legend(fontsize=7, loc="upper left", ncol=3, frameon=False)
     return plots.finish(fig, title, "1 seed; bars +- 2 SE over the test images; label: AutoAttack - PGD-20 in points, +- 2 paired SE")
 
 
