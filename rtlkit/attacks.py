@@ -105,7 +105,7 @@ class PGD:
             for _ in range(self.steps):
                 x_adv = self._step(forward, x_adv, x, y, autocast)[0]
             return x_adv.detach()
-        out = x_adv.clone() if prune_every and compact else None   # the answers of pruned examples
+        out = torch.empty_like(x_adv) if prune_every and compact else None   # every row is written: pruned or last
         act = torch.arange(len(y), device=x.device)    # the batch rows still attacked
         keep = FirstFooling(y)
         for i in range(self.steps):

@@ -243,8 +243,7 @@ _CACHE: dict[tuple[str, str], ImageData] = {}
 KNOWN_SIZES = {"cifar10": (50000, 10000, 10), "cifar100": (50000, 10000, 100), "svhn": (73257, 26032, 10),
                "gtsrb": (26640, 12630, 43), "stl10": (5000, 8000, 10), "mnist": (60000, 10000, 10),
                "kmnist": (60000, 10000, 10), "fashion-mnist": (60000, 10000, 10)}
-_STAND_INS: list[set] = []
-_STAND_IN_DATA: list[dict] = []   # per stand_ins() block: the stand-ins made in it (one per split)
+_STAND_INS: list[tuple[set, dict]] = []   # per stand_ins() block: (names substituted, stand-ins made by (name, split))
 
 
 @contextlib.contextmanager
@@ -254,15 +253,12 @@ def stand_ins():
     the classes); the names substituted are collected in the set it yields. What rtlkit.plan
     counts with: nothing may train on a stand-in, and none is kept in the loader's cache (the
     block keeps each one it made, once, until it ends: a plan asks for a set's shape per run)."""
-    missing: set = set()
-    made: dict = {}
-    _STAND_INS.append(missing)
-    _STAND_IN_DATA.append(made)
+    block: tuple[set, dict] = (set(), {})
+    _STAND_INS.append(block)
     try:
-        yield missing
+        yield block[0]
     finally:
-        _STAND_INS.remove(missing)
-        _STAND_IN_DATA.remove(made)
+        _STAND_INS.remove(block)
 
 
 def _stand_in(name: str, split: str) -> ImageData:
@@ -315,17 +311,18 @@ def load(name: str, split: str = "train", download: bool | None = None) -> Image
     check_name(name)
     check(split in ("train", "test"), f"split must be 'train' or 'test', not {split!r}")
     key = (name, split)
-    if _STAND_IN_DATA and key in _STAND_IN_DATA[-1]:
-        return _STAND_IN_DATA[-1][key]
+    if _STAND_INS and key in _STAND_INS[-1][1]:
+        return _STAND_INS[-1][1][key]
     if key not in _CACHE:
         try:
             _CACHE[key] = SOURCES[name](split, download)
         except DatasetNotFound:
             if not _STAND_INS or name not in KNOWN_SIZES:
                 raise
-            _STAND_INS[-1].add(name)
-            made = _STAND_IN_DATA[-1][key] = _stand_in(name, split)
-            return made
+            missing, made = _STAND_INS[-1]
+            missing.add(name)
+            made[key] = _stand_in(name, split)
+            return made[key]
     return _CACHE[key]
 
 

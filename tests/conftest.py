@@ -91,7 +91,7 @@ def no_compute(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def smoke_suite(tmp_path_factory, worker_id):
+def smoke_suite(tmp_path_factory, worker_id):   # worker_id: pytest-xdist's ("master" without -n)
     from rtlkit import figures
     shared = tmp_path_factory.getbasetemp()
     if worker_id != "master":
@@ -108,9 +108,3 @@ def smoke_suite(tmp_path_factory, worker_id):
                 times = figures.run("smoke", figures_dir=str(root / "figs"), out_dir=str(root / "executed"))
             done.write_text(json.dumps(times))
     return {"runs": root / "runs", "figs": root / "figs", "times": json.loads(done.read_text())}
-
-
-@pytest.fixture(scope="session")
-def worker_id(request):
-    """pytest-xdist's worker id ("gw0", ...), or "master" without xdist."""
-    return getattr(request.config, "workerinput", {}).get("workerid", "master")

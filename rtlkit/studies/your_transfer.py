@@ -10,7 +10,6 @@ cache), so a rerun is a cache hit and ``rtlkit.plan`` can count the work.
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass, replace
 from pathlib import Path
 
