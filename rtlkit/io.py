@@ -24,8 +24,14 @@ from .errors import NoSpace
 # renamed (artefact in place), marker-written (run complete), step (a training step done).
 # Read once at import; used by tests/test_reliability.py. Unset, a point costs one dict lookup.
 FAULT_ENV = "RTLKIT_FAULT"
-_FAULTS: dict[str, int] = {p: int(n) for p, _, n in (item.partition(":") for item in
-                                                      os.environ.get(FAULT_ENV, "").split(",")) if n.isdigit()}
+
+
+def parse_faults(value: str) -> dict[str, int]:
+    """``"point:n,point:n"`` -> {point: n}."""
+    return {p: int(n) for p, _, n in (item.partition(":") for item in value.split(",")) if n.isdigit()}
+
+
+_FAULTS: dict[str, int] = parse_faults(os.environ.get(FAULT_ENV, ""))
 _fault_counts: dict[str, int] = {}
 _HOST = "".join(c if c.isalnum() else "_" for c in os.uname().nodename)
 # every temp file is named .<name>.<host>-<pid>.<random>.tmp: who may still be writing it

@@ -33,15 +33,36 @@ REPO = Path(__file__).resolve().parent.parent
 KILLED = -signal.SIGKILL
 
 
-def child(kinds, root, fault=None, log=None, **extra):
+def _base_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RTLKIT_FAULT", "RTLKIT_TRAIN_LOG")}
-    env.update(RTLKIT_RUNS=str(root), RTLKIT_THREADS="1", OMP_NUM_THREADS="1", **extra)
+    env.update(RTLKIT_THREADS="1", OMP_NUM_THREADS="1")
+    return env
+
+
+_ZYGOTE: list = []   # this module's fork server while its tests run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def zygote():
+    """One fork server for this file's children (tests/zygote.py): a fault chain is ten processes,
+    and a fork starts in milliseconds where a new interpreter takes 2-3 s to import torch."""
+    from zygote import Zygote
+    z = Zygote(_base_env())
+    _ZYGOTE.append(z)
+    yield z
+    _ZYGOTE.remove(z)
+    z.close()
+
+
+def child(kinds, root, fault=None, log=None, **extra):
+    """fault_child.py as a process of its own: a fork of the module's fork server."""
+    env = _base_env()
+    env.update(RTLKIT_RUNS=str(root), **extra)
     if fault:
         env["RTLKIT_FAULT"] = fault
     if log:
         env["RTLKIT_TRAIN_LOG"] = str(log)
-    return subprocess.Popen([sys.executable, str(Path(FC.__file__)), *kinds], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _ZYGOTE[-1].spawn(FC.__file__, list(kinds), env)
 
 
 def finish(proc, timeout=300):
