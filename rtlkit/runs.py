@@ -468,9 +468,43 @@ def is_cached(run, runtime: Runtime | None = None) -> bool:
     return read_marker(run_dir(run, runtime), repair=False) is not None
 
 
+# Weights verified in this process, most recent last: a cached transfer run loads its source every
+# time it is asked for (a sweep, hundreds of times), and the weights-only unpickler and the sha256
+# of every artefact are most of a cached run's cost. Keyed by each artefact's sha256 in the marker
+# and its file's identity (inode, size, mtime): a file rewritten, replaced or set aside since is
+# read and checked again. At most _STATES_BYTES of tensors are kept.
+_STATES: dict = {}
+_STATES_BYTES = 256 << 20
+
+
+def _state_key(folder: Path, marker: dict) -> tuple | None:
+    try:
+        files = []
+        for name, sha in sorted(marker["artefacts"].items()):
+            st = (folder / name).stat()
+            files.append((name, sha, st.st_ino, st.st_size, st.st_mtime_ns))
+        return (str(folder.resolve()), tuple(files))
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def _remember_state(key: tuple, state: dict) -> None:
+    size = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    if size > _STATES_BYTES:
+        return
+    _STATES[key] = (state, size)
+    while sum(n for _, n in _STATES.values()) > _STATES_BYTES:
+        del _STATES[next(iter(_STATES))]
+
+
 def _verified_state(folder: Path, marker: dict) -> dict | None:
     """The weights of a complete run, after checking every artefact against the marker's sha256;
-    None (with the broken file and the marker set aside) on any mismatch."""
+    None (with the broken file and the marker set aside) on any mismatch. A state verified before
+    in this process, whose files have not changed since, is not read again."""
+    key = _state_key(folder, marker)
+    if key is not None and key in _STATES:
+        _STATES[key] = _STATES.pop(key)   # most recent last
+        return dict(_STATES[key][0])      # the tensors are only ever copied from (load_state_dict)
     blobs = {}
     for name, sha in marker["artefacts"].items():
         path = folder / name
@@ -485,11 +519,14 @@ def _verified_state(folder: Path, marker: dict) -> dict | None:
         set_aside(folder / MARKER, f"names a broken artefact ({name})")
         return None
     try:
-        return torch.load(io.BytesIO(blobs["model.pt"]), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(blobs["model.pt"]), map_location="cpu", weights_only=True)
     except Exception as e:  # whole by its hash, so it was written broken: never use it
         set_aside(folder / "model.pt", f"unreadable weights ({type(e).__name__})")
         set_aside(folder / MARKER, "names a broken artefact (model.pt)")
         return None
+    if key is not None and key == _state_key(folder, marker):   # unchanged while it was read
+        _remember_state(key, state)
+    return dict(state)
 
 
 def _initial_model(run, runtime: Runtime, progress: bool) -> Backbone:

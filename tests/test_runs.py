@@ -69,6 +69,36 @@ def test_the_cached_model_is_the_trained_one_not_a_fresh_one(monkeypatch):
     assert not torch.equal(fresh["blocks.0.0.conv.weight"], trained["blocks.0.0.conv.weight"])
 
 
+def test_weights_verified_once_are_not_read_again_until_a_file_changes(monkeypatch):
+    """A cached run's weights, verified once in this process, are served without reading or
+    hashing again; a model.pt replaced since (another inode, as every rtlkit writer leaves it) is
+    read and checked again, and when it is broken, set aside and retrained, never served."""
+    run = source()
+    trained = state_of(get_or_train(run, CPU, progress=False))
+    monkeypatch.setattr(runs, "train", no_training)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    first = state_of(get_or_train(run, CPU, progress=False))
+    second = state_of(get_or_train(run, CPU, progress=False))
+    assert len(loads) == 1
+    assert all(torch.equal(trained[k], first[k]) and torch.equal(trained[k], second[k]) for k in trained)
+    # served tensors are copies into a new model: changing one model leaves the next load intact
+    with torch.no_grad():
+        get_or_train(run, CPU, progress=False).blocks[0][0].conv.weight.add_(1.0)
+    assert torch.equal(state_of(get_or_train(run, CPU, progress=False))["blocks.0.0.conv.weight"],
+                       trained["blocks.0.0.conv.weight"])
+    folder = run_dir(run)
+    blob = bytearray((folder / "model.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF                      # same size, another file
+    rtlkit_io.atomic_write_bytes(folder / "model.pt", bytes(blob))
+    monkeypatch.setattr(runs, "train", train)         # the broken run is retrained
+    with pytest.warns(UserWarning, match="does not match the sha256"):
+        again = state_of(get_or_train(run, CPU, progress=False))
+    assert (folder / "model.pt.corrupt").exists()
+    assert all(torch.equal(trained[k], again[k]) for k in trained)   # the same bits, retrained
+
+
 def test_hash_is_stable_and_every_setting_makes_a_new_run():
     assert stable_hash(source()) == stable_hash(source())
     assert run_dir(source()) == run_dir(source())

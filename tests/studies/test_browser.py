@@ -161,7 +161,7 @@ def _plot_state(panel) -> str:
                           " + el.innerText")   # one read: the plot may be redrawing
 
 
-def _wait_change(panel, before: str, what: str, timeout_s: float = 30) -> str:
+def _wait_change(panel, before: str, what: str, timeout_s: float = 90) -> str:
     """The panel's new state once it differs from ``before``; a traceback anywhere fails at once."""
     deadline, last = time.time() + timeout_s, before
     while time.time() < deadline:
@@ -173,7 +173,8 @@ def _wait_change(panel, before: str, what: str, timeout_s: float = 30) -> str:
             return now
         last = now
         time.sleep(0.5)
-    pytest.fail(f"the plot did not change after {what}")
+    pytest.fail(f"the plot did not change within {timeout_s:.0f} s after {what}; the panel reads: "
+                f"{panel.inner_text()[-600:]!r}")
 
 
 def _use_panel(page, name: str, shots: Path) -> None:
