@@ -103,6 +103,7 @@ class Zygote:
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__))], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         self.tmp = Path(tempfile.mkdtemp(prefix="zygote-"))
+        self.spawned = 0
 
     def ask(self, **req) -> dict:
         self.proc.stdin.write(json.dumps(req) + "\n")
@@ -113,8 +114,8 @@ class Zygote:
         return json.loads(line)
 
     def spawn(self, script: str, argv: list[str], env: dict) -> "Forked":
-        n = len(list(self.tmp.iterdir()))
-        out, err = self.tmp / f"{n}.out", self.tmp / f"{n}.err"
+        self.spawned += 1   # a count, not the folder's files: a child creates its own after the fork
+        out, err = self.tmp / f"{self.spawned}.out", self.tmp / f"{self.spawned}.err"
         pid = self.ask(op="spawn", script=str(script), argv=list(argv), env=dict(env), out=str(out), err=str(err))["pid"]
         return Forked(self, pid, out, err)
 
