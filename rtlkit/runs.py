@@ -524,7 +524,7 @@ def _verified_state(folder: Path, marker: dict) -> dict | None:
         set_aside(folder / "model.pt", f"unreadable weights ({type(e).__name__})")
         set_aside(folder / MARKER, "names a broken artefact (model.pt)")
         return None
-    if key is not None and key == _state_key(folder, marker):   # unchanged while it was read
+    if key is not None:   # bytes that match the marker's sha256s, whichever file they were read from
         _remember_state(key, state)
     return dict(state)
 

@@ -157,10 +157,6 @@ class Forked:
             except ProcessLookupError:
                 pass
 
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
-
 
 if __name__ == "__main__":
     serve()
