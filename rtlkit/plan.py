@@ -42,7 +42,7 @@ from .training import AdversarialTraining
 NOTEBOOK_STEPS = {
     "01_layer_freezing": ("layer_freezing", ("source_robustness", "layer_freezing", "reinit_sweep")),
     "02_bn_ablation": ("bn_ablation", ("source_robustness", "bn_ablation", "bn_stats_swap")),
-    "03_cartl": ("cartl", ("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs")),
+    "03_cartl": ("cartl", ("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs", "seeded_claims")),
     "04_pretraining": ("pretraining", ("noise_table", "certified_sources", "empirical_transfer", "certified_transfer",
                                        "certified_curves", "pretraining_ablation", "robust_finetuning_needed")),
     "05_provable": ("provable", ("lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs",

@@ -299,6 +299,11 @@ class Profile:
     cartl_seeds: tuple[int, ...] = (0, 1, 2)
     cartl_test_n: int | None = None                      # evaluate notebook 03 on a class-balanced subset
     cartl_finetune_epochs: int | None = None             # notebook 03's fine-tuning budget (None: finetune.epochs)
+    # notebook 03's claim-carrying cells, replicated (studies.cartl.seeded_claims): replicate r trains
+    # its own sources with seed r and fine-tunes with seed r, evaluated on claim_test_n test images
+    claim_seeds: tuple[int, ...] = (0, 1, 2)
+    claim_test_n: int | None = 1000                      # None: the whole test set
+    claim_fractions: tuple[float, ...] = (0.5, 0.2)      # Fig. 5's fractions that carry a claim
     pairs: tuple = ()      # Table 4: extra (source DataSpec or None for the profile's source, target DataSpec)
     pretraining: Pretraining | None = None   # notebook 04 (Vaishnavi et al.)
     provable: Provable | None = None         # notebook 05 (Provably Robust Transfer)
@@ -311,7 +316,7 @@ class Profile:
     def __post_init__(self):
         for name in _GRIDS:
             check(len(getattr(self, name)) >= 1, f"{name} is empty: give at least one value")
-        for name in ("seeds", "source_seeds", "cartl_seeds"):
+        for name in ("seeds", "source_seeds", "cartl_seeds", "claim_seeds"):
             for v in getattr(self, name):
                 check_int(f"{name} entry", v, 0)
         n = self.model.n_blocks
@@ -326,6 +331,10 @@ class Profile:
         check(all(v >= 0 for v in self.cartl_lams + self.lwf_lams + self.cartl_choice[:1]),
               "FDM lambda and LwF lambda_d must be >= 0")
         check(all(0 < f <= 1 for f in self.fractions), f"fractions must be in (0, 1]: {self.fractions}")
+        check(all(0 < f <= 1 for f in self.claim_fractions), f"claim_fractions must be in (0, 1]: {self.claim_fractions}")
+        for name in ("cartl_test_n", "claim_test_n"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
         check_real("eps", self.eps, 0, 1)   # an L-inf radius in [0, 1] pixel units
         if self.provable is not None:
             self.provable.check_model(self.provable.pv_model or self.model)
@@ -387,7 +396,7 @@ class Profile:
 
 # Notebook parameters: the Profile fields that are grids, and the names that stand for part of a field.
 _GRIDS = ("ks", "bn_ks", "seeds", "source_seeds", "cartl_ks", "cartl_lams", "cartl_betas", "lwf_lams",
-          "fractions", "cartl_seeds")
+          "fractions", "cartl_seeds", "claim_seeds", "claim_fractions")
 _ALIASES = ("source_name", "target_name", "source_epochs", "finetune_epochs")
 # notebook 04's settings: every field of Pretraining is a parameter of its own name
 _PT_FIELDS = tuple(f.name for f in dataclasses.fields(Pretraining) if f.name not in ("pt_source", "pt_targets", "pt_model"))
@@ -455,6 +464,8 @@ def parameter(name: str, value):
     if name == "eps":
         check_real("eps", value, 0, 1)
     elif name in ("source_epochs", "finetune_epochs", "cartl_finetune_epochs"):
+        check_int(name, value, 1)
+    elif name in ("cartl_test_n", "claim_test_n"):
         check_int(name, value, 1)
     elif name in ("source_name", "target_name"):
         check(isinstance(value, str), f"{name} must be a dataset name, not {value!r}")
@@ -544,6 +555,7 @@ def _smoke() -> Profile:
         reinit_source=DataSpec("synthetic-a", train_n=256),
         cartl_ks=(2, 3), cartl_lams=(0.01,), cartl_betas=(1.0, 0.4), cartl_choice=(0.01, 0.4),
         lwf_lams=(0.1, 0.001), fractions=(1.0, 0.5), cartl_seeds=(0, 1),
+        claim_seeds=(0, 1), claim_test_n=None, claim_fractions=(0.5,),
         pairs=((DataSpec("synthetic-a", classes=(0, 1)), DataSpec("synthetic-a", classes=(2, 3))),),
         pretraining=Pretraining(
             pt_source=DataSpec("synthetic-c", classes=(0, 1)),
@@ -685,7 +697,7 @@ def _paper_dry() -> Profile:
         source_method=replace(p.source_method, epochs=1, steps=1, attack=pgd(eps, 2)),
         finetune=replace(p.finetune, epochs=1, steps=1),
         eval_attacks=(replace(p.eval_attacks[0], steps=2, step_size=step_size(eps, 2)),),
-        seeds=(0,), source_seeds=(0,), cartl_seeds=(0,),
+        seeds=(0,), source_seeds=(0,), cartl_seeds=(0,), claim_seeds=(0, 1), claim_test_n=None,
         pretraining=replace(p.pretraining, pt_source=few(p.pretraining.pt_source),
                             pt_targets=tuple(few(t) for t in p.pretraining.pt_targets),
                             pt_model=WRNSpec(28, 1), pretrain_epochs=1, pt_finetune_steps=1,

@@ -41,10 +41,11 @@ def _source(profile: Profile, method: str, lam: float = 0.0, k: int | None = Non
 def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | None = None,
               source: DataSpec | None = None, lam: float | None = None, beta: float | None = None,
               lam_d: float | None = None, steps: int | None = None,
-              lwf_bn_stats: str = "reuse") -> tuple[TransferRun, dict]:
+              lwf_bn_stats: str = "reuse", source_seed: int = 0) -> tuple[TransferRun, dict]:
     """One of the methods of CARTL's comparison as a cached run, plus its describing keys.
     ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs;
-    ``lwf_bn_stats="update"``: LwF with BN running statistics following the target (ours)."""
+    ``lwf_bn_stats="update"``: LwF with BN running statistics following the target (ours);
+    ``source_seed``: the seed of the AT or FDM source it starts from (0: the one every figure shares)."""
     target = target or profile.target
     epochs = profile.cartl_finetune_epochs or profile.finetune.epochs
     finetune = replace(profile.finetune, steps=steps) if steps is not None else \
@@ -53,24 +54,24 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
     beta = profile.cartl_choice[1] if beta is None else beta
     policy = TransferPolicy(k=k, bn_stats="reuse", bn_affine="freeze")   # CARTL App. C
     if method == "vanilla":        # AT source, plain fine-tuning of the last k blocks
-        run = TransferRun(_source(profile, "at", data=source), target, policy, finetune, seed)
+        run = TransferRun(_source(profile, "at", data=source, seed=source_seed), target, policy, finetune, seed)
         keys = dict(lam=0.0, beta=None)
     elif method == "AT + NEFT":
-        run = TransferRun(_source(profile, "at", data=source), target, policy, finetune, seed, NEFT(beta))
+        run = TransferRun(_source(profile, "at", data=source, seed=source_seed), target, policy, finetune, seed, NEFT(beta))
         keys = dict(lam=0.0, beta=beta)
     elif method == "CARTL":        # FDM source for this k, NEFT fine-tuning
-        run = TransferRun(_source(profile, "fdm", lam, k, source), target, policy, finetune, seed, NEFT(beta))
+        run = TransferRun(_source(profile, "fdm", lam, k, source, source_seed), target, policy, finetune, seed, NEFT(beta))
         keys = dict(lam=lam, beta=beta)
     elif method == "LwF":          # AT source, end-to-end with feature distillation (k = all)
         lam_d = profile.lwf_lams[0] if lam_d is None else lam_d
         lwf = LwFTraining(epochs=epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d, steps=steps,
                           lr=profile.lwf_lr, weight_decay=profile.lwf_weight_decay, bn_stats=lwf_bn_stats)
-        run = TransferRun(_source(profile, "at", data=source), target, TransferPolicy(k="all", bn_affine="freeze"),
+        run = TransferRun(_source(profile, "at", data=source, seed=source_seed), target, TransferPolicy(k="all", bn_affine="freeze"),
                           lwf, seed)
         keys = dict(lam_d=lam_d) if lwf_bn_stats == "reuse" else dict(lam_d=lam_d, bn_stats=lwf_bn_stats)
     else:
         raise ConfigError(f"unknown method {method!r}: vanilla, AT + NEFT, CARTL or LwF")
-    return run, {"method": method, "k": k if method != "LwF" else "all", "seed": seed,
+    return run, {"method": method, "k": k if method != "LwF" else "all", "seed": seed, "source_seed": source_seed,
                  "target": target.label, **keys}
 
 
@@ -138,6 +139,104 @@ def more_pairs(profile: Profile, runtime: Runtime | None = None, progress: bool 
                 rows.append({**measure(profile, runtime, progress, m, k, s, target=tgt, source=src),
                              "pair": f"{src_spec.label} -> {tgt.label}"})
     return pd.DataFrame(rows)
+
+
+def seeded_claims(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """The cells that carry notebook 03's claims, replicated (issue 21, point 9): replicate r
+    trains its own AT and FDM sources with seed r and fine-tunes from them with seed r, so the
+    spread over replicates holds the source's noise as well as the fine-tune's; each is evaluated
+    on ``claim_test_n`` test images. Cells: CARTL at every k for the smallest and largest beta and
+    beta* (Table 2); vanilla and AT + NEFT at every k (Table 3, against CARTL's beta* cell); LwF at
+    the largest and smallest lambda_d (Table 5, Fig. 4); vanilla and CARTL at each of
+    ``claim_fractions`` with Fig. 5's step budget. Replicate 0 reuses the other figures' trained
+    models (only its larger evaluation is new)."""
+    lam, beta_star = profile.cartl_choice
+    betas = sorted({min(profile.cartl_betas), max(profile.cartl_betas), beta_star})
+    lams_d = sorted({min(profile.lwf_lams), max(profile.lwf_lams)})
+    k_last = profile.cartl_ks[-1]
+    budget = profile.finetune_steps(profile.target, profile.cartl_finetune_epochs)
+    cells = []
+    for k in profile.cartl_ks:
+        cells += [dict(method="CARTL", k=k, lam=lam, beta=b) for b in betas]
+        cells += [dict(method=m, k=k) for m in ("vanilla", "AT + NEFT")]
+    cells += [dict(method="LwF", k="all", lam_d=ld) for ld in lams_d]
+    cells += [dict(method=m, k=k_last, fraction=f) for f in profile.claim_fractions if f != 1
+              for m in ("vanilla", "CARTL")]
+    rows = []
+    for r in profile.claim_seeds:
+        for c in cells:
+            c = dict(c)
+            method, k, frac = c.pop("method"), c.pop("k"), c.pop("fraction", 1.0)
+            extra = dict(target=replace(profile.target, fraction=frac), steps=budget) if frac != 1 else {}
+            rows.append({**measure(profile, runtime, progress, method, k, r, test_n=profile.claim_test_n,
+                                   source_seed=r, **c, **extra), "fraction": frac, "replicate": r})
+    return pd.DataFrame(rows)
+
+
+def seeded_findings(t: pd.DataFrame) -> list:
+    """Notebook 03's claims from ``seeded_claims``'s table (our rows and the paper's, whose
+    ``table`` column names the paper's table): one finding per claim, its SE from the binomial
+    SE on the test images plus the spread over the replicates."""
+    from ..findings import contrast, ours, pick, theirs
+    us, paper = ours(t), theirs(t)
+    if not len(us):
+        return []
+    n_rep = int(us.replicate.nunique())
+    tag = f"{n_rep} seeds" if n_rep > 1 else "1 seed"
+    why = (f"{n_rep} replicates, each its own source seed and fine-tuning seed (the same r), "
+           f"{int(us.n_test.min())} test images (seeded_claims)")
+
+    def paper_rob(table, col="robust_acc", **eq):
+        p = pick(paper, table=table, **eq) if "table" in paper else paper.iloc[:0]
+        return float(p[col].iloc[0]) if len(p) else None
+
+    out = []
+    full = pick(us, fraction=1.0)
+    beta_star = None
+    cartl = pick(full, method="CARTL")
+    for k in sorted(pd.to_numeric(cartl.k).unique()):
+        at = pick(cartl, k=k)
+        betas = sorted(at.beta.dropna().unique())
+        if len(betas) >= 2:
+            lo, hi, lam = betas[0], betas[-1], float(at.lam.iloc[0])
+            out.append(contrast("03", "CARTL", f"Table 2 ({tag})", f"a smaller NEFT beta raises robustness (beta {lo:g} "
+                                f"against {hi:g}, lambda {lam:g}, k = {k:g})", pick(at, beta=lo), pick(at, beta=hi),
+                                paper_a=paper_rob("table2", k=k, lam=lam, beta=lo),
+                                paper_b=paper_rob("table2", k=k, lam=lam, beta=hi), direction=1, note=why))
+    for k in sorted(pd.to_numeric(pick(full, method="vanilla").k).unique()):
+        neft = pick(full, method="AT + NEFT", k=k)
+        beta_star = float(neft.beta.iloc[0]) if len(neft) else None
+        sides = {"vanilla": pick(full, method="vanilla", k=k), "AT + NEFT": neft,
+                 "CARTL": pick(full, method="CARTL", k=k, beta=beta_star) if beta_star is not None else full.iloc[:0]}
+        for m1, m0, what in (("AT + NEFT", "vanilla", "NEFT raises the robustness of plain fine-tuning"),
+                             ("CARTL", "AT + NEFT", "an FDM source raises NEFT's robustness further")):
+            if len(sides[m1]) and len(sides[m0]):
+                out.append(contrast("03", "CARTL", f"Table 3 ({tag})", f"{what} (k = {k:g})", sides[m1], sides[m0],
+                                    paper_a=paper_rob("table3", k=k, method=m1),
+                                    paper_b=paper_rob("table3", k=k, method=m0), direction=1, note=why))
+    lw = pick(full, method="LwF")
+    if len(lw) and lw.lam_d.nunique() >= 2:
+        lo, hi = lw.lam_d.min(), lw.lam_d.max()
+        a, b = pick(lw, lam_d=lo), pick(lw, lam_d=hi)
+        pl = lambda lam, col: paper_rob("table5", col, lam_d=lam)   # noqa: E731
+        out += [contrast("03", "CARTL", f"Table 5 ({tag})", f"LwF loses robustness as lambda_d falls ({lo:g} against {hi:g})",
+                         a, b, paper_a=pl(lo, "robust_acc"), paper_b=pl(hi, "robust_acc"), direction=-1, note=why),
+                contrast("03", "CARTL", f"Table 5 ({tag})", f"LwF gains accuracy as lambda_d falls ({lo:g} against {hi:g})",
+                         a, b, "clean_acc", paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"), direction=1, note=why)]
+        k = float(pd.to_numeric(cartl.k).max()) if len(cartl) else None
+        c = pick(cartl, k=k, beta=beta_star) if k is not None and beta_star is not None else cartl.iloc[:0]
+        if len(c):
+            out.append(contrast("03", "CARTL", f"Fig. 4 ({tag})", f"CARTL is more robust than LwF (k = {k:g} against "
+                                f"lambda_d {hi:g})", c, b, paper_a=paper_rob("table3", k=k, method="CARTL"),
+                                paper_b=pl(hi, "robust_acc"), direction=1, note=why))
+    for frac in sorted(us.fraction.dropna().unique(), reverse=True):
+        if frac == 1:
+            continue
+        a, b = pick(us, fraction=frac, method="CARTL"), pick(us, fraction=frac, method="vanilla")
+        if len(a) and len(b):
+            out.append(contrast("03", "CARTL", f"Fig. 5 ({tag})", f"CARTL is more robust than vanilla fine-tuning with "
+                                f"{100 * frac:g} % of the target", a, b, direction=1, note=why))
+    return out
 
 
 def summarise(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -225,7 +324,7 @@ PAPER_FIG5 = ("CARTL Fig. 5 (plot only, no numbers): on 50/20/10 % of CIFAR-10, 
 def with_paper(ours: pd.DataFrame, *tables: str, setting: str = "") -> pd.DataFrame:
     """Our rows (source "rtlkit", with our setting) and the paper's rows of ``tables`` (source
     "paper", its setting named) in one tidy table, so the numbers face each other in the CSV."""
-    paper = pd.DataFrame([{**r, **_P} for t in tables for r in PAPER[t]])
+    paper = pd.DataFrame([{**r, **_P, "table": t} for t in tables for r in PAPER[t]])
     return pd.concat([ours.assign(source="rtlkit", setting=setting), paper], ignore_index=True)
 
 
@@ -321,6 +420,30 @@ def plot_budget(df: pd.DataFrame, title: str = ""):
             ax.set_title(f"{pair}: target {name}", fontsize=9)
             ax.legend(fontsize=8)
     return plots.finish(fig, title, plots.seeds_note(df))
+
+
+def plot_seeded(t: pd.DataFrame, title: str = ""):
+    """The replicated claims as a forest plot: each claim's effect (points) with +- 2 SE, the
+    paper's effect where it prints one (a cross), and the verdict by the findings rule."""
+    from ..findings import ours
+    rows, us = seeded_findings(t), ours(t)
+    fig, ax = plots.plt.subplots(figsize=(12, 0.42 * max(len(rows), 1) + 1.8))
+    colors = {"agrees": "tab:green", "disagrees": "tab:red", "unresolved": "tab:gray", "not a test": "tab:olive"}
+    for i, f in enumerate(rows):
+        ax.errorbar(100 * f.effect, i, xerr=200 * f.se, fmt="o", capsize=3, color=colors[f.verdict],
+                    label=f.verdict if f.verdict not in ax.get_legend_handles_labels()[1] else None)
+        if f.paper_effect is not None:
+            ax.plot(100 * f.paper_effect, i, "x", color="black",
+                    label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{f.where}: {f.claim}" for f in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("effect, points (ours: mean over replicates +- 2 SE)")
+    if rows:
+        ax.legend(fontsize=7, loc="best")
+    note = f"{us.replicate.nunique()} replicates (source and fine-tuning seed r), {int(us.n_test.min())} test images" \
+        if len(us) else "no rows"
+    return plots.finish(fig, title, note)
 
 
 # --------------------------------------------------------------------------- panel
@@ -438,6 +561,9 @@ def findings(read) -> list:
             if len(a) and len(b):
                 out.append(contrast("03", "CARTL", "Fig. 5", f"CARTL is more robust than vanilla fine-tuning with "
                                     f"{100 * frac:g} % of the target", a, b, direction=1))
+    t = read("03_seeded_claims")
+    if t is not None:
+        out += seeded_findings(t)
     t = read("03_table4_pairs")
     if t is not None:   # the paper's pairs are not ours: its Table 4 gives the direction
         us = ours(t)
