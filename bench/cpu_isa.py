@@ -5,8 +5,10 @@ their first kernel), on the same weights and batches.
 
     python -m bench.cpu_isa                  # 2 threads, 3 repeats per mode, interleaved
     python -m bench.cpu_isa --repeats 5 --threads 2
+    python -m bench.cpu_isa --modes native avx2 portable
     python -m bench.cpu_isa --fingerprint    # the pinned smoke source's weight hash on this CPU, against
                                              # every CPU in bench/reference/cpu-fingerprints.json (--record adds it)
+    python -m bench.cpu_isa --fingerprint --mode portable --record
 
 Results go to bench/results/cpu-isa-*.json; the table to paste into BENCHMARKS.md is printed.
 """
@@ -55,7 +57,7 @@ print(json.dumps({"img_s": out, **cpu_record()}))
 
 def run(mode: str, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "RTLKIT_CPU_ISA")}
+           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "RTLKIT_CPU_ISA")}
     env.update(RTLKIT_CPU_ISA=mode, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", CHILD, str(threads)], env=env, capture_output=True, text=True,
                        timeout=1200)
@@ -79,28 +81,30 @@ print(json.dumps({"sha256": hashlib.sha256(blob).hexdigest(), "torch": torch.__v
 FINGERPRINTS = ROOT / "bench" / "reference" / "cpu-fingerprints.json"
 
 
-def fingerprint(threads: int, record: bool) -> int:
+def fingerprint(threads: int, record: bool, mode: str = "avx2") -> int:
     """Issue 24: are the pinned mode's bits the same on this CPU as on the CPUs recorded so far? The
     smoke source (WRN-10-1, 2 epochs, PGD) trained pinned in a fresh process; its weights' sha256
     against bench/reference/cpu-fingerprints.json (one entry per CPU model and torch version)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
-    env.update(RTLKIT_CPU_ISA="avx2", PYTHONPATH=str(ROOT))
+    env.update(RTLKIT_CPU_ISA=mode, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", FINGERPRINT, str(threads)], env=env, capture_output=True, text=True,
                        timeout=1200)
     if p.returncode:
         raise SystemExit(p.stderr)
     me = json.loads(p.stdout.strip().splitlines()[-1])
     known = json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.is_file() else []
-    print(f"this CPU ({me['cpu_model']}, torch {me['torch']}, {threads} threads, pinned avx2): {me['sha256'][:16]}")
+    print(f"this CPU ({me['cpu_model']}, torch {me['torch']}, {threads} threads, pinned {mode}): {me['sha256'][:16]}")
     for k in known:
+        if k.get("mode", "avx2") != mode:
+            continue
         same = "same bits" if k["sha256"] == me["sha256"] else "different bits"
         print(f"  {k['cpu_model']} (torch {k['torch']}, {k['threads']} threads, {k['date']}): {k['sha256'][:16]}  {same}")
     if record:
         entry = {"cpu_model": me["cpu_model"], "cpu_flags": me["cpu_flags"], "torch": me["torch"], "threads": threads,
-                 "sha256": me["sha256"], "date": datetime.now(timezone.utc).date().isoformat()}
-        known = [k for k in known if (k["cpu_model"], k["torch"], k["threads"]) !=
-                 (entry["cpu_model"], entry["torch"], entry["threads"])] + [entry]
+                 "mode": mode, "sha256": me["sha256"], "date": datetime.now(timezone.utc).date().isoformat()}
+        known = [k for k in known if (k["cpu_model"], k["torch"], k["threads"], k.get("mode", "avx2")) !=
+                 (entry["cpu_model"], entry["torch"], entry["threads"], mode)] + [entry]
         FINGERPRINTS.write_text(json.dumps(known, indent=1) + "\n")
         print(f"recorded in {FINGERPRINTS}")
     return 0
@@ -112,18 +116,23 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fingerprint", action="store_true", help="compare this CPU's pinned bits with recorded CPUs'")
     ap.add_argument("--record", action="store_true", help="with --fingerprint: add this CPU's entry")
+    ap.add_argument("--mode", default="avx2", choices=("avx2", "portable"), help="with --fingerprint: the pinned mode")
+    ap.add_argument("--modes", nargs="+", default=["native", "avx2"], choices=("native", "avx2", "portable"),
+                    help="the modes to time (native first: the others are shown against it)")
     a = ap.parse_args(argv)
     if a.fingerprint:
-        return fingerprint(a.threads, a.record)
-    runs = {"native": [], "avx2": []}
+        return fingerprint(a.threads, a.record, a.mode)
+    runs = {m: [] for m in dict.fromkeys(["native", *a.modes])}
     for _ in range(a.repeats):   # interleaved, so drift on a shared machine hits both modes alike
         for mode in runs:
             runs[mode].append(run(mode, a.threads))
     work = list(runs["native"][0]["img_s"])
     med = {m: {w: statistics.median(r["img_s"][w] for r in rs) for w in work} for m, rs in runs.items()}
-    rows = ["| workload | native img/s | pinned avx2 img/s | pinned / native |", "|---|---:|---:|---:|"]
-    rows += [f"| {w} | {med['native'][w]:,.0f} | {med['avx2'][w]:,.0f} | {med['avx2'][w] / med['native'][w]:.2f}× |"
-             for w in work]
+    pins = [m for m in runs if m != "native"]
+    rows = ["| workload | native img/s | " + " | ".join(f"pinned {m} img/s | {m} / native" for m in pins) + " |",
+            "|---|---:|" + "---:|---:|" * len(pins)]
+    rows += [f"| {w} | {med['native'][w]:,.0f} | " +
+             " | ".join(f"{med[m][w]:,.0f} | {med[m][w] / med['native'][w]:.2f}×" for m in pins) + " |" for w in work]
     table = "\n".join(rows)
     rec = runs["native"][0]
     out = {"bench": "cpu_isa", "threads": a.threads, "repeats": a.repeats, "cpu_model": rec["cpu_model"],

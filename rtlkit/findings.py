@@ -166,7 +166,7 @@ def pick(df: pd.DataFrame, **eq) -> pd.DataFrame:
         v = df[col]
         if want is None:
             keep &= v.isna().to_numpy()
-        elif isinstance(want, (int, float)) and not isinstance(want, bool):
+        elif isinstance(want, (int, float, np.integer, np.floating)) and not isinstance(want, (bool, np.bool_)):
             num = pd.to_numeric(v, errors="coerce")
             keep &= np.isclose(num.to_numpy(dtype=float), float(want), rtol=0, atol=1e-12)
         else:

@@ -35,8 +35,14 @@ RECOMPILE_LIMIT = 128
 # on an AVX-512 host; pinned together to AVX2, an AVX-512 host gives the bits of an AVX2-only one
 # (tests/test_cpu_isa.py). Threads change the bits too: manifests record them.
 CPU_ISA_ENV = "RTLKIT_CPU_ISA"
-CPU_ISA_PINS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
+# "portable" goes further, for bits that do not depend on the CPU's vendor either (oneDNN blocks its
+# convolutions by the host's cache sizes, and MKL's AVX2 branch differs between vendors): ATen at its
+# scalar default level, oneDNN (and NNPACK) off so convolutions run ATen's own im2col + MKL GEMM, and
+# MKL in its COMPATIBLE mode, the one code path it promises on every x86 CPU.
+CPU_ISA_PINS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
+                "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}}
 CPU_ISA_MODES = ("native",) + tuple(CPU_ISA_PINS)
+_NO_ONEDNN = ("portable",)   # modes that switch oneDNN and NNPACK off in-process (no variable does it)
 
 
 def cpu_isa_mode(mode: str | None = None) -> str:
@@ -55,12 +61,22 @@ def pin_cpu_isa(mode: str | None = None) -> str:
     mode = cpu_isa_mode(mode)
     os.environ[CPU_ISA_ENV] = mode
     if mode == "native":
+        _set_onednn(True)
         return mode
     flags = cpu_flags()
-    check(not flags or "avx2" in flags, f"{CPU_ISA_ENV}={mode}: this CPU has no AVX2 ({cpu_model()}); "
-          f"use {CPU_ISA_ENV}=native (its bits are then this CPU's own)")
+    check(mode == "portable" or not flags or "avx2" in flags, f"{CPU_ISA_ENV}={mode}: this CPU has no AVX2 "
+          f"({cpu_model()}); use {CPU_ISA_ENV}=portable or native (its bits are then this CPU's own)")
     os.environ.update(CPU_ISA_PINS[mode])
+    _set_onednn(mode not in _NO_ONEDNN)
     return mode
+
+
+def _set_onednn(enabled: bool) -> None:
+    """oneDNN (mkldnn) and NNPACK on or off for this process's CPU convolutions. Every rtlkit process
+    applies its mode through ``pin_cpu_isa``, so the processes it starts (notebook kernels, workers)
+    switch them off again themselves."""
+    torch.backends.mkldnn.enabled = enabled
+    torch.backends.nnpack.set_flags(enabled)
 
 
 # the committed figures' profile: pinned, its CSVs are the same bits on one host whatever ISA each library could
@@ -85,6 +101,8 @@ def cpu_isa_pinned() -> str | None:
     pins = CPU_ISA_PINS.get(mode)
     if not pins or any(os.environ.get(k) != v for k, v in pins.items()):
         return None
+    if mode in _NO_ONEDNN and torch.backends.mkldnn.enabled:
+        return None
     return mode if torch.backends.cpu.get_cpu_capability().lower() == pins["ATEN_CPU_CAPABILITY"] else None
 
 
@@ -104,6 +122,7 @@ def pin_cpu_isa_if_possible(mode: str) -> str:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    _set_onednn(True)
     import warnings
     warnings.warn(f"rtlkit: the CPU instruction set could not be pinned to {mode} here (CPU maths ran before "
                   f"report.start: ATen is at {torch.backends.cpu.get_cpu_capability()}); results are this CPU's own "
@@ -145,7 +164,7 @@ def cpu_record() -> dict:
     """What CPU bits depend on, for every manifest and run record: ATen's dispatch level, the
     host's CPU and vector flags, the pin in force and the library variables as set."""
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
-            "cpu_flags": cpu_flags(), "cpu_isa_pinned": cpu_isa_pinned(),
+            "cpu_flags": cpu_flags(), "cpu_isa_pinned": cpu_isa_pinned(), "onednn": bool(torch.backends.mkldnn.enabled),
             "cpu_isa_env": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR",
                                                            "MKL_ENABLE_INSTRUCTIONS")}}
 

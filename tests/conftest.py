@@ -46,6 +46,8 @@ def isolated(tmp_path, monkeypatch):
         else:
             monkeypatch.setenv(var, "")                # recorded as absent, so removed after the test
             monkeypatch.delenv(var)
+    # the portable mode switches oneDNN off in-process: restored for the next test
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", torch.backends.mkldnn.enabled)
     torch.manual_seed(0)
 
 

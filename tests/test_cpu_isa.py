@@ -1,7 +1,8 @@
 """The pinned CPU mode (RTLKIT_CPU_ISA=avx2): the same smoke training gives the same weights
 whatever the host's instruction set. Another host is emulated by capping each library's ISA the
 way an AVX2-only CPU would (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS);
-the pin must give one set of bits under every such host, while unpinned runs differ."""
+the pin must give one set of bits under every such host, while unpinned runs differ. The portable
+mode also takes oneDNN and MKL's vendor branches out of the picture."""
 import json
 import os
 import subprocess
@@ -62,9 +63,28 @@ def test_the_pinned_mode_gives_the_same_weights_whatever_the_hosts_instruction_s
     assert native["ATen at its default level"]["sha"] != native["AVX2-only CPU"]["sha"]
 
 
+PORTABLE_HOSTS = {   # the AVX2 mode's hosts, and one whose MKL offers SSE4.2 at most
+    **HOSTS, "SSE4.2-only CPU": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                                "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+
+
+def test_the_portable_mode_gives_the_same_weights_even_where_mkl_and_onednn_would_differ(tmp_path):
+    """Portable: ATen at its scalar level, oneDNN and NNPACK off, MKL in its COMPATIBLE code path,
+    so no library picks kernels by the host's ISA (or, for MKL, its vendor)."""
+    runs = {name: train(tmp_path, "portable", host) for name, host in PORTABLE_HOSTS.items()}
+    assert len({r["sha"] for r in runs.values()}) == 1, {k: r["sha"][:12] for k, r in runs.items()}
+    for r in runs.values():
+        assert r["cpu_capability"] == "DEFAULT" and r["cpu_isa_pinned"] == "portable" and r["onednn"] is False
+        assert r["cpu_isa_env"]["MKL_CBWR"] == "COMPATIBLE"
+    assert len({r["dir"] for r in runs.values()}) == 1
+    if "avx2" in R.cpu_flags():   # its own bits, under its own cache keys
+        avx2 = train(tmp_path, "avx2", {})
+        assert avx2["dir"] != runs["this CPU"]["dir"]
+
+
 def test_a_bad_mode_is_one_error(monkeypatch):
     monkeypatch.setenv(R.CPU_ISA_ENV, "avx9000")
-    with pytest.raises(ConfigError, match="RTLKIT_CPU_ISA must be one of native, avx2"):
+    with pytest.raises(ConfigError, match="RTLKIT_CPU_ISA must be one of native, avx2, portable"):
         R.cpu_isa_mode()
 
 
