@@ -59,9 +59,10 @@ def test_estimate_from_benchmark_rates():
 
 def test_plan_of_the_smoke_profile_runs_nothing(runs_root):
     p = plan.plan(profiles.get("smoke"))
-    # 01-03: 5; 04: AT, CR, SimCLR, ST; 05: normal, noise, adv-d, adv-s and the split pair's normal (adv is 01's);
+    # 01-03: 5, and 03's replicated claims' seed-1 AT and FDM (k = 2, 3) sources: 3; 04: AT, CR, SimCLR, ST;
+    # 05: normal, noise, adv-d, adv-s and the split pair's normal (adv is 01's);
     # 06: two natural sources and AT from scratch at each of Fig. 3's three N
-    assert p.totals()["sources"] == 5 + 4 + 5 + 2 + 3 and not runs_root.exists()
+    assert p.totals()["sources"] == 5 + 3 + 4 + 5 + 2 + 3 and not runs_root.exists()
     assert p.totals()["heads"] > 0
 
 

@@ -68,9 +68,9 @@ def test_notebooks_execute_at_smoke(smoke_suite, monkeypatch):
     # (lambda, k) of the smoke grid (2), the extra pair's own AT + FDM sources (2), and 04's four
     # pre-trainings (AT, CR, SimCLR, ST), which its tables share; 05's normal, noise, adv-d, adv-s and the
     # split pair's normal (its adv modes are 01's and 03's sources); 06's two natural sources and Fig. 3's
-    # AT from scratch at each N
+    # AT from scratch at each N; 03's replicated claims add their seed-1 AT and FDM (k = 2, 3) sources
     sources = list(runs.glob("source-*"))
-    assert len(sources) == 5 + 4 + 5 + 2 + 3
+    assert len(sources) == 5 + 3 + 4 + 5 + 2 + 3
     # rtlkit.plan, without running anything, names exactly the runs and evaluations the notebooks made
     from rtlkit import plan, profiles
     p = plan.plan(profiles.get("smoke"))
