@@ -194,7 +194,7 @@ def seeded_findings(t: pd.DataFrame) -> list:
     full = pick(us, fraction=1.0)
     beta_star = None
     cartl = pick(full, method="CARTL")
-    for k in sorted(float(v) for v in pd.to_numeric(cartl.k).unique()):
+    for k in sorted(pd.to_numeric(cartl.k).unique()):
         at = pick(cartl, k=k)
         betas = sorted(at.beta.dropna().unique())
         if len(betas) >= 2:
@@ -203,7 +203,7 @@ def seeded_findings(t: pd.DataFrame) -> list:
                                 f"against {hi:g}, lambda {lam:g}, k = {k:g})", pick(at, beta=lo), pick(at, beta=hi),
                                 paper_a=paper_rob("table2", k=k, lam=lam, beta=lo),
                                 paper_b=paper_rob("table2", k=k, lam=lam, beta=hi), direction=1, note=why))
-    for k in sorted(float(v) for v in pd.to_numeric(pick(full, method="vanilla").k).unique()):
+    for k in sorted(pd.to_numeric(pick(full, method="vanilla").k).unique()):
         neft = pick(full, method="AT + NEFT", k=k)
         beta_star = float(neft.beta.iloc[0]) if len(neft) else None
         sides = {"vanilla": pick(full, method="vanilla", k=k), "AT + NEFT": neft,
