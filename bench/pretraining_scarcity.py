@@ -9,8 +9,11 @@ from random init), so its relative changes are within the noise of 200 attacked 
 R^2 means nothing (README, "Notebook 04"). This runner adds targets of 50 to 1,000 training
 images (Fashion-MNIST 5-9 by count, MNIST-5k and the 8x8 digits by fraction), with everything
 else notebook 04's: the same cached sources, AT and CR fine-tuning for the same steps, APGD,
-Square and certificates at the same settings. It saves figures/04_scarcity.{png,csv,json}, the
-manifest holding every fit (slope, R^2, n). Not part of the notebook suite: 37 min on 2 cores.
+Square and certificates at the same settings. Every AT fine-tune is attacked on its own training
+images too (``train_ra_wb``, the same APGD-CE): the robust train-test gap that tells whether random
+init over-fits a scarce target (04's findings compare it with pre-training's, issue 21 point 10).
+It saves figures/04_scarcity.{png,csv,json}, the manifest holding every fit (slope, R^2, n). Not
+part of the notebook suite.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         pt = P.pretraining
         P = replace(P, pretraining=replace(pt, pt_targets=pt.pt_targets + SCARCE))
         emp = S.empirical_transfer(P, R, True)
+        gap = S.robust_train_gap(P, R, True)   # the same models' RA-WB on their own training images
         cert = S.certified_transfer(P, R, True)
     except ConfigError as e:
         print(f"rtlkit: {e}", file=sys.stderr)
@@ -58,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                       S.regressions(changes[changes.finetune == "CR"], "d_ra_ct"),
                       S.regressions(changes[changes.finetune == "CR"], "d_acr")], ignore_index=True)
     setting = S.setting(P)
-    fig = S.plot_scarcity(changes, "Pre-training gains against data scarcity: " + setting)
+    gap["train_images"] = gap.target.map(sizes)
+    fig = S.plot_scarcity(changes, "Pre-training gains against data scarcity: " + setting, gap)
+    keys = ["target", "pretraining", "finetune", "seed"]
+    emp = emp.merge(gap[keys + ["train_sa", "train_ra_wb", "train_n", "gap_ra_wb"]], on=keys, how="left")
     table = pd.concat([emp, cert], ignore_index=True)
     table["train_images"] = table.target.map(sizes)
     session.save(fig, "04_scarcity", table.assign(source="rtlkit", setting=setting),
@@ -66,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                         "fits": fits.to_dict("records"),
                         "changes": changes.drop(columns=[c for c in changes if c.endswith("_base")]).to_dict("records")})
     print(fits.to_string(index=False))
+    print(gap[["target", "pretraining", "train_n", "train_ra_wb", "ra_wb", "gap_ra_wb"]].to_string(index=False))
+    from rtlkit.findings import Finding
+    for f in S.findings(lambda name: table.assign(source="rtlkit") if name == "04_scarcity" else None):
+        if isinstance(f, Finding):
+            print(f"{f.claim}: {100 * f.effect:+.1f} +- {200 * f.se:.1f} points -> {f.verdict}")
     return 0
 
 

@@ -112,14 +112,17 @@ class Plan:
                                 "A": images * steps, "T": t, "cached": is_cached(run),
                                 "what": f"{run.data.label}" + (f" k={run.policy.k}" if isinstance(run, TransferRun) else "")}
 
-    def add_evaluation(self, run, attacks, test_n: int | None, path=None, redo=None) -> None:
-        """An evaluation by attacks (``runs.get_or_evaluate``), a certification by one smoothing
+    def add_evaluation(self, run, attacks, test_n: int | None, path=None, redo=None, split: str = "test") -> None:
+        """An evaluation by attacks (``runs.get_or_evaluate``, on its test images or, with
+        ``split="train"``, its training images), a certification by one smoothing
         (``runs.get_or_certify``, recorded with ``[smoothing]``), or other per-image work recorded
         with the file it leaves (noisy features, input search: ``attack_steps`` and
         ``forward_passes`` per image)."""
         from .smoothing import Smoothing
         self.add_training(run)
         key = (run_dir(run).name, tuple(a.label for a in attacks), test_n) if path is None else (str(path),)
+        if split != "test":
+            key += (split,)
         if key in self.evaluations:
             return self.evaluations[key]
         if path is not None:
@@ -138,11 +141,11 @@ class Plan:
                                      "F": (s.n0 + s.n) * n, "cached": path.is_file(), "path": str(path)}
             return self.evaluations[key]
         spec = replace(run.data, test_n=test_n) if test_n else run.data
-        n = _n_test(spec)
+        n = _n_test(spec) if split == "test" else min(test_n or _n_train(run.data), _n_train(run.data))
         own = sum(_attack_steps(a) for a in attacks if not isinstance(a, FoolboxPGD)) * n
         fb = sum(a.steps for a in attacks if isinstance(a, FoolboxPGD)) * n
         fwd = sum(a.n_queries * a.n_restarts for a in attacks if isinstance(a, Square)) * n
-        path = eval_path(run, attacks, test_n)
+        path = eval_path(run, attacks, test_n, split=split)
         self.evaluations[key] = {"flops": _run_flops(run), "run": key[0], "attacks": list(key[1]), "n_test": n, "A_own": own, "A_foolbox": fb,
                                  "F": fwd, "cached": path.is_file(), "path": str(path)}
         return self.evaluations[key]

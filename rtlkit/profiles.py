@@ -512,7 +512,7 @@ def _offline_pretraining(gpu: bool, quick: bool) -> Pretraining:
     5-9 target); targets Fashion-MNIST 5-9, MNIST-5k at several fractions, sklearn's 8x8 digits."""
     source = DataSpec("fashion-mnist", classes=(0, 1, 2, 3, 4), train_n=None if gpu else 6000, test_n=1000)
     f59 = DataSpec("fashion-mnist", classes=(5, 6, 7, 8, 9), train_n=2000)
-    if quick:   # 2-core CPU: ~25 min (README): one seed, 200 attacked images, N = 1,000 on 100 images
+    if quick:   # 2-core CPU: 38 min (README, Committed run): one seed, 200 attacked images, N = 1,000 on 100 images
         return Pretraining(
             pt_source=source, pt_targets=(f59, DataSpec("mnist-5k"), DataSpec("mnist-5k", fraction=0.2),
                                            DataSpec("digits-8x8")),
@@ -531,7 +531,7 @@ def _offline_provable(gpu: bool, quick: bool, model: WRNSpec, pairs: tuple) -> P
     main = (None, DataSpec("mnist-5k"))
     far = tuple(p for p in pairs if p[1].name == "digits-8x8")
     pt = _offline_pretraining(gpu, quick)
-    if quick:   # 2-core CPU: ~15 min with 01-03 warm (the issue's levers: 300 smoothed, 200 searched x 100 steps)
+    if quick:   # 2-core CPU: 21 min with 01-04 warm (the issue's levers: 300 smoothed, 200 searched x 100 steps)
         # head lr 1e-3: MNIST-5k's 4,000 rows give 28 Adam steps an epoch, against the paper's hundreds
         return Provable(main_pair=main, table1_pairs=(main,) + tuple(pairs), table4_pairs=far, pv_model=model,
                         smooth_images=300, search_images=200, search_steps=100, head_seeds=(0,), head_lr=1e-3,
@@ -591,8 +591,8 @@ def _quick(gpu: bool) -> Profile:
         eval_attacks=(pgd(eps, 20),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
         reinit_source=DataSpec("fashion-mnist", train_n=4000, test_n=1000),
-        # On 2 CPU cores the suite must stay under 30 minutes: one fine-tuning seed, and only the
-        # lambda that Tables 3-4 and Figs. 4-5 use (each FDM source costs minutes there).
+        # On 2 CPU cores (the suite takes ~2.5 h there: README, Committed run): one fine-tuning seed, and
+        # only the lambda that Tables 3-4 and Figs. 4-5 use (each FDM source costs minutes there).
         cartl_ks=(4, 6), cartl_betas=(1.0, 0.4), cartl_lams=(0.01, 0.005) if gpu else (0.005,),
         cartl_seeds=(0, 1) if gpu else (0,), fractions=(1.0, 0.5, 0.2, 0.1),
         cartl_test_n=500, pairs=_offline_pairs(None if gpu else 6000),
@@ -601,10 +601,10 @@ def _quick(gpu: bool) -> Profile:
         cartl_finetune_epochs=24,
         pretraining=_offline_pretraining(gpu, quick=True),
         provable=_offline_provable(gpu, True, WRNSpec(16, 1, stem_stride=2), _offline_pairs(None if gpu else 6000)),
-        # notebook 06 on 2 cores (<= 15 min with 01-03 warm): N in {10, 25, 100, all}, 150 steps per arm,
+        # notebook 06 on 2 cores (19 min with 01-05 warm): N in {10, 25, 100, all}, 150 steps per arm,
         # hidden layers 0-3, Tables 5/7 without 5e-5
         shafahi=Shafahi(arm_steps=300 if gpu else 150, depths=(0, 1, 2, 3), same_lams=(1e-5, 1e-4, 0.001, 0.01, 0.1)),
-        # notebook 07 on 2 cores (<= 15 min with 01-06 warm): AutoAttack's attacks at a fifth of their
+        # notebook 07 on 2 cores (12 min of cards with 01-06 warm): AutoAttack's attacks at a fifth of their
         # iterations and queries, 3 targets, and check 4 at 5x steps with 2 restarts, on 500 images
         card=Card(eps=eps, apgd_iters=20, targets=3, fab_iters=20, square_queries=1000, strong_factor=5,
                   strong_restarts=2), card_test_n=500)

@@ -620,10 +620,18 @@ def _train(run, folder: Path, model: Backbone, runtime: Runtime, progress: bool)
     return model
 
 
-def eval_path(run: SourceRun | TransferRun, attacks, test_n: int | None = None, runtime: Runtime | None = None) -> Path:
-    """Where the metrics of evaluating ``run`` with ``attacks`` (on ``test_n`` test images) are cached."""
+EVAL_SPLITS = ("test", "train")
+
+
+def eval_path(run: SourceRun | TransferRun, attacks, test_n: int | None = None, runtime: Runtime | None = None,
+              split: str = "test") -> Path:
+    """Where the metrics of evaluating ``run`` with ``attacks`` (on ``test_n`` images of its
+    ``split``) are cached. The test split keeps the key it always had; the train split adds itself."""
+    check(split in EVAL_SPLITS, f"split must be one of {', '.join(EVAL_SPLITS)}, not {split!r}")
     spec = dataclasses.replace(run.data, test_n=test_n) if test_n else run.data
     key = {"attacks": list(attacks), "test": spec, "v": EVAL_VERSION}
+    if split != "test":
+        key["split"] = split
     return run_dir(run, runtime) / f"eval-{stable_hash(key)}.json"
 
 
@@ -722,23 +730,26 @@ def _check_untapped(run) -> None:
 
 
 def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD], runtime: Runtime | None = None,
-                    progress: bool = True, batch_size: int = 500, test_n: int | None = None) -> dict:
+                    progress: bool = True, batch_size: int = 500, test_n: int | None = None,
+                    split: str = "test") -> dict:
     """Clean and robust accuracy of ``run``'s model on its test set (or a class-balanced ``test_n``
-    of it), cached with a per-example CSV."""
+    of it), cached with a per-example CSV. ``split="train"`` measures the images it was trained on
+    instead (the same class-balanced subset rule), for a robust generalisation gap."""
     attacks = list(attacks)
     check(len(attacks) >= 1, "attacks: give at least one attack (with none, robust accuracy would be the clean accuracy)")
+    check(split in EVAL_SPLITS, f"split must be one of {', '.join(EVAL_SPLITS)}, not {split!r}")
     _check_untapped(run)
-    if _RECORDING:
-        _RECORDING[-1].evaluations.append((run, attacks, test_n))
+    if _RECORDING:   # (run, attacks, test_n[, path, redo, split]): rtlkit.plan's add_evaluation arguments
+        _RECORDING[-1].evaluations.append((run, attacks, test_n) + ((None, None, split) if split != "test" else ()))
         return _placeholder_metrics(attacks, test_n or 0)
     from . import distributed
     runtime = runtime or Runtime()
-    path = eval_path(run, attacks, test_n, runtime)
+    path = eval_path(run, attacks, test_n, runtime, split)
     with run_lock(path.parent):
         cached = _cached_on_main(path, ".csv", ",", _eval_mismatches)
         if cached is not None:
             return cached[0]
-        test = run.test_data()
+        test = run.test_data() if split == "test" else run.train_data()
         if test_n:
             test = D.subset(test, test_n, run.data.seed)
         distributed.check_shards(len(test))   # before any training or attack
@@ -749,6 +760,7 @@ def get_or_evaluate(run: SourceRun | TransferRun, attacks: list[PGD | FoolboxPGD
         out = None
         if distributed.is_main():
             out = {**res.summary(), "attacks": [a.label for a in attacks], "n_test": len(res.examples),
+                   **({"split": split} if split != "test" else {}),
                    "eval_seconds": time.time() - t0, "device": runtime.describe(), "numerics": runtime.numerics(),
                    "threads": torch.get_num_threads(), "cpu": cpu_record(), "model_sha256": model_sha,
                    **distributed.record(),

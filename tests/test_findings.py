@@ -62,3 +62,44 @@ def test_a_finding_row_carries_n_seeds_se_and_its_verdict():
         Finding("02", "CARTL", "Table 1", "x", 0.03, 0.01, float("nan"), 1000, 1)
     with pytest.raises(ConfigError, match="seeds"):
         Finding("02", "CARTL", "Table 1", "x", 0.03, 0.01, 0.01, 1000, 0)
+
+
+def _scarcity(gaps: dict, n: int = 200, train_n: int = 50) -> "pd.DataFrame":
+    """A constructed 04_scarcity table: per pre-training, train RA-WB = test RA-WB + its gap, 6 targets."""
+    import pandas as pd
+    rows = []
+    for i in range(6):
+        for pre, g in gaps.items():
+            rows.append(dict(target=f"t{i}", pretraining=pre, finetune="AT", seed=0, sa=0.9, ra_wb=0.5,
+                             n_test=n, train_ra_wb=0.5 + g, train_n=train_n, train_images=train_n, source="rtlkit"))
+    rows.append(dict(target="big", pretraining="Random", finetune="AT", seed=0, sa=0.9, ra_wb=0.1, n_test=n,
+                     train_ra_wb=1.0, train_n=n, train_images=4000, source="rtlkit"))   # not scarce: left out
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("gaps, expected", [({"Random": 0.45, "AT": 0.05, "SimCLR": 0.05}, "agrees"),
+                                            ({"Random": 0.05, "AT": 0.45, "SimCLR": 0.45}, "disagrees"),
+                                            ({"Random": 0.10, "AT": 0.08, "SimCLR": 0.09}, "unresolved")])
+def test_the_scarcity_over_fitting_claim_is_computed_from_the_train_test_gap(gaps, expected):
+    """Issue 21 point 10: 'random init over-fits its few images' is Random's robust train-test gap
+    minus pre-training's, over the scarce targets only, by the one rule."""
+    from rtlkit.studies import pretraining as S
+    table = _scarcity(gaps)
+    rows = [f for f in S.findings(lambda name: table if name == "04_scarcity" else None)]
+    pre = lambda f: f.claim.split(" pre-training")[0].split()[-1]   # noqa: E731
+    assert [pre(f) for f in rows] == ["AT", "SimCLR"]
+    for f in rows:
+        assert f.verdict == expected and f.direction == 1 and f.where == "scarcity (ours)"
+        assert "6 targets" in f.claim and "big" not in f.ours
+        assert f.effect == pytest.approx(gaps["Random"] - gaps[pre(f)])
+        # four accuracies (train and test of each side), Agresti-Coull, averaged over 6 independent targets
+        ac = lambda p, n: ((p * n + 2) / (n + 4)) * (1 - (p * n + 2) / (n + 4)) / (n + 4)   # noqa: E731
+        one = math.sqrt(ac(0.5 + gaps["Random"], 50) + ac(0.5, 200) + ac(0.5 + gaps["AT"], 50) + ac(0.5, 200))
+        if pre(f) == "AT":
+            assert f.se == pytest.approx(one / math.sqrt(6))
+
+
+def test_a_scarcity_table_without_train_accuracies_gives_no_row():
+    from rtlkit.studies import pretraining as S
+    table = _scarcity({"Random": 0.4, "AT": 0.0}).drop(columns=["train_ra_wb"])
+    assert S.findings(lambda name: table if name == "04_scarcity" else None) == []

@@ -551,12 +551,13 @@ def test_every_setting_of_a_cached_measurement_is_in_its_key_or_does_not_change_
     run = out["source"][0]
     s = Smoothing(0.25, 10, 50, 0.01)
     params = set(inspect.signature(getattr(runs, fn)).parameters) - {"run", "attacks", "smoothing"}
-    keyed = {"get_or_evaluate": {"test_n"}, "get_or_certify": {"test_n", "images_per_call"}}[fn]
+    keyed = {"get_or_evaluate": {"test_n", "split"}, "get_or_certify": {"test_n", "images_per_call"}}[fn]
     assert params == RESULT_FREE[fn] | keyed, f"a new setting of {fn}: put it in the key, or show it changes nothing"
     if fn == "get_or_evaluate":   # the batch size leaves every per-example row as it is
         ex = [evaluate_rows(run, bs) for bs in (500, 7)]
         assert ex[0].equals(ex[1])
         assert runs.eval_path(run, FC.ATTACKS, 8, CPU) != runs.eval_path(run, FC.ATTACKS, 16, CPU)
+        assert runs.eval_path(run, FC.ATTACKS, 8, CPU, "train") != runs.eval_path(run, FC.ATTACKS, 8, CPU)
     else:
         assert runs.cert_path(run, s, 8, CPU) != runs.cert_path(run, s, 16, CPU)
         assert runs.cert_path(run, s, 8, CPU, images_per_call=3) != runs.cert_path(run, s, 8, CPU)

@@ -170,6 +170,30 @@ def test_evaluation_is_cached_with_one_row_per_test_example(monkeypatch, runs_ro
     assert not tmp_files(runs_root)
 
 
+def test_the_train_split_measures_the_images_the_model_was_trained_on_under_a_key_of_its_own(runs_root):
+    """split="train" (the robust generalisation gap of bench/pretraining_scarcity): the rows are a
+    class-balanced subset of the training images, cached beside the test evaluation, never for it."""
+    from rtlkit import ConfigError
+    run = source()
+    attacks = [PGD(0.1, 3, 0.05)]
+    test_path = runs.eval_path(run, attacks, 20, CPU)
+    assert runs.eval_path(run, attacks, 20, CPU, "test") == test_path   # the test split keeps its old key
+    train_path = runs.eval_path(run, attacks, 20, CPU, "train")
+    assert train_path != test_path
+    m = get_or_evaluate(run, attacks, CPU, progress=False, test_n=20, split="train")
+    assert m["split"] == "train" and train_path.is_file() and not test_path.exists()
+    rows = pd.read_csv(train_path.with_suffix(".csv"))
+    train = runs.D.subset(run.train_data(), 20, run.data.seed)
+    assert m["n_test"] == len(rows) == len(train)
+    assert rows["index"].tolist() == train.index.tolist() and rows["label"].tolist() == train.y.tolist()
+    assert set(rows["index"]) <= set(run.train_data().index.tolist())
+    t = get_or_evaluate(run, attacks, CPU, progress=False, test_n=20)
+    assert "split" not in t and test_path.is_file()
+    assert get_or_evaluate(run, attacks, CPU, progress=False, test_n=20, split="train") == m   # cached
+    with pytest.raises(ConfigError, match="split must be one of test, train"):
+        get_or_evaluate(run, attacks, CPU, progress=False, split="validation")
+
+
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
     method = AdversarialTraining(epochs=3, lr=0.05, batch_size=64, attack=PGD(0.1, 2, 0.05))
     data = runs.D.synthetic("train", seed=3, n_train=192, size=12, noise=0.3)

@@ -26,8 +26,8 @@ from ..smoothing import Smoothing, certified_curve, noisy_correct
 from ..training import AdversarialTraining, StandardTraining
 from ..transfer import TransferPolicy
 
-__all__ = ["noise_table", "certified_sources", "empirical_transfer", "certified_transfer", "certified_curves",
-           "pretraining_ablation", "robust_finetuning_needed", "relative_change", "regressions", "panel"]
+__all__ = ["noise_table", "certified_sources", "empirical_transfer", "robust_train_gap", "certified_transfer",
+           "certified_curves", "pretraining_ablation", "robust_finetuning_needed", "relative_change", "regressions", "panel"]
 
 PRETRAININGS = ("Random", "AT", "CR", "SimCLR", "ST")
 FINE_TUNE_ALL = TransferPolicy(k="all", bn_affine="train")             # Tables 4-6: the whole network
@@ -229,6 +229,29 @@ def empirical_transfer(profile: Profile, runtime: Runtime | None = None, progres
     pt = _pt(profile)
     return pd.DataFrame([_empirical_row(profile, runtime, progress, pre, t, s)
                          for t in targets(pt) for pre in ("Random", "AT", "SimCLR") for s in pt.pt_seeds])
+
+
+def robust_train_gap(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """Does robust fine-tuning over-fit a scarce target? For every Table 4 model (Random / AT /
+    SimCLR pre-training, the whole network fine-tuned by AT): RA-WB (the same APGD-CE) on the
+    training images it was fine-tuned on (a class-balanced ``attack_images`` of them, all where
+    there are fewer) beside RA-WB on its test images (Table 4's cached evaluation). ``gap_ra_wb``,
+    train minus test, is the robust generalisation gap: a model that memorised its few images
+    robustly, and nothing beyond them, has a large one."""
+    pt = _pt(profile)
+    wb, _ = attacks(pt)
+    rows = []
+    for t in targets(pt):
+        for pre in ("Random", "AT", "SimCLR"):
+            for s in pt.pt_seeds:
+                test = _empirical_row(profile, runtime, progress, pre, t, s)
+                m = get_or_evaluate(transfer_run(profile, pre, "AT", t, s), [wb], runtime, progress,
+                                    test_n=pt.attack_images, split="train")
+                rows.append(dict(target=target_label(t), pretraining=pre, finetune="AT", seed=s,
+                                 train_sa=m["clean_acc"], train_ra_wb=m["robust_acc"], train_n=m["n_test"],
+                                 sa=test["sa"], ra_wb=test["ra_wb"], n_test=test["n_test"],
+                                 gap_ra_wb=m["robust_acc"] - test["ra_wb"]))
+    return pd.DataFrame(rows)
 
 
 def certified_transfer(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
@@ -584,10 +607,11 @@ def plot_regressions(changes: pd.DataFrame, ys: tuple[str, ...], title: str = ""
     return plots.finish(fig, title)
 
 
-def plot_scarcity(changes: pd.DataFrame, title: str = ""):
+def plot_scarcity(changes: pd.DataFrame, title: str = "", gap: pd.DataFrame | None = None):
     """bench/pretraining_scarcity: Figs. 2-3 over many target sizes (AT fine-tuning: RA-WB; CR
-    fine-tuning: RA-CT), and the RA-WB and SA gains against the target's training-set size."""
-    fig, axes = plots.plt.subplots(1, 3, figsize=(16, 4.4))
+    fine-tuning: RA-CT), the RA-WB and SA gains against the target's training-set size, and (with
+    ``gap``, from :func:`robust_train_gap` with ``train_images``) the robust train-test gap."""
+    fig, axes = plots.plt.subplots(1, 3 if gap is None else 4, figsize=(16 if gap is None else 21, 4.4))
     _regression_panel(axes[0], changes[changes.finetune == "AT"], "d_ra_wb", annotate=False)
     axes[0].set_title("AT fine-tuning", fontsize=9)
     _regression_panel(axes[1], changes[changes.finetune == "CR"], "d_ra_ct", annotate=False)
@@ -603,6 +627,19 @@ def plot_scarcity(changes: pd.DataFrame, title: str = ""):
     ax.set_ylabel("improvement over random init (%)")
     ax.set_title("AT fine-tuning, by target size", fontsize=9)
     ax.legend(fontsize=7)
+    if gap is not None:
+        ax = axes[3]
+        for pre, part in gap.groupby("pretraining", sort=False):
+            part = part.sort_values("train_images")
+            ax.plot(part.train_images, 100 * part.gap_ra_wb, "o-", color=_COLOURS.get(pre), label=pre)
+        ax.set_xscale("log")
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel("target training images")
+        ax.set_ylabel("RA-WB on its training images - on test images (points)")
+        seeds = gap.seed.nunique()
+        ax.set_title(f"AT fine-tuning: robust generalisation gap ({seeds} seed{'s' if seeds > 1 else ''}, "
+                     "no error bars)", fontsize=9)
+        ax.legend(fontsize=7)
     return plots.finish(fig, title)
 
 
@@ -728,6 +765,24 @@ def findings(read) -> list:
         if parts:
             out.append(average("04", "Vaishnavi et al.", "Table 6", f"ST pre-training does as well as {robust} "
                                f"pre-training ({label}, mean over {len(parts)} targets)", parts, paper_effect=0.0))
+    t = read("04_scarcity")
+    if t is not None and "train_ra_wb" in t:   # bench/pretraining_scarcity: ours, beyond the paper (issue 21, point 10)
+        us = ours(t)
+        at = us[(us.finetune == "AT") & us.train_ra_wb.notna()]
+        scarce = at[pd.to_numeric(at.train_images, errors="coerce") <= SCARCE_IMAGES]
+        for pre in ("AT", "SimCLR"):
+            parts = [_gap_contrast(pick(scarce, target=tg, pretraining="Random"), pick(scarce, target=tg, pretraining=pre))
+                     for tg in scarce.target.dropna().unique()
+                     if len(pick(scarce, target=tg, pretraining="Random")) and len(pick(scarce, target=tg, pretraining=pre))]
+            if parts:
+                out.append(average("04", "Vaishnavi et al.", "scarcity (ours)",
+                                   f"robust fine-tuning from random init over-fits a scarce target more than from {pre} "
+                                   f"pre-training: a larger robust train-test gap (RA-WB, mean over {len(parts)} targets "
+                                   f"of <= {SCARCE_IMAGES} images)", parts, direction=1,
+                                   note="Our explanation of the scarcity sweep (README), not a claim of the paper: "
+                                        "RA-WB on the fine-tuning images minus RA-WB on test images, Random's gap "
+                                        f"minus {pre}'s, each side's train and test accuracies binomial (Agresti-Coull), "
+                                        "independent."))
     t = read("04_table7_standard_finetuning")
     if t is not None:
         us, pp = ours(t), theirs(t)
@@ -740,3 +795,21 @@ def findings(read) -> list:
                                         f"accuracy of a CR source whose last layer is trained by ST ({ft}, {tg})",
                                         a, b, "sa", paper_a=p5, paper_b=p0, direction=-1))
     return out
+
+
+SCARCE_IMAGES = 250   # the scarcity sweep's "scarce" targets: the six of 50 to 250 training images
+
+
+def _gap_contrast(random: pd.DataFrame, pre: pd.DataFrame):
+    """Random's robust train-test gap minus ``pre``'s on one target, with its SE: four accuracies
+    (train and test, each side) combined as independent, each with mean_se's Agresti-Coull SE."""
+    import math
+    from ..findings import Finding, mean_se
+
+    def gap(rows):
+        tr, se_tr, n_tr, k = mean_se(rows.assign(n_test=rows.train_n), "train_ra_wb")
+        te, se_te, n_te, _ = mean_se(rows, "ra_wb")
+        return tr - te, se_tr ** 2 + se_te ** 2, min(n_tr, n_te), k, f"{100 * tr:.1f}/{100 * te:.1f}"
+    (gr, vr, nr, kr, sr), (gp, vp, np_, kp, sp) = gap(random), gap(pre)
+    return Finding("04", "Vaishnavi et al.", "scarcity (ours)", "", None, gr - gp, math.sqrt(vr + vp),
+                   min(nr, np_), min(kr, kp), 1, ours=f"{random.target.iloc[0]}: {sr} vs {sp}")

@@ -170,3 +170,25 @@ def test_our_analysis_on_the_papers_own_tables_reproduces_its_means_and_r2():
         assert f.r2 == pytest.approx(r2, abs=0.006) and f.n == 12 and 0.9 < f.slope < 1.3
     both = S.changes_vs_paper(pd.concat([c4.assign(finetune="AT"), c5]), [])
     assert both.slope_paper.notna().sum() == 6
+
+
+def test_the_robust_train_gap_attacks_each_at_fine_tune_on_its_own_training_images():
+    """bench/pretraining_scarcity's gap (issue 21, point 10): one train-split APGD evaluation per
+    Table 4 model, planned apart from its test evaluation, on at most attack_images training images."""
+    from rtlkit import plan as PL
+    from rtlkit.runs import eval_path
+    p = profiles.get("smoke")
+    with recording() as rec:
+        df = S.robust_train_gap(p, None, False)
+    assert list(df.columns[:4]) == ["target", "pretraining", "finetune", "seed"]
+    assert set(df.pretraining) == {"Random", "AT", "SimCLR"} and set(df.finetune) == {"AT"}
+    train = [e for e in rec.evaluations if len(e) == 6]
+    assert len(train) == len(df) and {e[5] for e in train} == {"train"}
+    wb, _ = S.attacks(p.pretraining)
+    assert all(e[1] == [wb] and e[2] == p.pretraining.attack_images for e in train)
+    plan = PL._filled(PL.Plan(p.name, p.model.name), rec)
+    rows = {r["path"]: r for r in plan.evaluations.values()}
+    for run, attacks, n, _, _, split in train:
+        row = rows[str(eval_path(run, attacks, n, split=split))]
+        assert row["n_test"] == min(n, len(run.train_data()))
+        assert str(eval_path(run, attacks, n)) != row["path"]

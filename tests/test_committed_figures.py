@@ -1,0 +1,45 @@
+"""The committed figures are one run's: every notebook's manifest names the same profile, CPU
+(model and vector flags), instruction-set pin, thread count and torch (README, "Committed run").
+Bits depend on all of these, so a set made on two machines could not be reproduced byte for byte
+anywhere; this fails the day a partial regeneration on another host is committed."""
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("0[1-9]_*.ipynb"))
+
+
+def manifests() -> dict:
+    out = {}
+    for path in sorted((ROOT / "figures").glob("0[1-9]_*.json")):
+        m = json.loads(path.read_text())
+        out[path.name] = m
+    return out
+
+
+def what_changes_the_bits(m: dict) -> tuple:
+    cpu = m.get("cpu") or {}
+    return (m.get("profile"), cpu.get("cpu_model"), tuple(cpu.get("cpu_flags") or ()), cpu.get("cpu_isa_pinned"),
+            m.get("threads") or m.get("settings", {}).get("threads"), m.get("torch"), m.get("device"))
+
+
+def test_every_notebook_figure_comes_from_one_machine_and_mode():
+    ms = {name: m for name, m in manifests().items() if m.get("notebook") in NOTEBOOKS}
+    assert {m["notebook"] for m in ms.values()} == set(NOTEBOOKS) - {"00_your_transfer"}, "a notebook has no figure"
+    kinds = {}
+    for name, m in ms.items():
+        kinds.setdefault(what_changes_the_bits(m), []).append(name)
+    assert len(kinds) == 1, "committed figures from several machines or modes:\n" + "\n".join(
+        f"  {k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in kinds.items())
+    (profile, model, flags, pin, threads, torch_version, device), = kinds
+    assert profile == "quick" and pin == "avx2" and model and flags, "the committed set is quick, pinned (README)"
+
+
+@pytest.mark.parametrize("name", ["03_budget.json", "04_scarcity.json"])
+def test_a_bench_figure_beside_them_says_where_it_comes_from(name):
+    """bench/budget.py and bench/pretraining_scarcity.py write beside the notebooks (not by make
+    figures); their manifests name their own run, which README's "Committed run" states."""
+    m = manifests()[name]
+    assert m["notebook"] == name.removesuffix(".json") and m["profile"] == "quick" and m.get("commit")
