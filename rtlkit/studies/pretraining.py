@@ -629,13 +629,12 @@ def plot_scarcity(changes: pd.DataFrame, title: str = "", gap: pd.DataFrame | No
     ax.legend(fontsize=7)
     if gap is not None:
         ax = axes[3]
-        for pre, part in gap.groupby("pretraining", sort=False):
-            part = part.sort_values("train_images")
-            ax.plot(part.train_images, 100 * part.gap_ra_wb, "o-", color=_COLOURS.get(pre), label=pre)
+        for pre, part in gap.groupby("pretraining", sort=False):   # points, not lines: the targets are 3 datasets
+            ax.scatter(part.train_images, 100 * part.gap_ra_wb, color=_COLOURS.get(pre), label=pre)
         ax.set_xscale("log")
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xlabel("target training images")
-        ax.set_ylabel("RA-WB on its training images - on test images (points)")
+        ax.set_ylabel("RA-WB: training minus test images (points)")
         seeds = gap.seed.nunique()
         ax.set_title(f"AT fine-tuning: robust generalisation gap ({seeds} seed{'s' if seeds > 1 else ''}, "
                      "no error bars)", fontsize=9)
