@@ -74,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                         "changes": changes.drop(columns=[c for c in changes if c.endswith("_base")]).to_dict("records")})
     print(fits.to_string(index=False))
     print(gap[["target", "pretraining", "train_n", "train_ra_wb", "ra_wb", "gap_ra_wb"]].to_string(index=False))
-    from rtlkit.findings import Finding
     for f in S.findings(lambda name: table.assign(source="rtlkit") if name == "04_scarcity" else None):
-        if isinstance(f, Finding):
-            print(f"{f.claim}: {100 * f.effect:+.1f} +- {200 * f.se:.1f} points -> {f.verdict}")
+        print(f"{f.claim}: {100 * f.effect:+.1f} +- {200 * f.se:.1f} points -> {f.verdict}")
     return 0
 
 
