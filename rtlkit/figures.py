@@ -157,9 +157,10 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
     print(f"[rtlkit] all notebooks: {sum(times.values()):.0f} s", flush=True)
     from . import findings
     table = findings.write(fig_dir)   # every notebook's claims, from the CSVs now in the figures folder
-    counts = table.verdict.value_counts()
-    print(f"[rtlkit] findings: {len(table)} claims ({', '.join(f'{n} {v}' for v, n in counts.items())}) in "
-          f"{fig_dir / 'findings.csv'} and findings.md", flush=True)
+    stand = findings.standing(table)
+    counts = stand.verdict.value_counts()
+    print(f"[rtlkit] findings: {len(stand)} claims ({', '.join(f'{n} {v}' for v, n in counts.items())}; "
+          f"{len(table) - len(stand)} rows superseded) in {fig_dir / 'findings.csv'} and findings.md", flush=True)
     return times
 
 

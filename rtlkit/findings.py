@@ -235,7 +235,46 @@ def average(notebook: str, paper: str, where: str, claim: str, parts: list[Findi
 NOTEBOOKS = {"01": "layer_freezing", "02": "bn_ablation", "03": "cartl", "04": "pretraining", "05": "provable",
              "06": "shafahi", "07": "report_cards"}
 COLUMNS = ["notebook", "paper", "where", "claim", "paper_effect", "direction", "effect", "se", "low_2se", "high_2se",
-           "n", "seeds", "verdict", "ours", "paper_numbers", "note"]
+           "n", "seeds", "verdict", "ours", "paper_numbers", "note", "superseded_by"]
+
+
+def _base(where: str) -> str:
+    """"Table 2 (3 seeds)" -> "Table 2": the paper's table or figure a row tests."""
+    return str(where).split(" (")[0].strip()
+
+
+def supersede(df: pd.DataFrame) -> pd.DataFrame:
+    """Mark the rows that a stronger test of the same claim replaces (``superseded_by``: that
+    row's ``where``; empty for the rows that stand).
+
+    One claim (same notebook, paper, table or figure, and claim text) may be tested twice: once on
+    one seed and 500 images, once on 3 source and fine-tuning seeds and 1,000 images (notebook
+    03's replicated cells). Two verdicts for one claim would let a reader pick the one they like,
+    and the counts would count the claim twice. The row with the most seeds, then the most test
+    images, stands; a row with strictly less evidence on both orders is superseded. Its numbers
+    and verdict stay in the table, but the verdict counts leave it out."""
+    out = df.copy()
+    out["superseded_by"] = ""
+    if not len(out):
+        return out
+    key = [out["notebook"].astype(str).str.zfill(2), out["paper"].astype(str), out["where"].map(_base), out["claim"].astype(str)]
+    for _, idx in out.groupby(key, sort=False).groups.items():
+        if len(idx) < 2:
+            continue
+        part = out.loc[idx]
+        best = max(idx, key=lambda i: (int(part.at[i, "seeds"]), int(part.at[i, "n"])))
+        for i in idx:
+            if i != best and (int(part.at[i, "seeds"]), int(part.at[i, "n"])) < \
+                    (int(part.at[best, "seeds"]), int(part.at[best, "n"])):
+                out.at[i, "superseded_by"] = part.at[best, "where"]
+    return out
+
+
+def standing(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose verdicts count: those no stronger test of the same claim supersedes."""
+    if "superseded_by" not in df:
+        return df
+    return df[df.superseded_by.fillna("").astype(str) == ""]
 
 
 def reader(figures_dir):
@@ -261,13 +300,13 @@ def of_notebook(notebook: str, figures_dir) -> list[Finding]:
 def collect(figures_dir) -> pd.DataFrame:
     """Every notebook's findings as one table (``figures/findings.csv``'s rows)."""
     rows = [f.row() for nb in NOTEBOOKS for f in of_notebook(nb, figures_dir)]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return supersede(pd.DataFrame(rows, columns=COLUMNS[:-1]))[COLUMNS]
 
 
 def table(notebook: str, figures_dir) -> pd.DataFrame:
     """A notebook's findings cell: claim, the paper's effect and ours +- 2 SE in points, n, seeds, verdict."""
-    df = pd.DataFrame([f.row() for f in of_notebook(notebook, figures_dir)], columns=COLUMNS)
-    out = df[["where", "claim", "paper_numbers", "ours", "n", "seeds", "verdict"]].copy()
+    df = supersede(pd.DataFrame([f.row() for f in of_notebook(notebook, figures_dir)], columns=COLUMNS[:-1]))
+    out = df[["where", "claim", "paper_numbers", "ours", "n", "seeds", "verdict", "superseded_by"]].copy()
     out.insert(3, "paper effect (pts)", [_effect(r.paper_effect, r.direction) for r in df.itertuples()])
     out.insert(5, "ours (pts, +- 2 SE)", [f"{100 * r.effect:+.1f} +- {200 * r.se:.1f}" for r in df.itertuples()])
     return out
@@ -293,8 +332,11 @@ def render(df: pd.DataFrame) -> str:
              "lies outside ours +- 2 SE; **unresolved** = neither; **not a test** = the setting cannot show it.",
              "The SE of a difference combines both sides' binomial SEs (and the seeds' spread) as independent,",
              "which over-states it for two models judged on one test set: a conservative rule.", ""]
-    counts = df.verdict.value_counts()
-    lines += ["Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS + ("not a test",)), ""]
+    counts = standing(df).verdict.value_counts()
+    gone = len(df) - len(standing(df))
+    lines += ["Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS + ("not a test",)) +
+              (f"; {gone} more rows are superseded by a test of the same claim on more seeds and images "
+               "(their verdicts, not in bold, are shown but not counted)" if gone else ""), ""]
     for nb in NOTEBOOKS:
         part = df[df.notebook.astype(str).str.zfill(2) == nb]
         if not len(part):
@@ -311,26 +353,37 @@ def render(df: pd.DataFrame) -> str:
             cell = lambda v: "" if not isinstance(v, str) else v.replace("|", "/")   # noqa: E731
             lines.append(f"| {r.paper}, {r.where} | {cell(r.claim)}{mark} | {cell(r.paper_numbers)} | "
                          f"{_effect(r.paper_effect, r.direction)} | {cell(r.ours)} | "
-                         f"{100 * r.effect:+.1f} +- {200 * r.se:.1f} | {int(r.n)} x {int(r.seeds)} | **{r.verdict}** |")
+                         f"{100 * r.effect:+.1f} +- {200 * r.se:.1f} | {int(r.n)} x {int(r.seeds)} | {_verdict_cell(r)} |")
         lines.append("")
         lines += [f"[{i}] {t}" for i, t in enumerate(notes, 1)] + ([""] if notes else [])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _verdict_cell(r) -> str:
+    by = getattr(r, "superseded_by", "")
+    if isinstance(by, str) and by:
+        return f"{r.verdict}, superseded by {by}"
+    return f"**{r.verdict}**"
 
 
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 
 
 def summary(df: pd.DataFrame) -> str:
-    """The README's generated block: verdict counts per notebook, from ``findings.csv``."""
-    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test |", "|---|---:|---:|---:|---:|---:|"]
+    """The README's generated block: verdict counts per notebook, from ``findings.csv`` (claims
+    that stand; the superseded rows are counted apart)."""
+    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test | superseded rows |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def line(name, part):
+        c = standing(part).verdict.value_counts()
+        return (f"| {name} | {len(standing(part))} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",))
+                + f" | {len(part) - len(standing(part))} |")
     for nb, name in NOTEBOOKS.items():
         part = df[df.notebook.astype(str).str.zfill(2) == nb]
         if len(part):
-            c = part.verdict.value_counts()
-            lines.append(f"| {nb} {name.replace('_', ' ')} | {len(part)} | " +
-                         " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",)) + " |")
-    c = df.verdict.value_counts()
-    lines.append(f"| **all** | {len(df)} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",)) + " |")
+            lines.append(line(f"{nb} {name.replace('_', ' ')}", part))
+    lines.append(line("**all**", df))
     return "\n".join(lines)
 
 
@@ -373,7 +426,7 @@ def _main(argv=None) -> int:
     if args.readme:
         from .io import atomic_write_bytes
         atomic_write_bytes(Path(args.readme), readme_with(Path(args.readme).read_text(), df).encode())
-    print(df.verdict.value_counts().to_string())
+    print(standing(df).verdict.value_counts().to_string())
     return 0
 
 

@@ -103,3 +103,24 @@ def test_a_scarcity_table_without_train_accuracies_gives_no_row():
     from rtlkit.studies import pretraining as S
     table = _scarcity({"Random": 0.4, "AT": 0.0}).drop(columns=["train_ra_wb"])
     assert S.findings(lambda name: table if name == "04_scarcity" else None) == []
+
+
+def test_a_claim_tested_twice_counts_once_by_its_stronger_test():
+    """Notebook 03 tests a claim on 1 seed x 500 images and again on 3 seeds x 1,000: the weaker
+    row is marked superseded (kept, shown, not counted), whatever its verdict says."""
+    import pandas as pd
+    from rtlkit import findings as F
+    claim = "NEFT raises the robustness of plain fine-tuning (k = 4)"
+    rows = [Finding("03", "CARTL", "Table 3", claim, 0.011, 0.046, 0.0225, 500, 1).row(),        # agrees
+            Finding("03", "CARTL", "Table 3 (3 seeds)", claim, 0.011, 0.01, 0.02, 1000, 3).row(),  # unresolved
+            Finding("03", "CARTL", "Table 3", "another claim", 0.011, 0.046, 0.0225, 500, 1).row(),
+            Finding("06", "Shafahi et al.", "Table 3", claim, 0.011, 0.046, 0.0225, 500, 1).row()]  # another notebook
+    df = F.supersede(pd.DataFrame(rows, columns=F.COLUMNS[:-1]))
+    assert df.superseded_by.tolist() == ["Table 3 (3 seeds)", "", "", ""]
+    assert F.standing(df).verdict.tolist() == ["unresolved", "agrees", "agrees"]
+    assert "| **all** | 3 | 2 | 0 | 1 | 0 | 1 |" in F.summary(df)   # claims, agrees, disagrees, unresolved, not a test, superseded
+    md = F.render(df)
+    assert "agrees, superseded by Table 3 (3 seeds)" in md and "Verdicts: 2 agrees, 0 disagrees, 1 unresolved" in md
+    # two tests of equal strength both stand: neither may silence the other
+    tie = F.supersede(pd.DataFrame(rows[:1] * 2, columns=F.COLUMNS[:-1]))
+    assert tie.superseded_by.tolist() == ["", ""]
