@@ -9,6 +9,8 @@ their first kernel), on the same weights and batches.
     python -m bench.cpu_isa --fingerprint    # the pinned smoke source's weight hash on this CPU, against
                                              # every CPU in bench/reference/cpu-fingerprints.json (--record adds it)
     python -m bench.cpu_isa --fingerprint --mode portable --record
+    python -m bench.cpu_isa --fingerprint --emulate EPYC-Milan   # the same child on an emulated CPU
+                                             # (qemu-user, Debian's qemu-user): another vendor's bits on this host
 
 Results go to bench/results/cpu-isa-*.json; the table to paste into BENCHMARKS.md is printed.
 """
@@ -81,18 +83,39 @@ print(json.dumps({"sha256": hashlib.sha256(blob).hexdigest(), "torch": torch.__v
 FINGERPRINTS = ROOT / "bench" / "reference" / "cpu-fingerprints.json"
 
 
-def fingerprint(threads: int, record: bool, mode: str = "avx2") -> int:
+def emulator(cpu: str) -> list[str]:
+    """The command prefix that runs a child on an emulated x86 CPU: qemu-user's ``-cpu`` model
+    (``qemu-x86_64 -cpu help`` lists them). The libraries then see that model's CPUID: its vendor
+    (MKL's branch), its instruction sets (ATen, oneDNN) and its cache sizes (oneDNN's blocking);
+    QEMU's softfloat gives IEEE results bit for bit, so the bits are that CPU's own (checked: an
+    emulated EPYC-Milan gives the real AMD EPYC host's recorded fingerprint)."""
+    import shutil
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise SystemExit("--emulate needs qemu-user (Debian: apt-get install qemu-user)")
+    known = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True).stdout.split()
+    if cpu not in known:
+        raise SystemExit(f"--emulate {cpu}: not a CPU model of {qemu} (qemu-x86_64 -cpu help)")
+    return [qemu, "-cpu", cpu]
+
+
+def fingerprint(threads: int, record: bool, mode: str = "avx2", emulate: str | None = None) -> int:
     """Issue 24: are the pinned mode's bits the same on this CPU as on the CPUs recorded so far? The
     smoke source (WRN-10-1, 2 epochs, PGD) trained pinned in a fresh process; its weights' sha256
-    against bench/reference/cpu-fingerprints.json (one entry per CPU model and torch version)."""
+    against bench/reference/cpu-fingerprints.json (one entry per CPU model and torch version).
+    ``emulate``: run that child on a qemu-emulated CPU model instead (about 20-60x slower)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
     env.update(RTLKIT_CPU_ISA=mode, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-c", FINGERPRINT, str(threads)], env=env, capture_output=True, text=True,
-                       timeout=1200)
+    prefix = emulator(emulate) if emulate else []
+    p = subprocess.run(prefix + [sys.executable, "-c", FINGERPRINT, str(threads)], env=env, capture_output=True,
+                       text=True, timeout=7200 if emulate else 1200)
     if p.returncode:
         raise SystemExit(p.stderr)
     me = json.loads(p.stdout.strip().splitlines()[-1])
+    if emulate:   # /proc/cpuinfo is still the host's: name the CPU the libraries saw
+        me["cpu_model"] = f"qemu {emulate} (emulated on {me['cpu_model']})"
+        me["cpu_flags"] = []
     known = json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.is_file() else []
     print(f"this CPU ({me['cpu_model']}, torch {me['torch']}, {threads} threads, pinned {mode}): {me['sha256'][:16]}")
     for k in known:
@@ -103,6 +126,8 @@ def fingerprint(threads: int, record: bool, mode: str = "avx2") -> int:
     if record:
         entry = {"cpu_model": me["cpu_model"], "cpu_flags": me["cpu_flags"], "torch": me["torch"], "threads": threads,
                  "mode": mode, "sha256": me["sha256"], "date": datetime.now(timezone.utc).date().isoformat()}
+        if emulate:
+            entry["emulated"] = emulate
         known = [k for k in known if (k["cpu_model"], k["torch"], k["threads"], k.get("mode", "avx2")) !=
                  (entry["cpu_model"], entry["torch"], entry["threads"], mode)] + [entry]
         FINGERPRINTS.write_text(json.dumps(known, indent=1) + "\n")
@@ -117,11 +142,13 @@ def main(argv=None) -> int:
     ap.add_argument("--fingerprint", action="store_true", help="compare this CPU's pinned bits with recorded CPUs'")
     ap.add_argument("--record", action="store_true", help="with --fingerprint: add this CPU's entry")
     ap.add_argument("--mode", default="avx2", choices=("avx2", "portable"), help="with --fingerprint: the pinned mode")
+    ap.add_argument("--emulate", metavar="CPU", default=None,
+                    help="with --fingerprint: run the child on this qemu-user CPU model (e.g. EPYC-Milan, Haswell)")
     ap.add_argument("--modes", nargs="+", default=["native", "avx2"], choices=("native", "avx2", "portable"),
                     help="the modes to time (native first: the others are shown against it)")
     a = ap.parse_args(argv)
     if a.fingerprint:
-        return fingerprint(a.threads, a.record, a.mode)
+        return fingerprint(a.threads, a.record, a.mode, a.emulate)
     runs = {m: [] for m in dict.fromkeys(["native", *a.modes])}
     for _ in range(a.repeats):   # interleaved, so drift on a shared machine hits both modes alike
         for mode in runs:

@@ -2,6 +2,8 @@
 belong in bench/, never in tests)."""
 import json
 
+import pytest
+
 from bench import throughput
 
 
@@ -23,3 +25,20 @@ def test_bad_model_name_is_a_clear_error():
     with pytest.raises(SystemExit, match="wrn-<depth>-<width>"):
         throughput.parse_model("vgg16")
     assert throughput.parse_model("resnet18-small").depth == 18 and throughput.parse_model("wrn-34-10").depth == 34
+
+
+def test_emulated_fingerprint_names_what_it_needs(monkeypatch):
+    """`bench.cpu_isa --fingerprint --emulate MODEL` runs its child under qemu-user; without it, or
+    with a model qemu does not know, it stops with one line before anything trains."""
+    import shutil
+    import subprocess
+    from bench import cpu_isa
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="needs qemu-user"):
+        cpu_isa.fingerprint(2, False, "avx2", emulate="EPYC-Milan")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/qemu-x86_64")
+    listing = subprocess.CompletedProcess([], 0, stdout="Available CPUs:\nx86 EPYC-Milan  AMD EPYC-Milan Processor\n")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: listing)
+    assert cpu_isa.emulator("EPYC-Milan") == ["/usr/bin/qemu-x86_64", "-cpu", "EPYC-Milan"]
+    with pytest.raises(SystemExit, match="not a CPU model"):
+        cpu_isa.emulator("Pentium-9000")
