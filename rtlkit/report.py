@@ -24,6 +24,11 @@ from .runs import runs_root, to_jsonable
 from .runtime import Runtime, configure_threads, cpu_record, default_cpu_isa, pin_cpu_isa_if_possible
 
 
+# Columns a figure CSV may hold that measure the machine, not the config's result (a wall time):
+# a rerun reproduces every other byte of a pinned CPU run's CSV (bench/reproduce.py; README, Reliability).
+MEASURED_COLUMNS = ("train_seconds",)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)

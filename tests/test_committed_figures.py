@@ -39,3 +39,38 @@ def test_a_bench_figure_beside_them_says_where_it_comes_from(name):
     figures); their manifests name their own run, which README's "Committed run" states."""
     m = manifests()[name]
     assert m["notebook"] == name.removesuffix(".json") and m["profile"] == "quick" and m.get("commit")
+
+
+def test_a_timing_column_in_a_figure_table_is_declared_as_measured():
+    """A wall time in a figure's CSV is the machine's, not the config's: a fresh clone cannot
+    reproduce its bytes. report.MEASURED_COLUMNS lists each such column, so bench/reproduce.py
+    counts a table that differs only there as reproduced, and nothing else."""
+    import re
+
+    import pandas as pd
+
+    from rtlkit.report import MEASURED_COLUMNS
+    timing = re.compile(r"(second|wall|elapsed|duration|_time$|^time)", re.I)
+    for path in sorted((ROOT / "figures").glob("0[1-9]_*.csv")):
+        cols = [c for c in pd.read_csv(path, nrows=0).columns if timing.search(c)]
+        assert set(cols) <= set(MEASURED_COLUMNS), f"{path.name}: timing column(s) {cols} not in report.MEASURED_COLUMNS"
+
+
+def test_reproduce_names_the_columns_that_differ(tmp_path):
+    """bench/reproduce.py's comparison: identical bytes, a measured column only, a result column."""
+    from bench import reproduce
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "committed").mkdir()
+    rows = {"06_a.csv": ("arm,acc,train_seconds\nx,0.5,12.1\n", "arm,acc,train_seconds\nx,0.5,12.1\n"),
+            "06_b.csv": ("arm,acc,train_seconds\nx,0.5,14.0\n", "arm,acc,train_seconds\nx,0.5,12.1\n"),
+            "06_c.csv": ("arm,acc,train_seconds\nx,0.51,12.1\n", "arm,acc,train_seconds\nx,0.5,12.1\n"),
+            "06_d.csv": ("arm,acc\nx,0.5\n", "arm,acc,train_seconds\nx,0.5,12.1\n")}
+    for name, (fresh, committed) in rows.items():
+        (tmp_path / "fresh" / name).write_text(fresh)
+        (tmp_path / "committed" / name).write_text(committed)
+    (tmp_path / "committed" / "06_e.csv").write_text("arm\nx\n")
+    got = dict(reproduce.compare(tmp_path / "fresh", tmp_path / "committed", ["06"]))
+    assert got == {"06_a.csv": "byte-identical",
+                   "06_b.csv": "same results (differs only in measured column(s) train_seconds)",
+                   "06_c.csv": "DIFFERS in acc", "06_d.csv": "DIFFERS in shape or columns", "06_e.csv": "MISSING"}
+    assert reproduce.main(["--only", "99"]) == 2
