@@ -5,7 +5,7 @@ their first kernel), on the same weights and batches.
 
     python -m bench.cpu_isa                  # 2 threads, 3 repeats per mode, interleaved
     python -m bench.cpu_isa --repeats 5 --threads 2
-    python -m bench.cpu_isa --modes native avx2 portable
+    python -m bench.cpu_isa --modes native avx2 avx2-compat portable
     python -m bench.cpu_isa --fingerprint    # the pinned smoke source's weight hash on this CPU, against
                                              # every CPU in bench/reference/cpu-fingerprints.json (--record adds it)
     python -m bench.cpu_isa --fingerprint --mode portable --record
@@ -141,10 +141,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fingerprint", action="store_true", help="compare this CPU's pinned bits with recorded CPUs'")
     ap.add_argument("--record", action="store_true", help="with --fingerprint: add this CPU's entry")
-    ap.add_argument("--mode", default="avx2", choices=("avx2", "portable"), help="with --fingerprint: the pinned mode")
+    ap.add_argument("--mode", default="avx2", choices=("avx2", "avx2-compat", "portable"),
+                    help="with --fingerprint: the pinned mode")
     ap.add_argument("--emulate", metavar="CPU", default=None,
                     help="with --fingerprint: run the child on this qemu-user CPU model (e.g. EPYC-Milan, Haswell)")
-    ap.add_argument("--modes", nargs="+", default=["native", "avx2"], choices=("native", "avx2", "portable"),
+    ap.add_argument("--modes", nargs="+", default=["native", "avx2"], choices=("native", "avx2", "avx2-compat", "portable"),
                     help="the modes to time (native first: the others are shown against it)")
     a = ap.parse_args(argv)
     if a.fingerprint:

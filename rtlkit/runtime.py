@@ -39,7 +39,10 @@ CPU_ISA_ENV = "RTLKIT_CPU_ISA"
 # convolutions by the host's cache sizes, and MKL's AVX2 branch differs between vendors): ATen at its
 # scalar default level, oneDNN (and NNPACK) off so convolutions run ATen's own im2col + MKL GEMM, and
 # MKL in its COMPATIBLE mode, the one code path it promises on every x86 CPU.
+# "avx2-compat" keeps "avx2"'s ATen and oneDNN and takes MKL's COMPATIBLE path: the vendor branch is MKL's
+# alone (emulated CPUs, BENCHMARKS.md), so it gives one set of bits on Intel and AMD at about avx2's speed.
 CPU_ISA_PINS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
+                "avx2-compat": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"},
                 "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}}
 CPU_ISA_MODES = ("native",) + tuple(CPU_ISA_PINS)
 _NO_ONEDNN = ("portable",)   # modes that switch oneDNN and NNPACK off in-process (no variable does it)

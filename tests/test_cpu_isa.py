@@ -82,9 +82,23 @@ def test_the_portable_mode_gives_the_same_weights_even_where_mkl_and_onednn_woul
         assert avx2["dir"] != runs["this CPU"]["dir"]
 
 
+@needs_avx2
+def test_the_vendor_neutral_avx2_mode_gives_one_set_of_weights_under_every_isa_cap(tmp_path):
+    """avx2-compat: avx2's ATen and oneDNN, MKL in its COMPATIBLE path (the one MKL promises on
+    every x86 vendor; whether AMD then matches Intel is measured by emulation in bench/cpu_isa.py,
+    not here). Under each emulated ISA cap, MKL's SSE4.2-only host included, one set of weights,
+    under cache keys of its own."""
+    runs = {name: train(tmp_path, "avx2-compat", host) for name, host in PORTABLE_HOSTS.items()}
+    assert len({r["sha"] for r in runs.values()}) == 1, {k: r["sha"][:12] for k, r in runs.items()}
+    for r in runs.values():
+        assert r["cpu_capability"] == "AVX2" and r["cpu_isa_pinned"] == "avx2-compat" and r["onednn"] is True
+        assert r["cpu_isa_env"]["MKL_CBWR"] == "COMPATIBLE" and r["cpu_isa_env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert train(tmp_path, "avx2", {})["dir"] != runs["this CPU"]["dir"]
+
+
 def test_a_bad_mode_is_one_error(monkeypatch):
     monkeypatch.setenv(R.CPU_ISA_ENV, "avx9000")
-    with pytest.raises(ConfigError, match="RTLKIT_CPU_ISA must be one of native, avx2, portable"):
+    with pytest.raises(ConfigError, match="RTLKIT_CPU_ISA must be one of native, avx2, avx2-compat, portable"):
         R.cpu_isa_mode()
 
 
