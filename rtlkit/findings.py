@@ -251,23 +251,22 @@ def supersede(df: pd.DataFrame) -> pd.DataFrame:
     one seed and 500 images, once on 3 source and fine-tuning seeds and 1,000 images (notebook
     03's replicated cells). Two verdicts for one claim would let a reader pick the one they like,
     and the counts would count the claim twice. The row with the most seeds, then the most test
-    images, stands; a row with strictly less evidence on both orders is superseded. Its numbers
-    and verdict stay in the table, but the verdict counts leave it out."""
+    images, stands; a row with less evidence in that order is superseded (a tie supersedes
+    nothing). Its numbers and verdict stay in the table, but the verdict counts leave it out."""
     out = df.copy()
     out["superseded_by"] = ""
-    if not len(out):
-        return out
+    strength = pd.Series(list(zip(out["seeds"].astype(int), out["n"].astype(int))), index=out.index)
     key = [out["notebook"].astype(str).str.zfill(2), out["paper"].astype(str), out["where"].map(_base), out["claim"].astype(str)]
-    for _, idx in out.groupby(key, sort=False).groups.items():
-        if len(idx) < 2:
-            continue
-        part = out.loc[idx]
-        best = max(idx, key=lambda i: (int(part.at[i, "seeds"]), int(part.at[i, "n"])))
-        for i in idx:
-            if i != best and (int(part.at[i, "seeds"]), int(part.at[i, "n"])) < \
-                    (int(part.at[best, "seeds"]), int(part.at[best, "n"])):
-                out.at[i, "superseded_by"] = part.at[best, "where"]
+    for idx in out.groupby(key, sort=False).groups.values():
+        best = max(idx, key=strength.get)
+        weaker = [i for i in idx if strength[i] < strength[best]]
+        out.loc[weaker, "superseded_by"] = out.at[best, "where"]
     return out
+
+
+def _frame(found: list[Finding]) -> pd.DataFrame:
+    """Findings as rows of ``findings.csv``, the superseded ones marked."""
+    return supersede(pd.DataFrame([f.row() for f in found], columns=COLUMNS[:-1]))[COLUMNS]
 
 
 def standing(df: pd.DataFrame) -> pd.DataFrame:
@@ -299,13 +298,12 @@ def of_notebook(notebook: str, figures_dir) -> list[Finding]:
 
 def collect(figures_dir) -> pd.DataFrame:
     """Every notebook's findings as one table (``figures/findings.csv``'s rows)."""
-    rows = [f.row() for nb in NOTEBOOKS for f in of_notebook(nb, figures_dir)]
-    return supersede(pd.DataFrame(rows, columns=COLUMNS[:-1]))[COLUMNS]
+    return _frame([f for nb in NOTEBOOKS for f in of_notebook(nb, figures_dir)])
 
 
 def table(notebook: str, figures_dir) -> pd.DataFrame:
     """A notebook's findings cell: claim, the paper's effect and ours +- 2 SE in points, n, seeds, verdict."""
-    df = supersede(pd.DataFrame([f.row() for f in of_notebook(notebook, figures_dir)], columns=COLUMNS[:-1]))
+    df = _frame(of_notebook(notebook, figures_dir))
     out = df[["where", "claim", "paper_numbers", "ours", "n", "seeds", "verdict", "superseded_by"]].copy()
     out.insert(3, "paper effect (pts)", [_effect(r.paper_effect, r.direction) for r in df.itertuples()])
     out.insert(5, "ours (pts, +- 2 SE)", [f"{100 * r.effect:+.1f} +- {200 * r.se:.1f}" for r in df.itertuples()])
@@ -332,8 +330,8 @@ def render(df: pd.DataFrame) -> str:
              "lies outside ours +- 2 SE; **unresolved** = neither; **not a test** = the setting cannot show it.",
              "The SE of a difference combines both sides' binomial SEs (and the seeds' spread) as independent,",
              "which over-states it for two models judged on one test set: a conservative rule.", ""]
-    counts = standing(df).verdict.value_counts()
-    gone = len(df) - len(standing(df))
+    stand = standing(df)
+    counts, gone = stand.verdict.value_counts(), len(df) - len(stand)
     lines += ["Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS + ("not a test",)) +
               (f"; {gone} more rows are superseded by a test of the same claim on more seeds and images "
                "(their verdicts, not in bold, are shown but not counted)" if gone else ""), ""]
@@ -376,9 +374,10 @@ def summary(df: pd.DataFrame) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
 
     def line(name, part):
-        c = standing(part).verdict.value_counts()
-        return (f"| {name} | {len(standing(part))} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",))
-                + f" | {len(part) - len(standing(part))} |")
+        stand = standing(part)
+        c = stand.verdict.value_counts()
+        return (f"| {name} | {len(stand)} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",))
+                + f" | {len(part) - len(stand)} |")
     for nb, name in NOTEBOOKS.items():
         part = df[df.notebook.astype(str).str.zfill(2) == nb]
         if len(part):
