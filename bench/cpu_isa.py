@@ -25,6 +25,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rtlkit.runtime import CPU_LIB_VARS
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time, torch
@@ -59,7 +61,7 @@ print(json.dumps({"img_s": out, **cpu_record()}))
 
 def run(mode: str, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "RTLKIT_CPU_ISA")}
+           if k not in (*CPU_LIB_VARS, "RTLKIT_CPU_ISA")}
     env.update(RTLKIT_CPU_ISA=mode, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", CHILD, str(threads)], env=env, capture_output=True, text=True,
                        timeout=1200)
@@ -105,7 +107,7 @@ def fingerprint(threads: int, record: bool, mode: str = "avx2", emulate: str | N
     against bench/reference/cpu-fingerprints.json (one entry per CPU model and torch version).
     ``emulate``: run that child on a qemu-emulated CPU model instead (about 20-60x slower)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
+           if k not in CPU_LIB_VARS}
     env.update(RTLKIT_CPU_ISA=mode, PYTHONPATH=str(ROOT))
     prefix = emulator(emulate) if emulate else []
     p = subprocess.run(prefix + [sys.executable, "-c", FINGERPRINT, str(threads)], env=env, capture_output=True,

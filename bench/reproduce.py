@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from rtlkit.report import MEASURED_COLUMNS
+from rtlkit.runtime import CPU_LIB_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 # what an AVX2-only CPU caps each library at (tests/test_cpu_isa.py's emulation)
@@ -69,7 +70,7 @@ def run_clone(only: list[str], as_avx2: bool, keep: Path | None) -> Path:
     its own empty run cache; returns the clone's figures folder."""
     dest = keep or Path(tempfile.mkdtemp(prefix="rtlkit-reproduce-")) / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(dest)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("RTLKIT_RUNS", "RTLKIT_FIGURES", *AS_AVX2)}
+    env = {k: v for k, v in os.environ.items() if k not in ("RTLKIT_RUNS", "RTLKIT_FIGURES", *CPU_LIB_VARS)}
     env.update(PYTHONPATH=str(dest), MPLBACKEND="Agg", **(AS_AVX2 if as_avx2 else {}))
     head = subprocess.run(["git", "-C", str(dest), "log", "--oneline", "-1"], capture_output=True, text=True).stdout
     print(f"clone of {head.strip()} in {dest}{' (capped as an AVX2-only CPU)' if as_avx2 else ''}", flush=True)

@@ -45,6 +45,9 @@ CPU_ISA_PINS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "A
                 "avx2-compat": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"},
                 "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}}
 CPU_ISA_MODES = ("native",) + tuple(CPU_ISA_PINS)
+# every library variable that changes CPU bits (the pins' and MKL's instruction cap): recorded in each run's
+# `cpu` entry, and cleared by whatever starts a child that must choose its own mode (bench/cpu_isa, bench/reproduce)
+CPU_LIB_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
 _NO_ONEDNN = ("portable",)   # modes that switch oneDNN and NNPACK off in-process (no variable does it)
 
 
@@ -168,8 +171,7 @@ def cpu_record() -> dict:
     host's CPU and vector flags, the pin in force and the library variables as set."""
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
             "cpu_flags": cpu_flags(), "cpu_isa_pinned": cpu_isa_pinned(), "onednn": bool(torch.backends.mkldnn.enabled),
-            "cpu_isa_env": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR",
-                                                           "MKL_ENABLE_INSTRUCTIONS")}}
+            "cpu_isa_env": {k: os.environ.get(k) for k in CPU_LIB_VARS}}
 
 
 def default_device() -> str:
