@@ -205,13 +205,20 @@ class FoolboxPGD:
         import eagerpy as ep
         self._attack()[1].get_random_start(ep.astensor(x.detach()), self.eps)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def perturb(self, forward: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                autocast=contextlib.nullcontext) -> torch.Tensor:
+        """foolbox's PGD on ``forward`` (a model in :func:`attack_mode`), each forward under
+        ``autocast`` with float32 logits: the numerics our PGD runs in, so that a comparison of
+        the two measures the attacks, not the precision."""
         fb, attack = self._attack()
         keep = FirstFooling(y)   # foolbox returns its last iterate: keep each example's first fooling one
-        with attack_mode(model):
-            fmodel = fb.PyTorchModel(_Watched(model, keep).eval(), bounds=(0, 1), device=x.device)
-            _, clipped, _ = attack(fmodel, x, y, epsilons=self.eps)
+        fmodel = fb.PyTorchModel(_Watched(forward, keep, autocast).eval(), bounds=(0, 1), device=x.device)
+        _, clipped, _ = attack(fmodel, x, y, epsilons=self.eps)
         return keep.worst(clipped.detach())
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with attack_mode(model):
+            return self.perturb(model, x, y)
 
 
 class FirstFooling:
@@ -243,12 +250,13 @@ class _Watched(nn.Module):
     """A model that shows every input an attack feeds it (foolbox's iterates) to a FirstFooling.
     Each such input lies in the attack's threat model, so each is a valid adversarial example."""
 
-    def __init__(self, model: nn.Module, keep: FirstFooling):
+    def __init__(self, model: nn.Module, keep: FirstFooling, autocast=contextlib.nullcontext):
         super().__init__()
-        self.model, self.keep = model, keep
+        self.model, self.keep, self.autocast = model, keep, autocast
 
     def forward(self, x):
-        logits = self.model(x)
+        with self.autocast():
+            logits = self.model(x).float()
         self.keep.update(x, logits)
         return logits
 
@@ -258,21 +266,48 @@ class _Watched(nn.Module):
 _AA_NORM = {"linf": "Linf", "l2": "L2"}
 
 
-def _aa_predict(forward, autocast):
-    """The float32-logit callable pyautoattack expects."""
+class _InFormat(torch.autograd.Function):
+    """``x`` in the model's memory format for the forward; the gradient back in ``x``'s own, contiguous
+    one (pyautoattack calls ``.view(B, -1)`` on the input gradients it takes from autograd)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, memory_format) -> torch.Tensor:
+        return x.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return g.contiguous(), None
+
+
+def _aa_predict(forward, autocast, memory_format=torch.contiguous_format):
+    """The float32-logit callable pyautoattack expects: contiguous images in, each handed to
+    ``forward`` in ``memory_format`` (the caller's: a channels_last model keeps its one graph)."""
     def predict(x):
+        if x.ndim == 4 and memory_format is not torch.contiguous_format:
+            x = _InFormat.apply(x, memory_format)
         with autocast():
             return forward(x).float()
     return predict
 
 
+def _memory_format(x: torch.Tensor):
+    """channels_last where ``x`` is laid out so (and not also plainly contiguous), else contiguous."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _aa_run(make, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Run a pyautoattack attack on clones of the inputs, 1-d long labels, inside fork_rng (its
-    perturb reseeds the global CPU and CUDA RNGs, which must not leak into the caller's)."""
+    """Run a pyautoattack attack on contiguous clones of the inputs (it calls ``.view(B, -1)`` on
+    tensors shaped like its input: a channels_last RGB batch would fail there), 1-d long labels,
+    inside fork_rng (its perturb reseeds the global CPU and CUDA RNGs, which must not leak into the
+    caller's). ``make(memory_format)`` builds the attack; its predict hands the model ``x``'s format."""
     devices = [x.device.index or 0] if x.is_cuda else []
+    fmt = _memory_format(x)
     with torch.random.fork_rng(devices=devices):
-        attack = make()
-        return attack.perturb(x.detach().clone(), y.detach().clone().long().view(-1)).detach()
+        attack = make(fmt)
+        return attack.perturb(x.detach().clone(memory_format=torch.contiguous_format),
+                              y.detach().clone().long().view(-1)).detach()
 
 
 class _AutoAttackAdapter:
@@ -314,7 +349,7 @@ class APGD(_AutoAttackAdapter):
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack
-        return _aa_run(lambda: APGDAttack(_aa_predict(forward, autocast), n_iter=self.n_iter, norm=_AA_NORM[self.norm],
+        return _aa_run(lambda fmt: APGDAttack(_aa_predict(forward, autocast, fmt), n_iter=self.n_iter, norm=_AA_NORM[self.norm],
                                           n_restarts=self.n_restarts, eps=self.eps, seed=self.seed, loss="ce",
                                           device=x.device), x, y)
 
@@ -350,12 +385,14 @@ class Square(_AutoAttackAdapter):
             check((h - 5 * s) // 2 + s * (h // s) <= h,
                   f"pyautoattack 0.2.0's L2 Square cannot start on {h}x{h} images (its square tiling runs past the "
                   f"edge); use images of 16, 20, 28 or 32 pixels")
-        predict = _aa_predict(forward, autocast)
+        def no_grad_predict(fmt):
+            predict = _aa_predict(forward, autocast, fmt)
 
-        def no_grad_predict(z):
-            with torch.no_grad():
-                return predict(z)
-        return _aa_run(lambda: SquareAttack(no_grad_predict, norm=_AA_NORM[self.norm], n_queries=self.n_queries,
+            def call(z):
+                with torch.no_grad():
+                    return predict(z)
+            return call
+        return _aa_run(lambda fmt: SquareAttack(no_grad_predict(fmt), norm=_AA_NORM[self.norm], n_queries=self.n_queries,
                                             eps=self.eps, p_init=self.p_init, n_restarts=self.n_restarts,
                                             seed=self.seed, loss="margin", device=x.device), x, y)
 
@@ -391,7 +428,7 @@ class APGDT(_AutoAttackAdapter):
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack_targeted
-        return _aa_run(lambda: APGDAttack_targeted(_aa_predict(forward, autocast), n_iter=self.n_iter,
+        return _aa_run(lambda fmt: APGDAttack_targeted(_aa_predict(forward, autocast, fmt), n_iter=self.n_iter,
                                                    norm=_AA_NORM[self.norm], n_restarts=self.n_restarts, eps=self.eps,
                                                    seed=self.seed, n_target_classes=self.n_target_classes,
                                                    device=x.device), x, y)
@@ -424,6 +461,6 @@ class FABT(_AutoAttackAdapter):
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
         from pyautoattack.fab_pt import FABAttack_PT
-        return _aa_run(lambda: FABAttack_PT(_aa_predict(forward, autocast), norm=_AA_NORM[self.norm], n_restarts=1,
+        return _aa_run(lambda fmt: FABAttack_PT(_aa_predict(forward, autocast, fmt), norm=_AA_NORM[self.norm], n_restarts=1,
                                             n_iter=self.n_iter, eps=self.eps, seed=self.seed, targeted=True,
                                             n_target_classes=self.n_target_classes, device=x.device), x, y)

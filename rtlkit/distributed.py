@@ -69,13 +69,38 @@ def is_main() -> bool:
     return rank() == 0
 
 
+# How long a rank waits in a collective before the group aborts: NCCL's own default is 10 minutes,
+# but rank 0 may wait on another process's run lock (that process training the same run: hours at the
+# paper's scale) while the others sit in a broadcast, and uneven evaluation shards leave ranks in a
+# gather for up to a shard's time. So the default is 12 hours, set by RTLKIT_DIST_TIMEOUT_S.
+TIMEOUT_ENV = "RTLKIT_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 12 * 3600
+
+
+def timeout_seconds() -> float:
+    """The process group's collective timeout in seconds: ``$RTLKIT_DIST_TIMEOUT_S``, else 12 hours."""
+    raw = (os.environ.get(TIMEOUT_ENV) or "").strip()
+    if not raw:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    check(value == value and 0 < value < float("inf"),
+          f"{TIMEOUT_ENV} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
 def init(device: str = "cpu") -> None:
-    """Join the process group torchrun describes (gloo on the CPU, nccl on GPUs); nothing when alone."""
+    """Join the process group torchrun describes (gloo on the CPU, nccl on GPUs), with
+    :func:`timeout_seconds` as its collectives' timeout; nothing when alone."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return
+    from datetime import timedelta
+    timeout = timedelta(seconds=timeout_seconds())   # checked before the group (or the GPU) is touched
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
 
 
 def finish(wait: bool = True) -> None:
@@ -206,11 +231,20 @@ class DataParallel:
         return self.ddp(x, y, idx)
 
 
+def group_device() -> torch.device:
+    """The device the group's collectives take their tensors on: this rank's GPU under nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
-    """Sums over ranks of scalar tensors (epoch loss and accuracy totals)."""
+    """Sums over ranks of scalar tensors (epoch loss and accuracy totals), wherever each value lives:
+    they are moved to the group's device (:func:`group_device`) first, and the sums come back there."""
     if not active():
         return list(values)
-    flat = torch.stack([v.reshape(()).float() for v in values])
+    dev = group_device()
+    flat = torch.stack([v.reshape(()).to(device=dev, dtype=torch.float32) for v in values])
     dist.all_reduce(flat)
     return list(flat.unbind())
 
@@ -257,11 +291,25 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     return _AllGatherRows.apply(x) if active() else x
 
 
+class EagerSyncBatchNorm(nn.SyncBatchNorm):
+    """``torch.nn.SyncBatchNorm``, run eagerly inside a compiled block: its forward is a collective
+    (an all-gather of every rank's statistics inside an autograd Function) that Dynamo would
+    otherwise try to trace into the block's graph, with bf16 and channels_last around it. Kept out
+    of the graph, each block splits at its BN layers into a fixed set of graphs, and the collective
+    runs as it does without compile."""
+
+    @torch.compiler.disable
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
 class GroupBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics are over the global batch: the per-channel sums and
     sums of squares are all-reduced (with autograd, so gradients see the global statistics too).
-    For gloo and the CPU, where ``torch.nn.SyncBatchNorm`` refuses to run."""
+    For gloo and the CPU, where ``torch.nn.SyncBatchNorm`` refuses to run. Like
+    :class:`EagerSyncBatchNorm`, it runs eagerly inside a compiled block."""
 
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
@@ -302,9 +350,8 @@ def _swap_bn(model: nn.Module, swap, cls) -> nn.Module:
 def convert_sync_bn(model: nn.Module, device: str) -> nn.Module:
     """Every BatchNorm2d synced over the ranks (in place where possible); the state_dict keys and
     values are unchanged, so checkpoints and model.pt stay interchangeable."""
-    if device.startswith("cuda"):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _swap_bn(model, lambda m: type(m) is nn.BatchNorm2d, GroupBatchNorm)
+    cls = EagerSyncBatchNorm if device.startswith("cuda") else GroupBatchNorm
+    return _swap_bn(model, lambda m: type(m) is nn.BatchNorm2d, cls)
 
 
 def revert_bn(model: nn.Module) -> nn.Module:

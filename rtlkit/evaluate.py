@@ -35,10 +35,11 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
     Each attack runs on every example, so each attack's own column is that attack alone (03 and
     06 compare PGD-CE with PGD-CW). ``prune``: our PGD drops an example from its batch once it is
     fooled (every step on the CPU, every 5 on a GPU, where each pruning is a host sync; a compiled
-    model keeps its batch shape and only ends the batch when all are fooled) and ends the batch
+    model runs the survivors at a bucketed batch size, ``runtime.batch_bucket``) and ends the batch
     when all are: an example's result is the one the whole batch gives it (its random
     start is drawn with the batch's; tests/test_attacks checks the per-example identity).
-    foolbox's PGD runs the whole batch (its random start is drawn per call)."""
+    foolbox's PGD runs the whole batch (its random start is drawn per call). Every attack runs in
+    the runtime's numerics (bf16 autocast on a GPU, float32 logits)."""
     from . import distributed
     runtime = runtime or Runtime()
     attacks = [attacks] if hasattr(attacks, "label") else list(attacks)   # one attack, or several
@@ -62,11 +63,9 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
                 clean = fwd(x).argmax(1) == y
             cols = done[b] = {"index": idx, "label": y[:n], "clean_correct": clean[:n]}
             for a, name in zip(attacks, names):
-                if isinstance(a, FoolboxPGD):
-                    x_adv = a(model, x, y)
-                elif isinstance(a, PGD):
-                    x_adv = a.perturb(fwd, x, y, runtime.autocast, prune_every=every, compact=not runtime.compile)
-                else:   # APGD, Square: pyautoattack's own loops
+                if isinstance(a, PGD):   # compiled calls bucket the pruned batch's size (runtime.batch_bucket)
+                    x_adv = a.perturb(fwd, x, y, runtime.autocast, prune_every=every)
+                else:   # foolbox's PGD, APGD, Square: their own loops, in the runtime's numerics
                     x_adv = a.perturb(fwd, x, y, runtime.autocast)
                 with torch.no_grad(), runtime.autocast():
                     cols[name] = ((fwd(runtime.inputs(x_adv)).argmax(1) == y) & clean)[:n]

@@ -79,7 +79,10 @@ class FinalBNReLU(nn.Module):
 
 
 class Head(nn.Module):
-    """Global average pool + the linear classifier (the penultimate feature is the pooled one)."""
+    """Global average pool + the linear classifier (the penultimate feature is the pooled one). The
+    classifier runs in float32 whatever autocast is in force: bf16 logits round near-equal classes
+    to a tie, and ``argmax`` then picks the lower class (smoothing counts, first-fooled tracking and
+    the card would all lean that way). The head is a tiny share of the model's work."""
 
     def __init__(self, c: int, num_classes: int):
         super().__init__()
@@ -89,8 +92,13 @@ class Head(nn.Module):
     def features(self, x):
         return self.pool(x).flatten(1)
 
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits of pooled features ``z``, in float32 (autocast off)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self.fc(z.float())
+
     def forward(self, x):
-        return self.fc(self.features(x))
+        return self.classify(self.features(x))
 
 
 @dataclass(frozen=True)

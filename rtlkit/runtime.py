@@ -279,16 +279,78 @@ def _units(model: nn.Module, scope: str = "blocks") -> list[nn.Module]:
     return list(blocks) if scope == "blocks" and isinstance(blocks, nn.ModuleList) else [model]
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor", scope: str = "blocks",
+def compile_blocks(model: nn.Module, backend="inductor", scope: str = "blocks",
                    mode: str | None = None) -> nn.Module:
     """``torch.compile`` each of ``model.blocks`` in place (with scope "model", or a model without
-    blocks, the whole model: then only ``model(x)`` runs compiled); idempotent."""
+    blocks, the whole model: then only ``model(x)`` runs compiled); idempotent. Each compiled unit
+    runs at bucketed batch sizes (:class:`BucketedCall`). ``backend``: a name, or a backend callable
+    (a graph counter in the tests)."""
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for unit in _units(model, scope):
         if not is_compiled(unit):
-            unit.compile(dynamic=False, backend=backend, **({"mode": mode} if mode else {}))
+            # what nn.Module.compile does (torch.compile of the module's call, kept in the attribute its
+            # __call__ reads and its copies and pickles drop), with the batch bucketed around it
+            compiled = torch.compile(unit._call_impl, dynamic=False, backend=backend, **({"mode": mode} if mode else {}))
+            unit._compiled_call_impl = BucketedCall(unit, compiled)
     return model
+
+
+# --------------------------------------------------------------------------- bucketed batch sizes
+# Blocks compile with dynamic=False and Dynamo keys its graphs by the block's code, shared by every
+# instance of a block class: each new batch size would compile every block class again (and, past the
+# recompile limit, silently fall back to eager; cuDNN's autotuning reruns per shape too). Survivor
+# subsets (our pruned PGD, pyautoattack's restarts, targets and Square queries), the card's last
+# batches, certification tails and the last batch of a feature pass all have sizes of their own. So
+# every compiled call runs at a batch size from a fixed set: the next power of two, at least
+# MIN_BUCKET, with zero rows added and the output cut back. Only where rows are independent: no
+# BatchNorm module of the unit in training mode (training batches have fixed sizes already: drop_last).
+MIN_BUCKET = 16
+
+
+def batch_bucket(n: int) -> int:
+    """The batch size a compiled call of ``n`` rows runs at: the next power of two, at least MIN_BUCKET.
+    At most 2x the rows, and log2(largest batch) sizes in all (16 ... 4,096: 9)."""
+    return max(MIN_BUCKET, 1 << max(int(n) - 1, 0).bit_length())
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def couples_rows(module: nn.Module) -> bool:
+    """Whether a forward of ``module`` mixes the rows of its batch: a BatchNorm in training mode."""
+    return any(m.training for m in module.modules() if isinstance(m, _BATCH_NORMS))
+
+
+def _cut(out, n: int):
+    if isinstance(out, torch.Tensor):
+        return out[:n]
+    if isinstance(out, (tuple, list)):
+        return type(out)(_cut(o, n) for o in out)
+    return out
+
+
+class BucketedCall:
+    """A compiled unit's call at a bucketed batch size (:func:`batch_bucket`): rows of zeros added
+    in the input's memory format, the output's first ``n`` rows returned (gradients reach the input's
+    own rows alone). Called with one tensor whose rows are independent (no BatchNorm of the unit in
+    training mode); anything else goes to the compiled call as it is."""
+
+    def __init__(self, unit: nn.Module, compiled):
+        self.unit, self.compiled = unit, compiled
+
+    def __call__(self, *args, **kwargs):
+        x = args[0] if len(args) == 1 and not kwargs else None
+        if not isinstance(x, torch.Tensor) or x.ndim == 0 or couples_rows(self.unit):
+            return self.compiled(*args, **kwargs)
+        n = x.shape[0]
+        b = batch_bucket(n)
+        if b == n:
+            return self.compiled(x)
+        xp = torch.cat([x, x.new_zeros((b - n, *x.shape[1:]))])
+        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            xp = xp.contiguous(memory_format=torch.channels_last)
+        return _cut(self.compiled(xp), n)
 
 
 def is_compiled(module: nn.Module) -> bool:

@@ -236,7 +236,8 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
             fault_point("step")
         if budget is None:
             sched.step()
-        tot_loss, tot_correct, n = distributed.all_sum(tot_loss, tot_correct, torch.tensor(float(n)))
+        tot_loss, tot_correct, n = distributed.all_sum(tot_loss, tot_correct,
+                                                       torch.tensor(float(n), device=runtime.device))
         n = int(n)
         rec = {"epoch": epoch + 1, "loss": float(tot_loss) / max(n, 1), "train_acc": float(tot_correct) / max(n, 1),
                "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "images": n,

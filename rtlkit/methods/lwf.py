@@ -94,7 +94,7 @@ class LwFTraining(StandardTraining):
     def batch_loss(self, model, fwd, x, y, runtime: Runtime, idx=None, state=None):
         with runtime.autocast():
             z = model.penultimate(x)
-            logits = model.head.fc(z)
+            logits = model.head.classify(z)
         z0 = state["z0"][state["pos"][idx]]
         dist = lwf_distance(z.float(), z0, self.distance)
         ce = F.cross_entropy(logits.float(), y)

@@ -12,9 +12,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from ..errors import check, check_int, check_real
+
+
+class SpectralNormFP32(_SpectralNorm):
+    """torch's spectral-norm parametrisation (``torch.nn.utils.parametrizations.spectral_norm``: the
+    same power iteration, buffers and state-dict keys) with its power iteration and sigma = u^T W v in
+    float32 whatever autocast is in force: on CUDA, bf16 autocast runs ``torch.mv`` in bf16, which
+    puts sigma off by ~0.1-0.4 % and the layer's norm off beta. Outside autocast nothing changes."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight.float()).to(weight.dtype)
 
 
 class BetaScale(nn.Module):
@@ -58,7 +69,8 @@ def apply_neft(model: nn.Module, tuned_blocks: list[nn.Module], neft: NEFT) -> l
     for m in layers:
         if parametrize.is_parametrized(m, "weight"):
             continue
-        spectral_norm(m, "weight", n_power_iterations=neft.power_iterations, dim=0)
+        # what spectral_norm(m, "weight", n_power_iterations, dim=0) registers, in float32 under autocast
+        parametrize.register_parametrization(m, "weight", SpectralNormFP32(m.weight, neft.power_iterations, dim=0))
         parametrize.register_parametrization(m, "weight", BetaScale(neft.beta))
     for b in tuned_blocks:
         for m in b.modules():
