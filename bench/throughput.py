@@ -9,7 +9,10 @@ of the last k = 1 and k = all blocks, and PGD-100 evaluation by our PGD and by f
 paths run in the same process on the same weights; the speed-up column is their ratio (absolute
 times drift between machines, ratios taken in one run do not). Every timing warms up first
 (compiles included), synchronises the device before reading the clock and is the median of
-several repeats. Peak memory is the device's (CUDA only).
+several repeats. Peak memory is the device's (CUDA only). Numerics, as labelled: "eager fp32" is
+float32 with TF32 off (``runtime.strict_fp32``; cuDNN would otherwise run its convolutions in TF32
+on an H100); "fast" is bf16 autocast with float32 logits, and foolbox's PGD runs in the same
+numerics as our PGD on each path, so the own / foolbox ratio compares the attacks' loops alone.
 
 ``--accuracy quick`` then trains the `quick` profile's source on each path (same seed) and checks
 that accuracy does not pay for speed: PGD-20 robust accuracy within 1.5 points between the paths,
@@ -18,6 +21,7 @@ our PGD-100 within 0.5 points of foolbox's. Results go to ``bench/results/*.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -36,7 +40,7 @@ from rtlkit.data import DatasetInfo, ImageData
 from rtlkit.evaluate import evaluate
 from rtlkit.methods.fdm import FDMTraining
 from rtlkit.models import build
-from rtlkit.runtime import Runtime, seed_all
+from rtlkit.runtime import Runtime, seed_all, strict_fp32
 from rtlkit.training import AdversarialTraining, StandardTraining, make_optimizer, train, train_step
 from rtlkit.transfer import TransferPolicy, prepare_target
 
@@ -158,10 +162,11 @@ def throughput(a, spec, shape, classes) -> list[dict]:
         for path, rt in paths(a.device, a.compile_mode).items():
             if path not in a.paths:
                 continue
-            step, images = make(rt)
-            evals = name.startswith("PGD-100")
-            r = timed(rt, step, images, warmup=1 if evals else a.warmup,
-                      repeats=a.eval_repeats if evals else a.repeats, steps=1 if evals else a.steps)
+            with strict_fp32() if path == "eager fp32" else contextlib.nullcontext():   # no TF32 in "fp32"
+                step, images = make(rt)
+                evals = name.startswith("PGD-100")
+                r = timed(rt, step, images, warmup=1 if evals else a.warmup,
+                          repeats=a.eval_repeats if evals else a.repeats, steps=1 if evals else a.steps)
             rows.append({"workload": name, "path": path, **r})
             peak = f", peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""
             print(f"  {name:<28} {path:<11} {r['img_s']:>10.1f} img/s{peak}", flush=True)
@@ -206,11 +211,12 @@ def accuracy(a) -> dict:
             continue
         seed_all(0)
         m = run.build_model()
-        t0 = time.perf_counter()
-        train(m, train_data, P.source_method, rt, seed=0, progress=False)
-        sync(rt)
-        secs = time.perf_counter() - t0
-        r = evaluate(m, test_data, list(P.eval_attacks), rt, progress=False)
+        with strict_fp32() if path == "eager fp32" else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            train(m, train_data, P.source_method, rt, seed=0, progress=False)
+            sync(rt)
+            secs = time.perf_counter() - t0
+            r = evaluate(m, test_data, list(P.eval_attacks), rt, progress=False)
         out["paths"][path] = {"train_seconds": secs, "clean_acc": r.clean_acc, "robust_acc_pgd20": r.robust_acc}
         models[path] = (m, rt)
         print(f"  quick source, {path:<11} trained in {secs:6.1f} s: clean {r.clean_acc:.2%}, PGD-20 {r.robust_acc:.2%}",
@@ -394,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
            "commit": commit(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "settings": {k: v for k, v in vars(a).items() if k != "out"}}
     res["throughput"] = throughput(a, spec, shape, a.classes)
-    if Runtime(a.device).is_cuda and "fast" in a.paths:
+    if Runtime(a.device).is_cuda and any(r["workload"] == "PGD-7 AT (source)" and r["path"] == "fast"
+                                         for r in res["throughput"]):
         res["sync_check"] = sync_check(a, spec, shape, a.classes)
     res["ratios"] = ratios(res["throughput"])
     if a.accuracy == "quick":

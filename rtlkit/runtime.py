@@ -257,6 +257,19 @@ class Runtime:
         return f"{name}" + (f" [{', '.join(flags)}]" if flags else " [fp32 eager]")
 
 
+@contextlib.contextmanager
+def strict_fp32():
+    """float32 that is float32 on a GPU too: cuDNN convolutions and CUDA matmuls may run in TF32
+    by default (an H100's "fp32" convolutions do), which a baseline called fp32 must not. Both
+    switches are restored afterwards; nothing changes on the CPU."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def configure_threads() -> int:
     """Honour the user's thread setting: ``RTLKIT_THREADS`` if set, else ``OMP_NUM_THREADS`` (which
     torch reads itself), else torch's default (one per physical core). Returns the count in force.

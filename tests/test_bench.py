@@ -42,3 +42,45 @@ def test_emulated_fingerprint_names_what_it_needs(monkeypatch):
     assert cpu_isa.emulator("EPYC-Milan") == ["/usr/bin/qemu-x86_64", "-cpu", "EPYC-Milan"]
     with pytest.raises(SystemExit, match="not a CPU model"):
         cpu_isa.emulator("Pentium-9000")
+
+
+def test_the_gpu_smoke_stage_runs_dry_on_the_cpu(tmp_path):
+    """`bench/device.sh smoke --dry`, as a user types it: every phase (training steps against eager
+    fp32, evaluate through every attack, certify, two ranks) passes within its graph bound."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    p = subprocess.run([str(root / "bench" / "device.sh"), "smoke", "--dry"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((tmp_path / "smoke.json").read_text())
+    names = [r["phase"] for r in res["phases"]]
+    assert res["dry"] and len(names) == 6 and names[-1].startswith("two ranks"), names
+    assert all(r["ok"] and (r["bound"] is None or r["graphs"] <= r["bound"]) for r in res["phases"])
+    assert "smoke: passed" in p.stdout
+
+
+def test_the_smoke_stage_fails_on_a_crash_or_a_graph_count_past_its_bound(tmp_path, monkeypatch, capsys):
+    from bench import smoke
+    real = smoke.phases
+
+    def faulty(a, s, fast):
+        out = real(a, s, fast)[:2]
+        (name, run, bound), second = out[0], out[1]
+
+        def crash():
+            raise RuntimeError("view size is not compatible with input tensor's size and stride")
+        return [(name, run, 0), (second[0], crash, second[2])]   # a bound of 0 graphs; a crash
+    monkeypatch.setattr(smoke, "phases", faulty)
+    monkeypatch.setattr(smoke.torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(smoke, "two_ranks", lambda dry: "skipped")
+    import torch._dynamo
+    torch._dynamo.reset()   # graphs an earlier test of this process compiled would otherwise be reused
+    assert smoke.main(["--dry", "--out", str(tmp_path)]) == 1
+    rows = json.loads((tmp_path / "smoke.json").read_text())["phases"]
+    assert [r["ok"] for r in rows] == [False, False, True]
+    assert "exceed the bound 0" in rows[0]["detail"] and "view size" in rows[1]["detail"]
+    assert "smoke: FAILED" in capsys.readouterr().out
