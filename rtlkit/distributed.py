@@ -35,6 +35,10 @@ here does anything, so the same code runs on one device unchanged.
   more ranks than test examples is an error before any compute.
 - Other cached per-image work (frozen features, notebook 05's noisy features and input search):
   every rank computes the same tensors, rank 0 alone verifies and writes.
+- Collectives: every value reduced is moved to the group's device first (:func:`all_sum`); the
+  group's timeout is :func:`timeout_seconds` (12 hours by default, ``RTLKIT_DIST_TIMEOUT_S``), since
+  rank 0 may wait for another process's run lock while the others sit in a broadcast. A synced BN
+  runs eagerly inside a compiled block (:class:`EagerSyncBatchNorm`).
 - Files: rank 0 alone holds the run's lock and writes checkpoints, model.pt, train.json and the
   completion marker; the others wait at a barrier. A checkpoint holds no trace of the world size,
   so a run resumes under any number of processes.

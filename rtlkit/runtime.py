@@ -11,6 +11,11 @@ handful of variants (attack: eval, input gradient; frozen: no gradient, eval or 
 fine-tuned: train), all met in the first run or two of a sweep and reused by every later run,
 whatever its k, BN mode or seed. The price is a graph break between blocks: 7-29 % on the tiny
 quick model on the CPU (BENCHMARKS.md); ``compile_scope="model"`` compiles one graph instead.
+Batch sizes are bucketed (:class:`BucketedCall`): a compiled unit in eval mode runs at the next
+power of two from 16, so survivor subsets, tails and last batches add no graphs.
+
+Under autocast the head's logits and NEFT's spectral norm stay in float32 (``models.Head``,
+``methods.neft``); :func:`strict_fp32` makes a float32 baseline float32 on a GPU (no TF32).
 """
 from __future__ import annotations
 
