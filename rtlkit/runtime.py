@@ -356,6 +356,7 @@ class BucketedCall:
 
     def __init__(self, unit: nn.Module, compiled):
         self.unit, self.compiled = unit, compiled
+        self.exact: set[int] = set()   # sizes run as they are (:func:`keep_batch_size`)
 
     def __call__(self, *args, **kwargs):
         x = args[0] if len(args) == 1 and not kwargs else None
@@ -363,7 +364,7 @@ class BucketedCall:
             return self.compiled(*args, **kwargs)
         n = x.shape[0]
         b = batch_bucket(n)
-        if b == n:
+        if b == n or n in self.exact:
             return self.compiled(x)
         xp = torch.cat([x, x.new_zeros((b - n, *x.shape[1:]))])
         if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
@@ -375,3 +376,12 @@ def is_compiled(module: nn.Module) -> bool:
     """Whether ``module`` itself was compiled in place. A deep copy is not: nn.Module drops the
     compiled call when copied or pickled, so a copy never runs its original's weights."""
     return module.__dict__.get("_compiled_call_impl") is not None
+
+
+def keep_batch_size(model: nn.Module, n: int) -> None:
+    """Let ``model``'s compiled units run batches of ``n`` rows as they are: a training batch, whose
+    fixed size the training step compiles anyway, so its attack (in eval mode) pads nothing."""
+    for unit in {id(u): u for u in _units(model) + [model]}.values():
+        call = unit.__dict__.get("_compiled_call_impl")
+        if isinstance(call, BucketedCall):
+            call.exact.add(int(n))

@@ -19,7 +19,7 @@ from .data import ImageData, Loader
 from .errors import check, check_int, check_real, is_real
 from .io import atomic_write_bytes, fault_point, set_aside, sha256_bytes, torch_bytes
 from . import distributed
-from .runtime import Runtime, seed_all
+from .runtime import Runtime, keep_batch_size, seed_all
 from .transfer import TransferPolicy
 
 
@@ -210,6 +210,7 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
         sched.load_state_dict(saved["scheduler"])
         start, history = saved["epoch"], saved["history"]
     fwd = runtime.compiled(model)
+    keep_batch_size(model, (method.batch_size if drop_last else len(data)) // distributed.world_size())
     parallel = distributed.DataParallel(model, fwd, method, runtime, state) if distributed.active() else None
     bar = tqdm(range(start, method.epochs), desc=desc, disable=not progress, initial=start, total=method.epochs)
     for epoch in bar:

@@ -263,3 +263,21 @@ def test_synced_batchnorm_runs_outside_the_compiled_graphs():
         assert ops and not any("batch_norm" in o for o in ops), device
         assert torch.allclose(out, eager(x), atol=1e-5)
         assert not any(isinstance(b, nn.SyncBatchNorm) for b in revert_bn(m).modules())
+
+
+def test_a_training_batch_size_runs_unpadded_in_its_attack(syn):
+    """A training batch of 48 rows (not a power of two): the step compiles at 48 anyway, and its
+    attack (eval mode) runs at 48 too, not padded to 64; other sizes still go to their bucket."""
+    from conftest import tiny_model
+    from rtlkit.training import AdversarialTraining, train
+    rt = Runtime("cpu", compile=True, compile_backend="aot_eager")
+    model = tiny_model(seed=1)
+    seen = []
+    model.blocks[1].register_forward_pre_hook(lambda mod, args: seen.append((mod.training, args[0].shape[0])))
+    train(model, syn.take(torch.arange(96)), AdversarialTraining(epochs=1, batch_size=48, attack=PGD(0.1, 1, 0.1)),
+          rt, seed=0, progress=False)
+    assert set(seen) == {(False, 48), (True, 48)}
+    seen.clear()
+    with torch.no_grad():
+        model.eval()(torch.rand(21, 1, 12, 12))
+    assert seen == [(False, 32)]
