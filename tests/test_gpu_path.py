@@ -281,3 +281,47 @@ def test_a_training_batch_size_runs_unpadded_in_its_attack(syn):
     with torch.no_grad():
         model.eval()(torch.rand(21, 1, 12, 12))
     assert seen == [(False, 32)]
+
+
+# --------------------------------------------------------------------------- 6. benchmark rows are what they are called
+
+def test_the_eager_fp32_benchmark_rows_run_without_tf32(tmp_path, monkeypatch):
+    """An H100 runs "fp32" convolutions in TF32 unless told not to: the fp32 baseline's rows run with
+    cuDNN's and CUDA matmul's TF32 off (the flags are global, so the CPU run shows them), and the
+    fast path's rows as configured."""
+    from bench import throughput
+    seen = []
+    real = throughput.timed
+
+    def spy(rt, step, images, warmup, repeats, steps):
+        seen.append((rt.amp, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real(rt, step, images, 0, 1, 1)
+    monkeypatch.setattr(throughput, "timed", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    throughput.main(["--model", "wrn-10-1-s2", "--input", "1x12x12", "--classes", "4", "--batch", "8",
+                     "--eval-batch", "8", "--paths", "eager fp32", "--accuracy", "none", "--trained", "none",
+                     "--only", "k=1", "--device", "cpu", "--out", str(tmp_path)])
+    assert seen == [(False, False, False)] and torch.backends.cudnn.allow_tf32
+
+
+def test_foolbox_runs_in_the_runtimes_numerics_as_our_pgd_does():
+    """Under bf16 autocast our PGD's forwards are bf16; foolbox's must be too (float32 logits), or
+    the own / foolbox ratio mixes precision with the attacks' loops."""
+    from rtlkit.data import DatasetInfo, ImageData
+    from rtlkit.evaluate import evaluate
+
+    class Spy(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.autocast = model, []
+
+        def forward(self, x):
+            self.autocast.append(torch.is_autocast_enabled("cpu"))
+            return self.model(x)
+    rt = Runtime("cpu", amp=True)
+    x, y = rgb_images(n=6)
+    data = ImageData((x * 255).to(torch.uint8), y, DatasetInfo("rgb-random", tuple("abcde"), 3, 16, "cifar"))
+    for attack in (PGD(0.1, 2, 0.05), FoolboxPGD(0.1, 2, 0.05)):
+        spy = Spy(rgb_model())
+        evaluate(spy, data, attack, rt, batch_size=6, progress=False)
+        assert len(spy.autocast) > 2 and all(spy.autocast), attack.label
