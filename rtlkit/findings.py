@@ -1,4 +1,4 @@
-"""Verdicts computed from the numbers (issue 21, part 1: the rule and its uncertainty).
+"""Verdicts computed from the numbers: the rule and its uncertainty, and the A/A calibration.
 
 One rule for every claim a notebook tests. An *effect* is a difference the paper reports a sign
 for (robustness with minus without a method, say); ours comes with its standard error:
@@ -9,9 +9,13 @@ for (robustness with minus without a method, say); ours comes with its standard 
   effect +- 2 SE (an effect consistent with both zero and the paper's is unresolved);
 - **unresolved**: neither. The data cannot tell, however good the point estimate looks.
 
-The SE comes from the per-example results: for one seed, the paired SE of the difference over
-the same test images (:func:`paired_se`; the binomial SE for a single accuracy); for several
-seeds, a bootstrap over test examples and seeds (:func:`bootstrap_se`).
+The SE of a difference (:func:`contrast`) combines each side's binomial SE on its test images
+(Agresti-Coull's) and, where a side has several seeds, their variance over the seeds, as
+independent. A single-seed row's SE therefore holds the test images' noise alone, not the
+training seeds'. :func:`calibration` measures what that costs: on pairs of one configuration and
+another seed it resolves far more than 5 %. ``rtlkit.stats`` holds the seed-aware rule (a test
+part and a seed part, measured or floored, with a t quantile) that the verdicts move to once each
+notebook has its replicates; its calibration is in the same table.
 """
 from __future__ import annotations
 
@@ -296,6 +300,61 @@ def of_notebook(notebook: str, figures_dir) -> list[Finding]:
     return list(study.findings(reader(figures_dir)))
 
 
+CALIBRATION_COLUMNS = ["notebook", "table", "measure", "config", "seed_a", "seed_b", "a", "b", "n", "effect", "se",
+                       "low", "high", "resolved", "resolved_2se_rule", "floor_sd", "floor_df", "floor_source"]
+CALIBRATION_MEASURES = ("robust_acc", "clean_acc")
+
+
+def calibration(figures_dir) -> pd.DataFrame:
+    """The A/A calibration (``findings_calibration.csv``): every pair of cells the run offers that
+    share a configuration and an arm and differ only in their seed, in every notebook whose study
+    has replicated tables (``replicated(read)``), on robust and clean accuracy. Each pair is judged
+    by ``rtlkit.stats``'s rule as if it were a claim (floored by that notebook's seed floor:
+    ``resolved``) and by the 2-SE rule this module's verdicts use today (unpaired binomial SEs:
+    ``resolved_2se_rule``). Both are false resolutions: the two cells are one configuration."""
+    import importlib
+    from . import stats
+    read = reader(figures_dir)
+    parts = []
+    for nb, name in NOTEBOOKS.items():
+        study = importlib.import_module(f"rtlkit.studies.{name}")
+        for table, rows, config, cells in getattr(study, "replicated", lambda r: [])(read):
+            floor = stats.seed_floor(cells)
+            for col in CALIBRATION_MEASURES:
+                p = stats.aa_pairs(rows, config, col, floor)
+                if not len(p):
+                    continue
+                cfg = p[config].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items() if v != "nan"), axis=1)
+                se2 = [math.sqrt(binomial_se(a, n) ** 2 + binomial_se(b, n) ** 2) for a, b, n in zip(p.a, p.b, p.n)]
+                parts.append(pd.DataFrame({"notebook": nb, "table": table, "measure": col, "config": cfg,
+                                           **{c: p[c] for c in ("seed_a", "seed_b", "a", "b", "n", "effect", "se",
+                                                                "low", "high", "resolved")},
+                                           "resolved_2se_rule": (p.effect.abs() > Z * pd.Series(se2, index=p.index)),
+                                           "floor_sd": floor.sd, "floor_df": floor.df, "floor_source": floor.source}))
+    return pd.concat(parts, ignore_index=True)[CALIBRATION_COLUMNS] if parts else pd.DataFrame(columns=CALIBRATION_COLUMNS)
+
+
+def calibration_summary(cal: pd.DataFrame) -> str:
+    """The calibration in a few sentences: per measure, the pairs, and how many each rule resolves."""
+    if not len(cal):
+        return "A/A calibration: the run offers no pair of one configuration and another seed."
+
+    def share(k, n):
+        return f"{k} ({100 * k / n:.1f} %)"
+    parts = []
+    for col, part in cal.groupby("measure", sort=False):
+        n = len(part)
+        parts.append(f"{col.replace('_acc', ' accuracy')}: {n} pairs; the seed-aware rule resolves "
+                     f"{share(int(part.resolved.astype(bool).sum()), n)}, the 2-SE rule "
+                     f"{share(int(part.resolved_2se_rule.astype(bool).sum()), n)}")
+    floors = cal.drop_duplicates("table")
+    return ("A/A calibration (`findings_calibration.csv`): pairs of cells of one configuration and another seed, "
+            f"in {', '.join(floors.table.astype(str))}, judged as if each were a claim. " + "; ".join(parts) + ". "
+            "The seed-aware rule (`rtlkit/stats.py`: a test part and a seed part, here the notebook's floor, "
+            "SD " + ", ".join(f"{100 * r.floor_sd:.1f} points ({r.floor_df} df)" for r in floors.itertuples()) +
+            ", with a t quantile) may resolve at most 5 %; the 2-SE rule is the one of the verdicts below.")
+
+
 def collect(figures_dir) -> pd.DataFrame:
     """Every notebook's findings as one table (``figures/findings.csv``'s rows)."""
     return _frame([f for nb in NOTEBOOKS for f in of_notebook(nb, figures_dir)])
@@ -316,9 +375,10 @@ def _effect(paper_effect: float, direction: int) -> str:
     return "higher" if direction > 0 else "lower"
 
 
-def render(df: pd.DataFrame) -> str:
+def render(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
     """``findings.md``: the findings table as markdown, one section per notebook, generated from
-    ``findings.csv`` (never edited by hand; ``tests/test_findings_doc.py`` holds the two equal)."""
+    ``findings.csv`` and the A/A calibration ``cal`` (``findings_calibration.csv``) (never edited by
+    hand; ``tests/test_findings_doc.py`` holds them equal)."""
     titles = {"01": "01 layer freezing", "02": "02 BN ablation", "03": "03 CARTL", "04": "04 pre-training (Vaishnavi et al.)",
               "05": "05 provably robust transfer", "06": "06 Shafahi et al.",
               "07": "07 report cards (AutoAttack against PGD-20)"}
@@ -328,8 +388,12 @@ def render(df: pd.DataFrame) -> str:
              "points. Verdicts by one rule (`rtlkit/findings.py`): **agrees** = the paper's sign, outside 2 SE;",
              "**disagrees** = the opposite sign outside 2 SE, or inside 2 SE of zero while the paper's effect",
              "lies outside ours +- 2 SE; **unresolved** = neither; **not a test** = the setting cannot show it.",
-             "The SE of a difference combines both sides' binomial SEs (and the seeds' spread) as independent,",
-             "which over-states it for two models judged on one test set: a conservative rule.", ""]
+             "The SE of a difference combines both sides' binomial SEs (and, where a row has several seeds, their",
+             "spread) as independent. A single-seed row's SE leaves out the training seeds' noise, so this rule is",
+             "not conservative: the calibration below measures how often it calls two runs of one configuration",
+             "different.", ""]
+    if cal is not None:
+        lines += [calibration_summary(cal), ""]
     stand = standing(df)
     counts, gone = stand.verdict.value_counts(), len(df) - len(stand)
     lines += ["Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS + ("not a test",)) +
@@ -395,20 +459,23 @@ def readme_with(text: str, df: pd.DataFrame) -> str:
 
 
 def write(figures_dir) -> pd.DataFrame:
-    """``findings.csv`` and ``findings.md`` in ``figures_dir``, from the CSVs there (atomically)."""
+    """``findings.csv``, ``findings_calibration.csv`` and ``findings.md`` in ``figures_dir``, from the CSVs
+    there (atomically)."""
     from pathlib import Path
     from .io import atomic_write_bytes, atomic_write_csv
     folder = Path(figures_dir)
     df = collect(folder)
     atomic_write_csv(folder / "findings.csv", df)
+    atomic_write_csv(folder / "findings_calibration.csv", calibration(folder))
     df = pd.read_csv(folder / "findings.csv")   # render what a reader of the CSV sees
-    atomic_write_bytes(folder / "findings.md", render(df).encode())
+    cal = pd.read_csv(folder / "findings_calibration.csv")
+    atomic_write_bytes(folder / "findings.md", render(df, cal).encode())
     return df
 
 
 def _main(argv=None) -> int:
-    """python -m rtlkit.findings [--figures-dir DIR] [--readme README.md]: rewrite DIR's findings.csv
-    and findings.md from the figure CSVs there (what `make figures` does after the last notebook),
+    """python -m rtlkit.findings [--figures-dir DIR] [--readme README.md]: rewrite DIR's findings.csv,
+    findings_calibration.csv and findings.md from the figure CSVs there (what `make figures` does after the last notebook),
     and the README's generated block, and print the verdicts."""
     import argparse
     import os

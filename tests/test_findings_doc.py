@@ -33,10 +33,25 @@ def test_findings_csv_is_what_the_code_computes_from_the_committed_figures():
 
 def test_findings_md_and_the_readme_block_are_generated_from_the_csv():
     df = pd.read_csv(FIG / "findings.csv")
-    assert (FIG / "findings.md").read_text() == F.render(df)
+    assert (FIG / "findings.md").read_text() == F.render(df, pd.read_csv(FIG / "findings_calibration.csv"))
     readme = (ROOT / "README.md").read_text()
     assert F.readme_with(readme, df) == readme, "README's findings block is stale: python -m rtlkit.findings --readme README.md"
     assert "figures/findings.md" in readme
+
+
+def test_the_calibration_is_what_the_code_computes_and_the_seed_aware_rule_passes_it():
+    """findings_calibration.csv: every pair of one configuration and another seed in the committed
+    run, judged by the seed-aware rule (at most 5 % resolved, on at least 20 pairs of each measure)
+    and by the verdicts' 2-SE rule (which resolves far more: it leaves the seeds out)."""
+    committed = pd.read_csv(FIG / "findings_calibration.csv")
+    fresh = pd.read_csv(__import__("io").BytesIO(F.calibration(FIG).to_csv(index=False).encode()))
+    assert list(committed.columns) == F.CALIBRATION_COLUMNS
+    pd.testing.assert_frame_equal(committed, fresh)
+    for measure, part in committed.groupby("measure"):
+        assert len(part) >= 20 and part.resolved.mean() <= 0.05, measure
+    robust = committed[committed.measure == "robust_acc"]
+    assert robust.resolved_2se_rule.mean() > 0.3
+    assert (committed.floor_sd > 0).all()
 
 
 def test_no_verdict_is_typed_by_hand():

@@ -173,18 +173,34 @@ def seeded_claims(profile: Profile, runtime: Runtime | None = None, progress: bo
     return pd.DataFrame(rows)
 
 
-def seeded_findings(t: pd.DataFrame) -> list:
-    """Notebook 03's claims from ``seeded_claims``'s table (our rows and the paper's, whose
-    ``table`` column names the paper's table): one finding per claim, its SE from the binomial
-    SE on the test images plus the spread over the replicates."""
-    from ..findings import contrast, ours, pick, theirs
+@dataclasses.dataclass(frozen=True)
+class SeededClaim:
+    """One claim of ``seeded_claims``'s table: its two arms' rows (one per replicate), the column
+    compared, the paper's two numbers (None: the direction only) and the claimed direction."""
+    where: str
+    claim: str
+    a: pd.DataFrame
+    b: pd.DataFrame
+    col: str = "robust_acc"
+    paper_a: float | None = None
+    paper_b: float | None = None
+    direction: int = 1
+
+
+# the columns that make one configuration (one arm) of seeded_claims's table: the A/A pairs of the
+# calibration share them all and differ in ``replicate`` alone
+SEEDED_CONFIG = ["method", "k", "target", "lam", "beta", "lam_d", "fraction"]
+
+
+def seeded_claims_of(t: pd.DataFrame) -> list[SeededClaim]:
+    """Notebook 03's claims in ``seeded_claims``'s table (our rows and the paper's, whose ``table``
+    column names the paper's table): each with its arms, one row per replicate."""
+    from ..findings import ours, pick, theirs
     us, paper = ours(t), theirs(t)
     if not len(us):
         return []
     n_rep = int(us.replicate.nunique())
     tag = f"{n_rep} seeds" if n_rep > 1 else "1 seed"
-    why = (f"{n_rep} replicates, each its own source seed and fine-tuning seed (the same r), "
-           f"{int(us.n_test.min())} test images (seeded_claims)")
 
     def paper_rob(table, col="robust_acc", **eq):
         p = pick(paper, table=table, **eq) if "table" in paper else paper.iloc[:0]
@@ -199,10 +215,10 @@ def seeded_findings(t: pd.DataFrame) -> list:
         betas = sorted(at.beta.dropna().unique())
         if len(betas) >= 2:
             lo, hi, lam = betas[0], betas[-1], float(at.lam.iloc[0])
-            out.append(contrast("03", "CARTL", f"Table 2 ({tag})", f"a smaller NEFT beta raises robustness (beta {lo:g} "
-                                f"against {hi:g}, lambda {lam:g}, k = {k:g})", pick(at, beta=lo), pick(at, beta=hi),
-                                paper_a=paper_rob("table2", k=k, lam=lam, beta=lo),
-                                paper_b=paper_rob("table2", k=k, lam=lam, beta=hi), direction=1, note=why))
+            out.append(SeededClaim(f"Table 2 ({tag})", f"a smaller NEFT beta raises robustness (beta {lo:g} against {hi:g}, "
+                                   f"lambda {lam:g}, k = {k:g})", pick(at, beta=lo), pick(at, beta=hi),
+                                   paper_a=paper_rob("table2", k=k, lam=lam, beta=lo),
+                                   paper_b=paper_rob("table2", k=k, lam=lam, beta=hi)))
     for k in sorted(pd.to_numeric(pick(full, method="vanilla").k).unique()):
         neft = pick(full, method="AT + NEFT", k=k)
         beta_star = float(neft.beta.iloc[0]) if len(neft) else None
@@ -211,31 +227,65 @@ def seeded_findings(t: pd.DataFrame) -> list:
         for m1, m0, what in (("AT + NEFT", "vanilla", "NEFT raises the robustness of plain fine-tuning"),
                              ("CARTL", "AT + NEFT", "an FDM source raises NEFT's robustness further")):
             if len(sides[m1]) and len(sides[m0]):
-                out.append(contrast("03", "CARTL", f"Table 3 ({tag})", f"{what} (k = {k:g})", sides[m1], sides[m0],
-                                    paper_a=paper_rob("table3", k=k, method=m1),
-                                    paper_b=paper_rob("table3", k=k, method=m0), direction=1, note=why))
+                out.append(SeededClaim(f"Table 3 ({tag})", f"{what} (k = {k:g})", sides[m1], sides[m0],
+                                       paper_a=paper_rob("table3", k=k, method=m1),
+                                       paper_b=paper_rob("table3", k=k, method=m0)))
     lw = pick(full, method="LwF")
     if len(lw) and lw.lam_d.nunique() >= 2:
         lo, hi = lw.lam_d.min(), lw.lam_d.max()
         a, b = pick(lw, lam_d=lo), pick(lw, lam_d=hi)
         pl = lambda lam, col: paper_rob("table5", col, lam_d=lam)   # noqa: E731
-        out += [contrast("03", "CARTL", f"Table 5 ({tag})", f"LwF loses robustness as lambda_d falls ({lo:g} against {hi:g})",
-                         a, b, paper_a=pl(lo, "robust_acc"), paper_b=pl(hi, "robust_acc"), direction=-1, note=why),
-                contrast("03", "CARTL", f"Table 5 ({tag})", f"LwF gains accuracy as lambda_d falls ({lo:g} against {hi:g})",
-                         a, b, "clean_acc", paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"), direction=1, note=why)]
+        out += [SeededClaim(f"Table 5 ({tag})", f"LwF loses robustness as lambda_d falls ({lo:g} against {hi:g})", a, b,
+                            paper_a=pl(lo, "robust_acc"), paper_b=pl(hi, "robust_acc"), direction=-1),
+                SeededClaim(f"Table 5 ({tag})", f"LwF gains accuracy as lambda_d falls ({lo:g} against {hi:g})", a, b,
+                            "clean_acc", paper_a=pl(lo, "clean_acc"), paper_b=pl(hi, "clean_acc"))]
         k = float(pd.to_numeric(cartl.k).max()) if len(cartl) else None
         c = pick(cartl, k=k, beta=beta_star) if k is not None and beta_star is not None else cartl.iloc[:0]
         if len(c):
-            out.append(contrast("03", "CARTL", f"Fig. 4 ({tag})", f"CARTL is more robust than LwF (k = {k:g} against "
-                                f"lambda_d {hi:g})", c, b, paper_a=paper_rob("table3", k=k, method="CARTL"),
-                                paper_b=pl(hi, "robust_acc"), direction=1, note=why))
+            out.append(SeededClaim(f"Fig. 4 ({tag})", f"CARTL is more robust than LwF (k = {k:g} against lambda_d {hi:g})",
+                                   c, b, paper_a=paper_rob("table3", k=k, method="CARTL"), paper_b=pl(hi, "robust_acc")))
     for frac in sorted(us.fraction.dropna().unique(), reverse=True):
         if frac == 1:
             continue
         a, b = pick(us, fraction=frac, method="CARTL"), pick(us, fraction=frac, method="vanilla")
         if len(a) and len(b):
-            out.append(contrast("03", "CARTL", f"Fig. 5 ({tag})", f"CARTL is more robust than vanilla fine-tuning with "
-                                f"{100 * frac:g} % of the target", a, b, direction=1, note=why))
+            out.append(SeededClaim(f"Fig. 5 ({tag})", f"CARTL is more robust than vanilla fine-tuning with "
+                                   f"{100 * frac:g} % of the target", a, b))
+    return out
+
+
+def seeded_findings(t: pd.DataFrame) -> list:
+    """Notebook 03's claims from ``seeded_claims``'s table, one finding per claim, its SE from the
+    binomial SE on the test images plus the spread over the replicates."""
+    from ..findings import contrast, ours
+    us = ours(t)
+    if not len(us):
+        return []
+    why = (f"{int(us.replicate.nunique())} replicates, each its own source seed and fine-tuning seed (the same r), "
+           f"{int(us.n_test.min())} test images (seeded_claims)")
+    return [contrast("03", "CARTL", c.where, c.claim, c.a, c.b, c.col, paper_a=c.paper_a, paper_b=c.paper_b,
+                     direction=c.direction, note=why) for c in seeded_claims_of(t)]
+
+
+def replicated(read) -> list[tuple]:
+    """The notebook's replicated tables, for the rule's A/A calibration (``rtlkit.findings.calibration``):
+    (name, our rows, the columns that make one configuration, the seed cells its floor is measured on)."""
+    from ..findings import ours
+    t = read("03_seeded_claims")
+    if t is None or not len(ours(t)):
+        return []
+    return [("03_seeded_claims", ours(t), SEEDED_CONFIG, seed_cells(t))]
+
+
+def seed_cells(t: pd.DataFrame) -> dict[str, tuple]:
+    """Each replicated claim's arms as per-replicate values paired by replicate (claim -> (a, b)):
+    what notebook 03's seed floor is measured on (``rtlkit.stats.seed_floor``). A claim whose arms
+    do not hold the same replicates is left out."""
+    out = {}
+    for c in seeded_claims_of(t):
+        a, b = c.a.sort_values("replicate"), c.b.sort_values("replicate")
+        if len(a) >= 2 and list(a.replicate) == list(b.replicate):
+            out[f"{c.where}: {c.claim}"] = (a[c.col].to_numpy(dtype=float), b[c.col].to_numpy(dtype=float))
     return out
 
 
