@@ -38,34 +38,6 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
-def paired_se(a, b) -> float:
-    """The SE of mean(a) - mean(b) for per-example results ``a`` and ``b`` (0/1 or reals) on the
-    same test images: the SE of the mean of the paired differences (it credits the correlation
-    of two models judged on one test set, which the unpaired sqrt(se_a^2 + se_b^2) ignores)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    check(a.shape == b.shape and a.ndim == 1 and len(a) >= 2,
-          f"paired results need two 1-d arrays of one length >= 2, not {a.shape} and {b.shape}")
-    d = a - b
-    return float(d.std(ddof=1) / math.sqrt(len(d)))
-
-
-def bootstrap_se(results, draws: int = 2000, seed: int = 0) -> float:
-    """The SE of the mean of ``results`` (seeds, examples) by a two-level bootstrap: seeds drawn
-    with replacement, then test examples (the same draw for every seed: the test set is shared).
-    With one seed this is the bootstrap of the examples alone."""
-    r = np.asarray(results, dtype=np.float64)
-    if r.ndim == 1:
-        r = r[None]
-    check(r.ndim == 2 and r.shape[1] >= 2, f"results are (seeds, examples) with >= 2 examples, not {r.shape}")
-    check_int("draws", draws, 10)
-    g = np.random.default_rng(seed)
-    s, n = r.shape
-    seeds = g.integers(0, s, size=(draws, s))
-    examples = g.integers(0, n, size=(draws, n))
-    means = np.array([r[seeds[i]][:, examples[i]].mean() for i in range(draws)])
-    return float(means.std(ddof=1))
-
-
 @dataclass(frozen=True)
 class Finding:
     """One claim: where it comes from, the paper's effect and ours with its SE, and the verdict.

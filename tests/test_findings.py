@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rtlkit import ConfigError
-from rtlkit.findings import Finding, binomial_se, bootstrap_se, paired_se, verdict
+from rtlkit.findings import Finding, binomial_se, verdict
 
 
 @pytest.mark.parametrize("paper, ours, se, expected", [
@@ -29,27 +29,9 @@ def test_an_effect_exactly_at_2_se_is_not_outside():
     assert verdict(0.05, 0.0401, 0.02) == "agrees"
 
 
-def test_binomial_and_paired_se_closed_forms():
+def test_binomial_se_closed_form():
     assert binomial_se(0.5, 100) == 0.05
     assert math.isclose(binomial_se(0.9, 500), math.sqrt(0.09 / 500))
-    a = np.array([1, 1, 0, 0] * 25)
-    assert paired_se(a, a) == 0.0                       # the same results: no uncertainty in the difference
-    b = 1 - a                                           # every example flips: d = +-1, sd 1.005, SE 0.1005
-    assert math.isclose(paired_se(a, b), np.std(a - b, ddof=1) / 10)
-
-
-def test_bootstrap_se_of_one_seed_matches_the_binomial_se():
-    rng = np.random.default_rng(0)
-    r = (rng.random(1000) < 0.7).astype(float)
-    assert abs(bootstrap_se(r, draws=4000) - binomial_se(r.mean(), 1000)) < 0.0015
-
-
-def test_seeds_that_disagree_widen_the_bootstrap_se():
-    rng = np.random.default_rng(1)
-    base = (rng.random(500) < 0.7).astype(float)
-    same = np.stack([base, base, base])
-    spread = np.stack([base, np.roll(base, 1) * 0, np.ones(500)])   # seeds at 0.7, 0.0 and 1.0
-    assert bootstrap_se(spread) > 5 * bootstrap_se(same)
 
 
 def test_a_finding_row_carries_n_seeds_se_and_its_verdict():
