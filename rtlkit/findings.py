@@ -28,6 +28,10 @@ import pandas as pd
 from .errors import check, check_int, is_real
 
 VERDICTS = ("agrees", "disagrees", "unresolved")
+# a row tests a claim of the four papers ("paper": counted in the scorecard), or is a measurement or a
+# hypothesis of ours ("beyond": shown in its own section, never counted): 07's AutoAttack-against-PGD
+# gaps (a cascade that starts from PGD's survivors can only lower it) and 04's scarcity explanation
+SCOPES = ("paper", "beyond")
 Z = 2.0   # "outside 2 SE"
 
 
@@ -61,6 +65,7 @@ class Finding:
     paper_numbers: str = ""
     note: str = ""
     testable: bool = True
+    scope: str = "paper"   # "paper": a claim of one of the four papers (the scorecard); "beyond": ours alone
 
     def __post_init__(self):
         for name in ("effect", "se") + (("paper_effect",) if self.paper_effect is not None else ()):
@@ -71,6 +76,7 @@ class Finding:
         check_int("seeds", self.seeds, 1)
         if self.paper_effect is None:
             check(self.direction in (-1, 1), f"a direction-only claim needs direction +1 or -1, not {self.direction!r}")
+        check(self.scope in SCOPES, f"scope must be one of {SCOPES}, not {self.scope!r}")
 
     @property
     def verdict(self) -> str:
@@ -90,7 +96,7 @@ class Finding:
                 "direction": self.direction if self.paper_effect is None else int(np.sign(self.paper_effect)),
                 "effect": self.effect, "se": self.se, "low_2se": lo, "high_2se": hi, "n": self.n,
                 "seeds": self.seeds, "verdict": self.verdict, "ours": self.ours, "paper_numbers": self.paper_numbers,
-                "note": self.note}
+                "note": self.note, "scope": self.scope}
 
 
 RESOLUTION = 0.01   # a claim of *no* effect holds only where 2 SE is within 1 point (accuracies in [0, 1])
@@ -195,7 +201,7 @@ def samples(notebook: str, paper: str, where: str, claim: str, a, b, direction: 
 
 
 def average(notebook: str, paper: str, where: str, claim: str, parts: list[Finding], direction: int = 0,
-            paper_effect: float | None = None, paper_numbers: str = "", note: str = "") -> Finding:
+            paper_effect: float | None = None, paper_numbers: str = "", note: str = "", scope: str = "paper") -> Finding:
     """The mean of several findings' effects (one per target, say), its SE from theirs as independent."""
     check(len(parts) >= 1, f"{where}: nothing to average")
     k = len(parts)
@@ -203,7 +209,7 @@ def average(notebook: str, paper: str, where: str, claim: str, parts: list[Findi
     se = math.sqrt(sum(f.se ** 2 for f in parts)) / k
     return Finding(notebook, paper, where, claim, paper_effect, eff, se, min(f.n for f in parts),
                    min(f.seeds for f in parts), direction if paper_effect is None else 0,
-                   ours="; ".join(f.ours for f in parts), paper_numbers=paper_numbers, note=note)
+                   ours="; ".join(f.ours for f in parts), paper_numbers=paper_numbers, note=note, scope=scope)
 
 
 # --------------------------------------------------------------------------- every notebook's findings
@@ -211,7 +217,7 @@ def average(notebook: str, paper: str, where: str, claim: str, parts: list[Findi
 NOTEBOOKS = {"01": "layer_freezing", "02": "bn_ablation", "03": "cartl", "04": "pretraining", "05": "provable",
              "06": "shafahi", "07": "report_cards"}
 COLUMNS = ["notebook", "paper", "where", "claim", "paper_effect", "direction", "effect", "se", "low_2se", "high_2se",
-           "n", "seeds", "verdict", "ours", "paper_numbers", "note", "superseded_by"]
+           "n", "seeds", "verdict", "ours", "paper_numbers", "note", "scope", "superseded_by"]
 
 
 def _base(where: str) -> str:
@@ -246,10 +252,34 @@ def _frame(found: list[Finding]) -> pd.DataFrame:
 
 
 def standing(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose verdicts count: those no stronger test of the same claim supersedes."""
+    """The rows whose verdicts count in the paper scorecard: claims of the papers (scope "paper")
+    that no stronger test of the same claim supersedes."""
+    if "scope" in df:
+        df = df[df.scope.fillna("paper").astype(str) == "paper"]
     if "superseded_by" not in df:
         return df
     return df[df.superseded_by.fillna("").astype(str) == ""]
+
+
+def beyond(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows beyond the papers: our measurements and hypotheses, shown apart and never counted."""
+    return df[df.scope.fillna("paper").astype(str) == "beyond"] if "scope" in df else df.iloc[:0]
+
+
+def multiplicity(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
+    """How many claims the scorecard tests, and how many verdicts chance alone would give: at a
+    calibrated 5 % level, and at the A/A rate this rule shows on the run's replicated cells (robust
+    accuracy), were no claim true."""
+    n = len(standing(df)[lambda d: d.verdict.isin(VERDICTS)])
+    out = (f"Multiplicity: the scorecard tests {n} claims. Were none of them true, a rule that resolves 5 % of A/A "
+           f"pairs would still give about {0.05 * n:.0f} verdicts by chance ({0.025 * n:.0f} agrees, "
+           f"{0.025 * n:.0f} disagrees)")
+    robust = cal[cal.measure == "robust_acc"] if cal is not None and len(cal) else None
+    if robust is not None and len(robust):
+        rate = float(robust.resolved_2se_rule.astype(bool).mean())
+        out += (f"; at the {100 * rate:.1f} % this 2-SE rule resolves on A/A pairs of robust accuracy, about "
+                f"{rate * n:.0f} ({rate * n / 2:.0f} each way). The counts below are not evidence by themselves")
+    return out + "."
 
 
 def reader(figures_dir):
@@ -366,16 +396,21 @@ def render(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
              "different.", ""]
     if cal is not None:
         lines += [calibration_summary(cal), ""]
-    stand = standing(df)
-    counts, gone = stand.verdict.value_counts(), len(df) - len(stand)
+    stand, ours_only = standing(df), beyond(df)
+    counts, gone = stand.verdict.value_counts(), len(df) - len(stand) - len(ours_only)
     lines += ["Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS + ("not a test",)) +
               (f"; {gone} more rows are superseded by a test of the same claim on more seeds and images "
-               "(their verdicts, not in bold, are shown but not counted)" if gone else ""), ""]
-    for nb in NOTEBOOKS:
-        part = df[df.notebook.astype(str).str.zfill(2) == nb]
+               "(their verdicts, not in bold, are shown but not counted)" if gone else "") +
+              (f"; {len(ours_only)} rows beyond the papers (our own measurements, last section) are not counted"
+               if len(ours_only) else ""), ""]
+    lines += [multiplicity(df, cal), ""]
+    paper_rows = df.drop(index=ours_only.index)
+    sections = [(titles[nb], paper_rows[paper_rows.notebook.astype(str).str.zfill(2) == nb]) for nb in NOTEBOOKS]
+    sections.append(("Beyond the papers (our measurements and hypotheses; not counted)", ours_only))
+    for title, part in sections:
         if not len(part):
             continue
-        lines += [f"## {titles[nb]}", "",
+        lines += [f"## {title}", "",
                   "| where | claim | paper | paper effect | ours | ours, pts +- 2 SE | n x seeds | verdict |",
                   "|---|---|---|---:|---|---:|---|---|"]
         notes = []
@@ -397,6 +432,8 @@ def _verdict_cell(r) -> str:
     by = getattr(r, "superseded_by", "")
     if isinstance(by, str) and by:
         return f"{r.verdict}, superseded by {by}"
+    if getattr(r, "scope", "paper") == "beyond":
+        return f"{r.verdict} (not counted)"
     return f"**{r.verdict}**"
 
 
@@ -405,15 +442,15 @@ BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 
 def summary(df: pd.DataFrame) -> str:
     """The README's generated block: verdict counts per notebook, from ``findings.csv`` (claims
-    that stand; the superseded rows are counted apart)."""
-    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test | superseded rows |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    that stand; the superseded rows and the rows beyond the papers are counted apart)."""
+    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test | superseded rows | beyond the papers |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def line(name, part):
-        stand = standing(part)
+        stand, extra = standing(part), len(beyond(part))
         c = stand.verdict.value_counts()
         return (f"| {name} | {len(stand)} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",))
-                + f" | {len(part) - len(stand)} |")
+                + f" | {len(part) - len(stand) - extra} | {extra} |")
     for nb, name in NOTEBOOKS.items():
         part = df[df.notebook.astype(str).str.zfill(2) == nb]
         if len(part):

@@ -106,3 +106,22 @@ def test_a_claim_tested_twice_counts_once_by_its_stronger_test():
     # two tests of equal strength both stand: neither may silence the other
     tie = F.supersede(pd.DataFrame(rows[:1] * 2, columns=F.COLUMNS[:-1]))
     assert tie.superseded_by.tolist() == ["", ""]
+
+
+def test_rows_beyond_the_papers_are_shown_apart_and_never_counted():
+    """A measurement of ours (07's AutoAttack gap, which can only agree) is no claim of the papers:
+    its own section, outside the counts and the multiplicity note."""
+    import pandas as pd
+    from rtlkit import findings as F
+    rows = [Finding("06", "Shafahi et al.", "Table 3", "a claim", 0.011, 0.046, 0.0225, 500, 1).row(),
+            Finding("07", "Croce & Hein 2020", "AutoAttack vs PGD-20", "AutoAttack lowers PGD-20", None, -0.03, 0.005,
+                    500, 1, direction=-1, scope="beyond").row()]
+    df = F.supersede(pd.DataFrame(rows, columns=F.COLUMNS[:-1]))[F.COLUMNS]
+    assert F.standing(df).claim.tolist() == ["a claim"] and F.beyond(df).claim.tolist() == ["AutoAttack lowers PGD-20"]
+    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 1 |" in F.summary(df)
+    md = F.render(df)
+    assert "## Beyond the papers" in md and "agrees (not counted)" in md and "1 rows beyond the papers" in md
+    assert md.index("## 06") < md.index("## Beyond the papers")
+    assert "the scorecard tests 1 claims" in md
+    with pytest.raises(ConfigError, match="scope"):
+        Finding("07", "x", "y", "z", None, 0.1, 0.01, 10, 1, direction=1, scope="ours")

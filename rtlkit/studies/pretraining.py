@@ -781,7 +781,7 @@ def findings(read) -> list:
                                    note="Our explanation of the scarcity sweep (README), not a claim of the paper: "
                                         "RA-WB on the fine-tuning images minus RA-WB on test images, Random's gap "
                                         f"minus {pre}'s, each side's train and test accuracies binomial (Agresti-Coull), "
-                                        "independent."))
+                                        "independent.", scope="beyond"))
     t = read("04_table7_standard_finetuning")
     if t is not None:
         us, pp = ours(t), theirs(t)

@@ -265,5 +265,7 @@ def findings(read) -> list:
                            f"AutoAttack's standard suite lowers the PGD-20 robust accuracy of {model} ({r.study})",
                            None, d, se, int(r.n_test), 1, direction=-1,
                            ours=f"PGD-20 {pgd:.3f}, AutoAttack {pgd + d:.3f}",
-                           note="paired SE over the same test images; an unresolved row means PGD-20 stands here"))
+                           note="paired SE over the same test images; an unresolved row means PGD-20 stands here. "
+                                "A measurement, not a test: the cascade starts from PGD-20's survivors, so it can "
+                                "only lower PGD-20's accuracy", scope="beyond"))
     return out
