@@ -159,10 +159,10 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
     table = findings.write(fig_dir)   # every notebook's claims, from the CSVs now in the figures folder
     stand = findings.standing(table)
     counts = stand.verdict.value_counts()
-    extra = len(findings.beyond(table))
+    var, extra = len(findings.variants(table)), len(findings.beyond(table))
     print(f"[rtlkit] findings: {len(stand)} claims ({', '.join(f'{n} {v}' for v, n in counts.items())}; "
-          f"{len(table) - len(stand) - extra} rows superseded, {extra} beyond the papers) in {fig_dir / 'findings.csv'} "
-          "and findings.md", flush=True)
+          f"{len(table) - len(stand) - var - extra} rows superseded, {var} variants, {extra} beyond the papers) in "
+          f"{fig_dir / 'findings.csv'} and findings.md", flush=True)
     return times
 
 

@@ -28,10 +28,11 @@ import pandas as pd
 from .errors import check, check_int, is_real
 
 VERDICTS = ("agrees", "disagrees", "unresolved")
-# a row tests a claim of the four papers ("paper": counted in the scorecard), or is a measurement or a
+# a row tests a claim of the four papers with the paper's method ("paper": counted in the scorecard);
+# or the claim with a variant of ours ("variant": beside it, never counted); or is a measurement or a
 # hypothesis of ours ("beyond": shown in its own section, never counted): 07's AutoAttack-against-PGD
 # gaps (a cascade that starts from PGD's survivors can only lower it) and 04's scarcity explanation
-SCOPES = ("paper", "beyond")
+SCOPES = ("paper", "variant", "beyond")
 Z = 2.0   # "outside 2 SE"
 
 
@@ -65,7 +66,7 @@ class Finding:
     paper_numbers: str = ""
     note: str = ""
     testable: bool = True
-    scope: str = "paper"   # "paper": a claim of one of the four papers (the scorecard); "beyond": ours alone
+    scope: str = "paper"   # "paper": the paper's claim by its method (the scorecard); "variant", "beyond": SCOPES
 
     def __post_init__(self):
         for name in ("effect", "se") + (("paper_effect",) if self.paper_effect is not None else ()):
@@ -261,6 +262,11 @@ def standing(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.superseded_by.fillna("").astype(str) == ""]
 
 
+def variants(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that test a paper's claim with a variant of its method: shown beside it, never counted."""
+    return df[df.scope.fillna("paper").astype(str) == "variant"] if "scope" in df else df.iloc[:0]
+
+
 def beyond(df: pd.DataFrame) -> pd.DataFrame:
     """The rows beyond the papers: our measurements and hypotheses, shown apart and never counted."""
     return df[df.scope.fillna("paper").astype(str) == "beyond"] if "scope" in df else df.iloc[:0]
@@ -396,11 +402,13 @@ def render(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
              "different.", ""]
     if cal is not None:
         lines += [calibration_summary(cal), ""]
-    stand, ours_only = standing(df), beyond(df)
-    counts, gone = stand.verdict.value_counts(), len(df) - len(stand) - len(ours_only)
+    stand, ours_only, var = standing(df), beyond(df), variants(df)
+    counts, gone = stand.verdict.value_counts(), len(df) - len(stand) - len(ours_only) - len(var)
     lines += ["Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS + ("not a test",)) +
               (f"; {gone} more rows are superseded by a test of the same claim on more seeds and images "
                "(their verdicts, not in bold, are shown but not counted)" if gone else "") +
+              (f"; {len(var)} rows test a claim with a variant of the paper's method (marked, not counted)"
+               if len(var) else "") +
               (f"; {len(ours_only)} rows beyond the papers (our own measurements, last section) are not counted"
                if len(ours_only) else ""), ""]
     lines += [multiplicity(df, cal), ""]
@@ -434,6 +442,8 @@ def _verdict_cell(r) -> str:
         return f"{r.verdict}, superseded by {by}"
     if getattr(r, "scope", "paper") == "beyond":
         return f"{r.verdict} (not counted)"
+    if getattr(r, "scope", "paper") == "variant":
+        return f"{r.verdict} (variant, not counted)"
     return f"**{r.verdict}**"
 
 
@@ -442,15 +452,15 @@ BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 
 def summary(df: pd.DataFrame) -> str:
     """The README's generated block: verdict counts per notebook, from ``findings.csv`` (claims
-    that stand; the superseded rows and the rows beyond the papers are counted apart)."""
-    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test | superseded rows | beyond the papers |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    that stand; the superseded rows, the variants' and those beyond the papers are counted apart)."""
+    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test | superseded rows | variant rows "
+             "| beyond the papers |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def line(name, part):
-        stand, extra = standing(part), len(beyond(part))
+        stand, var, extra = standing(part), len(variants(part)), len(beyond(part))
         c = stand.verdict.value_counts()
         return (f"| {name} | {len(stand)} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS + ("not a test",))
-                + f" | {len(part) - len(stand) - extra} | {extra} |")
+                + f" | {len(part) - len(stand) - var - extra} | {var} | {extra} |")
     for nb, name in NOTEBOOKS.items():
         part = df[df.notebook.astype(str).str.zfill(2) == nb]
         if len(part):

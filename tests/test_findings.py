@@ -118,10 +118,25 @@ def test_rows_beyond_the_papers_are_shown_apart_and_never_counted():
                     500, 1, direction=-1, scope="beyond").row()]
     df = F.supersede(pd.DataFrame(rows, columns=F.COLUMNS[:-1]))[F.COLUMNS]
     assert F.standing(df).claim.tolist() == ["a claim"] and F.beyond(df).claim.tolist() == ["AutoAttack lowers PGD-20"]
-    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 1 |" in F.summary(df)
+    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 1 |" in F.summary(df)   # ... superseded, variant, beyond
     md = F.render(df)
     assert "## Beyond the papers" in md and "agrees (not counted)" in md and "1 rows beyond the papers" in md
     assert md.index("## 06") < md.index("## Beyond the papers")
     assert "the scorecard tests 1 claims" in md
     with pytest.raises(ConfigError, match="scope"):
         Finding("07", "x", "y", "z", None, 0.1, 0.01, 10, 1, direction=1, scope="ours")
+
+
+def test_a_variant_of_the_papers_method_stands_beside_its_row_and_is_not_counted():
+    import pandas as pd
+    from rtlkit import findings as F
+    rows = [Finding("05", "Provably Robust Transfer", "Table 1", "wn claim (L2 rows, App. A.1)", 0.233, 0.274, 0.01,
+                    1000, 1).row(),
+            Finding("05", "Provably Robust Transfer", "Table 1", "wn claim (variant: L1 rows)", 0.233, -0.02, 0.01,
+                    1000, 1, scope="variant").row()]
+    df = F.supersede(pd.DataFrame(rows, columns=F.COLUMNS[:-1]))[F.COLUMNS]
+    assert F.standing(df).verdict.tolist() == ["agrees"] and F.variants(df).verdict.tolist() == ["disagrees"]
+    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 1 | 0 |" in F.summary(df)
+    md = F.render(df)
+    assert "disagrees (variant, not counted)" in md and "1 rows test a claim with a variant" in md
+    assert md.index("(L2 rows, App. A.1)") < md.index("(variant: L1 rows)")   # beside it, in its notebook's section
