@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from rtlkit.errors import ConfigError
 from rtlkit.report import MEASURED_COLUMNS
+from rtlkit.runs import check_environment
 from rtlkit.runtime import CPU_LIB_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +41,11 @@ def differing_columns(ours: Path, committed: Path) -> list[str] | None:
     shape or columns, which no column list can describe."""
     if ours.read_bytes() == committed.read_bytes():
         return []
-    a, b = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (ours, committed))
+    try:
+        a, b = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (ours, committed))
+    except (ValueError, UnicodeDecodeError) as e:   # an empty or torn file (pandas' EmptyDataError, ParserError)
+        print(f"bench.reproduce: {ours.name}: not a readable CSV table on one side ({type(e).__name__})", file=sys.stderr)
+        return None
     if list(a.columns) != list(b.columns) or a.shape != b.shape:
         return None
     return [c for c in a.columns if not a[c].equals(b[c])]
@@ -65,18 +72,34 @@ def compare(fresh_dir: Path, committed_dir: Path, only: list[str]) -> list[tuple
     return out
 
 
+class CloneFailed(RuntimeError):
+    """The clone's run of the notebooks failed; its own output names why."""
+
+
 def run_clone(only: list[str], as_avx2: bool, keep: Path | None) -> Path:
     """Clone this checkout's HEAD and run ``rtlkit.figures --profile quick --only ...`` there, from
-    its own empty run cache; returns the clone's figures folder."""
-    dest = keep or Path(tempfile.mkdtemp(prefix="rtlkit-reproduce-")) / "clone"
+    its own empty run cache; returns the clone's figures folder. A temporary clone is removed on
+    every exit path but success (a failed run, Ctrl-C); a ``keep`` folder stays."""
+    tmp = None if keep else Path(tempfile.mkdtemp(prefix="rtlkit-reproduce-"))
+    try:
+        return _run_clone(only, as_avx2, keep or tmp / "clone")
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _run_clone(only: list[str], as_avx2: bool, dest: Path) -> Path:
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(dest)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("RTLKIT_RUNS", "RTLKIT_FIGURES", *CPU_LIB_VARS)}
     env.update(PYTHONPATH=str(dest), MPLBACKEND="Agg", **(AS_AVX2 if as_avx2 else {}))
     head = subprocess.run(["git", "-C", str(dest), "log", "--oneline", "-1"], capture_output=True, text=True).stdout
     print(f"clone of {head.strip()} in {dest}{' (capped as an AVX2-only CPU)' if as_avx2 else ''}", flush=True)
     t = time.time()
-    subprocess.run([sys.executable, "-m", "rtlkit.figures", "--profile", "quick", "--only", *only],
-                   cwd=dest, env=env, check=True)
+    rc = subprocess.run([sys.executable, "-m", "rtlkit.figures", "--profile", "quick", "--only", *only],
+                        cwd=dest, env=env).returncode
+    if rc != 0:
+        raise CloneFailed(f"the clone's `rtlkit.figures --only {' '.join(only)}` exited with status {rc} (its output above)")
     print(f"ran {' '.join(only)} in {time.time() - t:.0f} s", flush=True)
     return dest / "figures"
 
@@ -89,6 +112,11 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", type=Path, default=None, help="a figures folder already written: compare only")
     ap.add_argument("--keep", type=Path, default=None, help="clone into this (new) folder and keep it")
     a = ap.parse_args(argv)
+    try:   # the clone's settings come from this environment: a bad one is an error here, before cloning
+        check_environment()
+    except ConfigError as e:
+        print(f"bench.reproduce: {e}", file=sys.stderr)
+        return 2
     bad = [nb for nb in a.only if not any((ROOT / "figures").glob(f"{nb}_*.csv"))]
     if bad:
         print(f"bench.reproduce: no committed figure CSVs for {', '.join(bad)} in {ROOT / 'figures'}", file=sys.stderr)
@@ -99,7 +127,11 @@ def main(argv=None) -> int:
     if a.keep is not None and a.keep.exists():
         print(f"bench.reproduce: --keep {a.keep}: already exists", file=sys.stderr)
         return 2
-    fresh = a.compare if a.compare is not None else run_clone(a.only, a.as_avx2, a.keep)
+    try:
+        fresh = a.compare if a.compare is not None else run_clone(a.only, a.as_avx2, a.keep)
+    except CloneFailed as e:
+        print(f"bench.reproduce: {e}", file=sys.stderr)
+        return 1
     rows = compare(fresh, ROOT / "figures", a.only)
     for name, verdict in rows:
         print(f"{name}: {verdict}")

@@ -573,10 +573,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
     try:
+        from .profiles import PROFILES, get
+        from .runs import check_environment, read_marker, runs_root
+        check(a.profile in PROFILES, f"unknown profile {a.profile!r}; one of {', '.join(PROFILES)}")
+        if a.device:
+            Runtime(a.device)   # an unknown device: one error before anything
+        check_environment()
         pin_cpu_isa(default_cpu_isa(a.profile, a.device))
         configure_threads()
-        from .profiles import get
-        from .runs import read_marker, runs_root
         if a.list:
             root = runs_root()
             for f in sorted(root.iterdir()) if root.is_dir() else []:
@@ -605,4 +609,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy of it: `python -m rtlkit.card` would otherwise check
+    # its own Card class against the profiles' Card, another class
+    from rtlkit import card as _package_module
+    sys.exit(_package_module.main())

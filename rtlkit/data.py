@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, DatasetNotFound, check
+from .errors import ConfigError, DatasetNotFound, check, is_int, is_real
 from .io import sha256_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -371,18 +371,37 @@ def _split(y: torch.Tensor, classes: int, test_fraction: float, seed: int, where
     return {"train": torch.sort(torch.cat(train)).values, "test": torch.sort(torch.cat(test)).values}
 
 
+# the largest image a user's folder may hold, in pixels (a 6,000 x 6,000 photo): a header that claims
+# more (a decompression bomb, or a file that is not what it says) is refused before it is decoded
+MAX_IMAGE_PIXELS = 36_000_000
+
+
+def _check_user_data_args(size, test_fraction, where: str) -> None:
+    """The options a user's folder or array file takes, checked alike before anything is read."""
+    check(size is None or (is_int(size) and size >= 8), f"{where}: size must be a whole number >= 8, not {size!r}")
+    check(is_real(test_fraction) and 0 < test_fraction < 1, f"{where}: test_fraction must be in (0, 1), not {test_fraction!r}")
+
+
 def _read_images(files: list[Path]) -> list[np.ndarray]:
     """Each file as an (H, W[, 3]) uint8 array; one mode for all (grey "L" or "RGB"). A file PIL
-    cannot read, or a mix of modes, is a ConfigError naming the files."""
+    cannot read, one larger than MAX_IMAGE_PIXELS (checked on its header, before decoding), or a mix
+    of modes, is a ConfigError naming the files."""
     from PIL import Image, UnidentifiedImageError
     arrays, modes = [], {}
     for f in files:
         try:
             with Image.open(f) as im:
+                w, h = im.size
+                check(w * h <= MAX_IMAGE_PIXELS, f"{f}: {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel budget "
+                      "of an image here (resize it first)")
                 im.load()
                 mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB" if im.mode in ("RGB", "P", "CMYK", "YCbCr") \
                     else im.mode
                 arrays.append(np.array(im.convert(mode if mode in ("L", "RGB") else "RGB")))
+        except ConfigError:
+            raise
+        except Image.DecompressionBombError as e:   # PIL's own refusal, at twice its limit, comes before ours
+            raise ConfigError(f"{f}: {e}; over the {MAX_IMAGE_PIXELS:,}-pixel budget of an image here") from e
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ConfigError(f"{f}: not a readable image ({type(e).__name__}: {e})") from e
         modes.setdefault(mode, []).append(f)
@@ -429,8 +448,7 @@ def image_folder(path: str | Path, size: int | None = None, name: str | None = N
     in ``@<sha256 of the files, 12 hex>``, so changed files never meet cached results."""
     root = Path(path).expanduser().resolve()
     check(root.is_dir(), f"image folder {root}: not a folder")
-    check(size is None or (isinstance(size, int) and size >= 8), f"size must be a whole number >= 8, not {size!r}")
-    check(0 < test_fraction < 1, f"test_fraction must be in (0, 1), not {test_fraction!r}")
+    _check_user_data_args(size, test_fraction, f"image folder {root}")
     presplit = (root / "train").is_dir() and (root / "test").is_dir()
     parts = {"train": root / "train", "test": root / "test"} if presplit else {"all": root}
     listing = {}
@@ -466,6 +484,7 @@ def array_file(path: str | Path, size: int | None = None, name: str | None = Non
     import io
     f = Path(path).expanduser().resolve()
     check(f.is_file(), f"array file {f}: no such file")
+    _check_user_data_args(size, test_fraction, f"array file {f}")
     try:
         blob = f.read_bytes()
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
@@ -473,6 +492,8 @@ def array_file(path: str | Path, size: int | None = None, name: str | None = Non
     except (OSError, ValueError, EOFError) as e:
         raise ConfigError(f"{f}: not a readable .npz ({type(e).__name__}: {e})") from e
     check("x" in arrs and "y" in arrs, f"{f}: needs arrays x and y, has {sorted(arrs)}")
+    check(("x_test" in arrs) == ("y_test" in arrs), f"{f}: x_test and y_test come together (a test split needs both), "
+          f"has {sorted(arrs)}")
 
     def images(key: str) -> torch.Tensor:
         a = arrs[key]
@@ -488,14 +509,20 @@ def array_file(path: str | Path, size: int | None = None, name: str | None = Non
         return torch.from_numpy(a.astype(np.int64))
     x = images("x")
     y = labels("y", len(x))
-    k = int(y.max()) + 1 if len(y) else 0
     check(len(y) > 0 and int(y.min()) >= 0, f"{f}: labels must be 0..K-1")
-    names = [str(c) for c in arrs["classes"]] if "classes" in arrs else [str(c) for c in range(k)]
-    check(len(names) >= k, f"{f}: {len(names)} class names for labels up to {k - 1}")
+    k = int(y.max()) + 1
+    given = [str(c) for c in arrs["classes"]] if "classes" in arrs else None
+    # every class 0..K-1 needs an example (checked below), so K cannot pass the examples: a stray label (1e8)
+    # is an error here, not 1e8 class names built first
+    check(k <= (len(given) if given is not None else len(y)),
+          f"{f}: labels reach {k - 1}, but " + (f"{len(given)} class names are given" if given is not None else
+                                                 f"there are {len(y)} examples: labels must be 0..K-1, each class present"))
+    names = given if given is not None else [str(c) for c in range(k)]
     missing = [names[c] for c in range(len(names)) if not (y == c).any()]
     check(not missing, f"{f}: empty class(es) {', '.join(missing)} in y")
     if "x_test" in arrs:
         xt = images("x_test")
+        check(len(xt) > 0, f"{f}: x_test holds no images (leave x_test and y_test out for a split of x)")
         yt = labels("y_test", len(xt))
         check(int(yt.min()) >= 0 and int(yt.max()) < len(names), f"{f}: y_test has a class that y lacks")
         check(xt.shape[1:] == x.shape[1:], f"{f}: x_test images are {tuple(xt.shape[1:])}, x's {tuple(x.shape[1:])}")
@@ -676,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # run the package's module, not this __main__ copy of it (whose classes are other classes than rtlkit's)
     import sys
-    from .errors import cli
-    sys.exit(cli("rtlkit.data", main)())
+    from rtlkit import data as _package_module
+    from rtlkit.errors import cli
+    sys.exit(cli("rtlkit.data", _package_module.main)())

@@ -37,6 +37,24 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return books
 
 
+def ipc_kernel_manager():
+    """The kernel manager class papermill starts each notebook's kernel with: jupyter_client's,
+    talking to the kernel over IPC (Unix sockets under the temp folder, removed with the kernel)
+    rather than TCP. On one machine TCP buys nothing, and an unencrypted TCP kernel warns on every
+    notebook ("Kernel is running over TCP without encryption")."""
+    import tempfile
+    import uuid
+
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+            self.ip = str(Path(tempfile.gettempdir()) / f"rtlkit-kernel-{uuid.uuid4().hex[:12]}")
+    return IPCKernelManager
+
+
 def suite_plan(profile: str, device: str | None = None, only: list[str] | None = None):
     """The plan (``rtlkit.plan``) of the notebooks about to run, for the profile as the notebooks
     will resolve it on ``device``."""
@@ -52,13 +70,16 @@ def suite_status(paths: list[str]) -> int:
     return sum(Path(p).is_file() for p in paths)
 
 
-def _current_run() -> str:
-    """What is being trained or evaluated now: the most recently touched run folder, described."""
-    from .runs import runs_root
+def _current_run(paths: list[str]) -> str:
+    """What is being trained now: of the suite's own run folders (those of the plan's ``paths``), the
+    most recently touched one that exists without its completion marker, described; "" when none is
+    (a folder of another suite, or notebook 00's, is never named)."""
     try:
-        folders = [d for d in runs_root().iterdir() if d.is_dir() and d.name not in ("notebooks", ".locks")]
-        training = [d for d in folders if not (d / "complete.json").exists()]   # being trained now
-        newest = max(training or folders, key=lambda d: d.stat().st_mtime)
+        folders = {Path(p).parent for p in paths}
+        training = [d for d in folders if d.is_dir() and not (d / "complete.json").exists()]
+        if not training:
+            return ""
+        newest = max(training, key=lambda d: d.stat().st_mtime)
         cfg = json.loads((newest / "config.json").read_text())
         data = cfg.get("data", {})
         return f"{newest.name.split('-')[0]} {data.get('name', '')}" + (f" [{data['classes'][0]}-{data['classes'][-1]}]"
@@ -80,7 +101,8 @@ class _Monitor(threading.Thread):
         done = suite_status(self.paths)
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(f"{self.notebook} | {_current_run()}", refresh=True)
+        now = _current_run(self.paths)
+        self.bar.set_postfix_str(f"{self.notebook} | {now}" if now else self.notebook, refresh=True)
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
@@ -95,9 +117,12 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
     benchmark of this model on this kind of device exists); while they run, one progress bar counts
     the suite's runs and evaluations done, with an ETA and the current run. Ctrl-C stops cleanly:
     every finished run and checkpoint stays, and rerunning the same command resumes from the cache."""
-    from .report import default_figures_dir, probe_folder
-    from .runtime import Runtime, default_cpu_isa, pin_cpu_isa
+    from . import profiles as P
+    from .report import default_figures_dir, probe_datasets, probe_folder
+    from .runs import check_environment
+    from .runtime import Runtime, configure_threads, default_cpu_isa, pin_cpu_isa
     # every setting is checked before any folder is made or any tensor maths runs
+    check_environment()
     if device is not None:
         Runtime(device=device)   # an unknown device (or 'cuda' without one) is a ConfigError here
     profile = profile or default_name(device)
@@ -105,10 +130,13 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
         raise ConfigError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
     books = notebooks(only)
     isa = pin_cpu_isa(default_cpu_isa(profile, device))   # before the first CPU kernel; the kernels inherit it
+    configure_threads()   # as each kernel will (report.start): the plan's cache keys are theirs
     fig_dir = Path(figures_dir) if figures_dir else Path(os.environ.get("RTLKIT_FIGURES", default_figures_dir(profile)))
     probe_folder(fig_dir, "figures folder", "--figures-dir or RTLKIT_FIGURES")
     out = Path(out_dir or Path(os.environ.get("RTLKIT_RUNS", REPO_ROOT / "runs")) / "notebooks")
     probe_folder(out, "folder for executed notebooks", "RTLKIT_RUNS")
+    if not (len(books) == 1 and books[0].name.startswith(YOURS)):   # 00 runs on the user's data: it checks its own
+        probe_datasets(P.get(profile, gpu=Runtime(device=device).is_cuda))   # every missing set named at once
     import papermill as pm
     from tqdm.auto import tqdm
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +166,8 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
             monitor.notebook = book.stem
             bar.write(f"[rtlkit] {book.name} (profile {profile}) ...")
             pm.execute_notebook(str(book), str(out / f"{book.stem}-{profile}.ipynb"), parameters=params,
-                                kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False)
+                                kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
+                                kernel_manager_class=ipc_kernel_manager())
             times[book.name] = time.time() - t0
             monitor.poll()
             bar.write(f"[rtlkit] {book.name}: {times[book.name]:.0f} s")
@@ -201,4 +230,6 @@ def _main(argv: list[str] | None = None) -> int:
 main = cli("rtlkit.figures", _main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy of it (whose classes are other classes than rtlkit's)
+    from rtlkit import figures as _package_module
+    sys.exit(_package_module.main())

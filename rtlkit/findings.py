@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import check, check_int, is_real
+from .errors import ConfigError, check, check_int, is_real
 
 VERDICTS = ("agrees", "disagrees", "unresolved")
 # a row tests a claim of the four papers with the paper's method ("paper": counted in the scorecard);
@@ -295,7 +295,14 @@ def reader(figures_dir):
 
     def read(name: str) -> pd.DataFrame | None:
         path = folder / f"{name}.csv"
-        return pd.read_csv(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise ConfigError(f"{path}: not a readable CSV table ({type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0][:200]}); regenerate it (its notebook) or restore it "
+                              "(git checkout)") from e
     return read
 
 
@@ -521,5 +528,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # run the package's module, not this __main__ copy of it (whose classes are other classes than rtlkit's)
     import sys
-    sys.exit(main())
+    from rtlkit import findings as _package_module
+    sys.exit(_package_module.main())

@@ -34,7 +34,7 @@ from pathlib import Path
 from .errors import check, check_int, check_notebooks, cli
 from .io import atomic_write_json
 from .profiles import PROFILES, get
-from .runs import MARKER, SourceRun, get_or_certify, get_or_evaluate, get_or_train, is_cached, run_dir, runs_root
+from .runs import MARKER, SourceRun, check_environment, get_or_certify, get_or_evaluate, get_or_train, is_cached, run_dir, runs_root
 
 EXECUTORS = ("local", "slurm")
 WAVES = ("sources", "fine-tunes and heads", "evaluations")
@@ -241,8 +241,11 @@ def launch(profile_name: str, notebooks: list[str] | None = None, executor_kind:
            threads: int | None = None, poll_s: float = 0.5, log=print) -> dict:
     """Submit the suite's uncached work and wait for it; returns what ran, trained and failed."""
     check_args(profile_name, executor_kind, gpus_per_job, jobs, timeout_min, threads, notebooks)
-    from .runtime import default_cpu_isa, pin_cpu_isa
+    from .runtime import configure_threads, default_cpu_isa, pin_cpu_isa
     pin_cpu_isa(default_cpu_isa(profile_name, None if executor_kind == "local" else "cuda"))   # jobs inherit it
+    if threads:   # the jobs' thread count, here too: a pinned run's cache key holds it
+        os.environ["RTLKIT_THREADS"] = str(threads)
+    configure_threads()
     import torch
     from .report import probe_datasets
     gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -294,6 +297,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per job")
     ap.add_argument("--status", action="store_true", help="show done / running / queued / failed per item and exit")
     a = ap.parse_args(argv)
+    check_environment()
     if a.status:
         rows = status(a.profile, a.only)
         counts = {}
@@ -310,4 +314,6 @@ def _main(argv: list[str] | None = None) -> int:
 main = cli("rtlkit.launch", _main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy of it (whose classes are other classes than rtlkit's)
+    from rtlkit import launch as _package_module
+    sys.exit(_package_module.main())

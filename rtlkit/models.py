@@ -12,6 +12,7 @@ per block, so torchvision's and the robustness ecosystem's weights load: :func:`
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -483,17 +484,17 @@ def read_checkpoint(path, spec: WRNSpec | ResNetSpec, fmt: str, allow_pickle: bo
     except Exception as e:   # noqa: BLE001 - a torn, foreign or pickled file: one clear line
         hint = " (it pickles Python objects: load it with allow_pickle=True only if you trust it)" \
             if "weights_only" in str(e) or "Unpickl" in type(e).__name__ else ""
+        first = (str(e).splitlines() or ["an empty file" if path.stat().st_size == 0 else "no message"])[0]
         raise ConfigError(f"checkpoint {path}: cannot be read as a torch file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}){hint}") from e
+                          f"{first[:200]}){hint}") from e
     check(isinstance(obj, dict), f"checkpoint {path}: holds a {type(obj).__name__}, not a state dict")
     mean = std = None
     if fmt == "robustness":
         inner = obj.get("model", obj.get("state_dict", obj))
         check(isinstance(inner, dict), f"checkpoint {path}: its 'model' entry is not a state dict")
         for name in ("module.normalizer.new_mean", "normalizer.new_mean"):
-            if name in inner:
-                mean = tuple(float(v) for v in inner[name].flatten())
-                std = tuple(float(v) for v in inner[name.replace("mean", "std")].flatten())
+            if name in inner or name.replace("mean", "std") in inner:
+                mean, std = _normaliser(inner, name, name.replace("mean", "std"), path)
         prefix = next((p for p in ("module.model.", "model.") if any(k.startswith(p) for k in inner)), None)
         check(prefix is not None, f"checkpoint {path}: no 'module.model.' weights (not a robustness checkpoint?); "
               f"first keys: {list(inner)[:5]}")
@@ -512,11 +513,23 @@ def read_checkpoint(path, spec: WRNSpec | ResNetSpec, fmt: str, allow_pickle: bo
         state = _renamed(obj, robustbench_key_map(spec), drop=("sub_block1.",))
     else:
         state = obj
-        if "normalize.mean" in state:
-            mean = tuple(float(v) for v in state["normalize.mean"].flatten())
-            std = tuple(float(v) for v in state["normalize.std"].flatten())
+        if "normalize.mean" in state or "normalize.std" in state:
+            mean, std = _normaliser(state, "normalize.mean", "normalize.std", path)
     state = {k: v for k, v in state.items() if not k.startswith("normalize.")}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    check(not bad, f"checkpoint {path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:4]}: "
+          "a model with them would evaluate to a meaningless accuracy")
     return state, mean, std
+
+
+def _normaliser(state: dict, mean_key: str, std_key: str, path) -> tuple[tuple, tuple]:
+    """A checkpoint's input normalisation: both of mean and std, finite, std > 0, one value per channel."""
+    check(mean_key in state and std_key in state, f"checkpoint {path}: it has {mean_key if mean_key in state else std_key} "
+          f"but no {std_key if mean_key in state else mean_key}: a normalisation needs both")
+    mean, std = (tuple(float(v) for v in state[k].flatten()) for k in (mean_key, std_key))
+    check(len(mean) == len(std) >= 1 and all(math.isfinite(v) for v in mean + std) and all(v > 0 for v in std),
+          f"checkpoint {path}: its normalisation mean {mean} / std {std} must be finite, of one length, std > 0")
+    return mean, std
 
 
 def load_weights(model: Backbone, state: dict, path) -> None:

@@ -34,7 +34,7 @@ from .errors import ConfigError, DatasetNotFound, check, check_notebooks, cli
 from .io import atomic_write_json
 from .methods.fdm import FDMTraining
 from .profiles import PROFILES, Profile, default_name, get
-from .runs import MARKER, DataSpec, ExternalSource, TransferRun, _input_shape, cert_path, eval_path, is_cached, recording, run_dir, runs_root
+from .runs import MARKER, DataSpec, check_environment, ExternalSource, TransferRun, _input_shape, cert_path, eval_path, is_cached, recording, run_dir, runs_root
 from .training import AdversarialTraining
 
 # Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
@@ -358,7 +358,7 @@ def read_bench(path: str) -> dict:
 def _main(argv: list[str] | None = None) -> int:
     from . import data as D
     from .report import optional_datasets, probe_folder, required_datasets
-    from .runtime import default_cpu_isa, pin_cpu_isa
+    from .runtime import configure_threads, default_cpu_isa, pin_cpu_isa
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="auto", choices=PROFILES + ("auto",))
     ap.add_argument("--gpu", action="store_true", help="plan the GPU variant of `quick` on any machine")
@@ -372,6 +372,7 @@ def _main(argv: list[str] | None = None) -> int:
                     help="the GPU the FLOP-based estimate assumes")
     a = ap.parse_args(argv)
     # every setting before any work
+    check_environment()
     check_notebooks(a.only, NOTEBOOK_STEPS)
     bench = read_bench(a.bench) if a.bench else None
     if a.json:   # its folder is made if need be; a file in the way is an error now, not after the plan
@@ -379,6 +380,7 @@ def _main(argv: list[str] | None = None) -> int:
         probe_folder(Path(a.json).absolute().parent, "folder for --json", "--json")
     name = default_name() if a.profile == "auto" else a.profile
     pin_cpu_isa(default_cpu_isa(name, "cuda" if a.gpu else None))   # the cache keys the notebooks would use
+    configure_threads()   # a pinned key holds the thread count, as the notebooks' kernels set it
     prof = get(name, gpu=True if a.gpu else None)
     if a.check:
         D.require(required_datasets(prof) + optional_datasets(prof))
@@ -443,4 +445,6 @@ def _main(argv: list[str] | None = None) -> int:
 main = cli("rtlkit.plan", _main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy of it (whose classes are other classes than rtlkit's)
+    from rtlkit import plan as _package_module
+    sys.exit(_package_module.main())

@@ -20,7 +20,7 @@ from .data import REPO_ROOT
 from .errors import ConfigError
 from .io import _atomic, atomic_write_csv, atomic_write_json, sweep_tmp
 from .profiles import Profile
-from .runs import runs_root, to_jsonable
+from .runs import check_environment, runs_root, to_jsonable
 from .runtime import Runtime, configure_threads, cpu_record, default_cpu_isa, pin_cpu_isa_if_possible
 
 
@@ -154,10 +154,64 @@ def default_figures_dir(profile: str) -> Path:
     return REPO_ROOT / "figures"
 
 
+def notebook_parameters(notebook: str) -> list[str]:
+    """The names a notebook's parameters cell (the cell tagged "parameters") assigns: what papermill
+    may set. An unknown notebook is a ConfigError."""
+    import ast
+    import json
+    path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
+    if not path.is_file():
+        raise ConfigError(f"unknown notebook {notebook!r} (no {path})")
+    cells = json.loads(path.read_text())["cells"]
+    src = next(("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
+    return _assigned(ast.parse(src))
+
+
+def _assigned(tree) -> list[str]:
+    import ast
+    return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+
+
+def injected_parameters() -> list[str]:
+    """The names papermill set in this kernel (its injected cell, "# Parameters" and assignments, is in
+    the kernel's input history); [] outside a papermill run."""
+    import ast
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return []
+    shell = get_ipython()
+    history = shell.user_ns.get("In", []) if shell is not None else []
+    for src in history:
+        if isinstance(src, str) and src.startswith("# Parameters\n"):
+            try:
+                return _assigned(ast.parse(src))
+            except SyntaxError:
+                return []
+    return []
+
+
+def check_parameters(notebook: str) -> None:
+    """A parameter papermill set that the notebook does not have (a misspelling: ``-p source_name``)
+    is a ConfigError naming the notebook's parameters, not papermill's warning and a run on the
+    defaults."""
+    given = injected_parameters()
+    if not given:
+        return
+    known = notebook_parameters(notebook)
+    unknown = [p for p in given if p not in known]
+    if unknown:
+        raise ConfigError(f"notebook {notebook} has no parameter {', '.join(unknown)}; its parameters are "
+                          f"{', '.join(known)}")
+
+
 def start(notebook: str, profile: str = "quick", figures_dir: str | None = None, device: str | None = None,
           progress: bool = True, **overrides) -> Session:
     """Resolve the notebook's parameters into a profile and a runtime, and probe every dataset and
     folder they need: every error comes here, before compute and before any file is written."""
+    check_environment()
+    check_parameters(notebook)
     threads = configure_threads()
     # the committed figures' profile runs pinned (runtime.default_cpu_isa), in JupyterLab as under make figures
     pin_cpu_isa_if_possible(default_cpu_isa(profile, device))

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import distributed
 from .errors import check, check_notebooks, cli
 from .profiles import PROFILES, get
-from .runs import get_or_train
+from .runs import check_environment, get_or_train
 
 
 def name_of(item) -> str:
@@ -51,12 +51,14 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
     from .plan import NOTEBOOK_STEPS
-    from .runtime import Runtime, default_cpu_isa, pin_cpu_isa
+    from .runtime import Runtime, configure_threads, default_cpu_isa, pin_cpu_isa
+    check_environment()   # RTLKIT_THREADS among them: its count changes the bits
     check(a.profile in PROFILES, f"unknown profile {a.profile!r}; one of {', '.join(PROFILES)}")
     check_notebooks(a.only, NOTEBOOK_STEPS)
     if a.device:
         Runtime(device=a.device)   # an unknown device: one error before anything
     pin_cpu_isa(default_cpu_isa(a.profile, a.device))   # the notebooks' cache keys
+    configure_threads()   # RTLKIT_THREADS, as the notebooks' kernels honour it
     if a.device:
         os.environ["RTLKIT_DEVICE"] = a.device   # every item's Runtime, evaluations' included
     known = suite(a.profile, a.only)
@@ -89,4 +91,6 @@ def _main(argv: list[str] | None = None) -> int:
 main = cli("rtlkit.run", _main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy of it (whose classes are other classes than rtlkit's)
+    from rtlkit import run as _package_module
+    sys.exit(_package_module.main())

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from . import data as D
+from . import distributed
 from .attacks import PGD, FoolboxPGD
 from .errors import ConfigError, check, check_int, check_real, is_int
 from .evaluate import evaluate
@@ -161,6 +162,20 @@ class SourceRun:
         return self.data.test()
 
 
+def _checked_checkpoint(source: "ExternalSource") -> None:
+    """Build ``source``'s model once per file content and settings in this process: every fault of
+    the file (unreadable, not finite, keys or shapes that do not fit, a half normalisation) is one
+    ConfigError now, when the checkpoint is named, not when the first run needs it."""
+    key = (source.path, source.sha256, source.model, source.format, source.allow_pickle, source.num_classes,
+           source.channels, source.mean, source.std)
+    if key not in _CHECKED:
+        source.build_model()
+        _CHECKED.add(key)
+
+
+_CHECKED: set = set()   # the checkpoints _checked_checkpoint has built in this process
+
+
 @dataclass(frozen=True)
 class ExternalSource:
     """A source model from a checkpoint file a researcher already has, instead of one trained here:
@@ -207,6 +222,7 @@ class ExternalSource:
             info = D.load(self.data.name, "train").info
             object.__setattr__(self, "channels", info.channels)
             object.__setattr__(self, "size", info.size)
+        _checked_checkpoint(self)   # the file, read and checked once where it enters (finite, fits the model)
 
     def build_model(self) -> Backbone:
         """The checkpoint's weights in rtlkit's partition (ConfigError naming the file and the
@@ -394,13 +410,45 @@ def _has_flock(locks: str) -> bool:
         probe.unlink(missing_ok=True)
 
 
+def lock_setting() -> str:
+    """``RTLKIT_LOCK`` checked: auto (the default), flock or lease."""
+    mode = os.environ.get("RTLKIT_LOCK", "auto") or "auto"
+    check(mode in LOCK_MODES, f"RTLKIT_LOCK must be one of {', '.join(LOCK_MODES)}, not {mode!r}")
+    return mode
+
+
+def lease_seconds() -> float:
+    """``RTLKIT_LOCK_LEASE_S`` checked: a positive, finite number of seconds (default 120)."""
+    raw = os.environ.get("RTLKIT_LOCK_LEASE_S", "120")
+    try:
+        lease = float(raw)
+    except ValueError:
+        lease = None
+    check(lease is not None and lease > 0 and lease != float("inf"),
+          f"RTLKIT_LOCK_LEASE_S must be a positive number of seconds, not {raw!r}")
+    return lease
+
+
+def check_environment() -> None:
+    """Every environment setting that changes what rtlkit does, checked at once: what each entry point
+    (the CLIs, ``report.start``) calls before it makes a folder or starts a process. RTLKIT_CPU_ISA,
+    RTLKIT_THREADS, RTLKIT_LOCK, RTLKIT_LOCK_LEASE_S, RTLKIT_DIST_TIMEOUT_S and RTLKIT_DEVICE."""
+    from .runtime import cpu_isa_mode, thread_setting
+    cpu_isa_mode()
+    thread_setting()
+    lock_setting()
+    lease_seconds()
+    distributed.timeout_seconds()
+    dev = os.environ.get("RTLKIT_DEVICE", "").strip()
+    check(not dev or dev.split(":")[0] in ("cpu", "cuda", "mps"), f"RTLKIT_DEVICE must be cpu, cuda[:N] or mps, not {dev!r}")
+
+
 def lock_mode(locks: Path) -> str:
     """``RTLKIT_LOCK``: flock (the kernel frees a dead holder's lock), lease (a lock file naming
     pid and host, renewed by a heartbeat: a peer breaks it at once when the holder's pid is dead on
     its own host, and after ``RTLKIT_LOCK_LEASE_S`` seconds without renewal from any host), or auto
     (flock where the file system has it, else lease). Every worker on a cache must use one mode."""
-    mode = os.environ.get("RTLKIT_LOCK", "auto") or "auto"
-    check(mode in LOCK_MODES, f"RTLKIT_LOCK must be one of {', '.join(LOCK_MODES)}, not {mode!r}")
+    mode = lock_setting()
     if mode == "auto":
         return "flock" if _has_flock(str(locks)) else "lease"
     return mode
@@ -410,14 +458,8 @@ def _lock(locks: Path, name: str):
     from filelock import FileLock, SoftFileLease
     if lock_mode(locks) == "flock":
         return FileLock(str(locks / f"{name}.lock"), is_singleton=True, thread_local=False, preserve_lock_file=True)
-    raw = os.environ.get("RTLKIT_LOCK_LEASE_S", "120")
-    try:
-        lease = float(raw)
-    except ValueError:
-        lease = None
-    check(lease is not None and lease > 0 and lease != float("inf"),
-          f"RTLKIT_LOCK_LEASE_S must be a positive number of seconds, not {raw!r}")
-    return SoftFileLease(str(locks / f"{name}.lease"), lease_duration=lease, is_singleton=True, thread_local=False)
+    return SoftFileLease(str(locks / f"{name}.lease"), lease_duration=lease_seconds(), is_singleton=True,
+                         thread_local=False)
 
 
 @contextlib.contextmanager
@@ -432,6 +474,7 @@ def run_lock(folder: Path):
     if not distributed.is_main():   # under torchrun rank 0 holds the run's lock for the whole group
         yield
         return
+    lock_setting(), lease_seconds()   # a bad setting is an error before the locks folder exists
     locks = folder.parent / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     lock = _lock(locks, folder.name)

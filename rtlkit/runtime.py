@@ -198,6 +198,7 @@ class Runtime:
     compile_mode: str | None = None    # torch.compile mode, e.g. "max-autotune-no-cudagraphs" (None: default)
 
     def __post_init__(self):
+        cpu_isa_mode()   # a bad RTLKIT_CPU_ISA is an error from Python too, not a silent "native"
         self.device = self.device or default_device()
         check(self.device.split(":")[0] in ("cpu", "cuda", "mps"), f"unknown device {self.device!r}")
         if self.device.startswith("cuda"):
@@ -245,8 +246,9 @@ class Runtime:
         config's alone; anything else is part of every cache key (``rtlkit.runs.run_dir``)."""
         dev = self.device.split(":")[0]
         if dev == "cpu" and not (self.amp or self.channels_last or self.compile):
-            pin = cpu_isa_pinned()   # pinned CPU bits are another result than the host's own
-            return None if pin is None else {"device": "cpu", "cpu_isa": pin}
+            pin = cpu_isa_pinned()   # pinned CPU bits are another result than the host's own, and their
+            # reduction order is the thread count's: a pinned result is keyed by both
+            return None if pin is None else {"device": "cpu", "cpu_isa": pin, "threads": torch.get_num_threads()}
         comp = f"{self.compile_backend}/{self.compile_scope}" + (f"/{self.compile_mode}" if self.compile_mode else "")
         return {"device": dev, "autocast": "bfloat16" if self.amp else None,
                 "channels_last": bool(self.channels_last), "compile": comp if self.compile else None}
@@ -279,11 +281,19 @@ def configure_threads() -> int:
     """Honour the user's thread setting: ``RTLKIT_THREADS`` if set, else ``OMP_NUM_THREADS`` (which
     torch reads itself), else torch's default (one per physical core). Returns the count in force.
     The count changes the bits of CPU results (reduction order), so manifests record it."""
-    env = os.environ.get("RTLKIT_THREADS")
-    if env is not None and env.strip():
-        check(env.strip().isdigit() and int(env) >= 1, f"RTLKIT_THREADS must be a whole number >= 1, not {env!r}")
-        torch.set_num_threads(int(env))
+    n = thread_setting()
+    if n is not None:
+        torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def thread_setting() -> int | None:
+    """``RTLKIT_THREADS`` checked (a whole number >= 1), or None when unset."""
+    env = os.environ.get("RTLKIT_THREADS")
+    if env is None or not env.strip():
+        return None
+    check(env.strip().isdigit() and int(env) >= 1, f"RTLKIT_THREADS must be a whole number >= 1, not {env!r}")
+    return int(env)
 
 
 def seed_all(seed: int) -> None:

@@ -19,7 +19,7 @@ from .. import data as D
 from .. import plots, widgets
 from ..card import Card, get_or_card, plot_card
 from ..data import REPO_ROOT
-from ..errors import check, check_real
+from ..errors import check, check_real, is_int
 from ..methods.neft import NEFT
 from ..methods.probes import ProbeHead, ProbeTraining
 from ..models import parse_spec
@@ -96,6 +96,8 @@ def setup(profile: Profile, source_arch: str | None = None, source_path: str | N
         target = DataSpec(reg(path, size=target_size))
     else:
         target = profile.target
+    check(source_size is None or (is_int(source_size) and source_size >= 8),
+          f"source_size must be a whole number of pixels >= 8, not {source_size!r}")
     if source_path:
         check(source_arch is not None, "source_path needs source_arch (e.g. resnet50, resnet18, wrn-28-10)")
         info = target.train().info
@@ -104,7 +106,9 @@ def setup(profile: Profile, source_arch: str | None = None, source_path: str | N
         source = ExternalSource(parse_spec(source_arch), str(source_path), source_format, data=sdata,
                                 channels=3, size=source_size or info.size)
     else:
-        check(source_arch is None, "source_arch without source_path: give the checkpoint's path too")
+        for name, value in (("source_arch", source_arch), ("source_size", source_size), ("source_data", source_data)):
+            check(value is None, f"{name} without source_path: it describes a checkpoint; give the checkpoint's path "
+                  "too, or leave it out to use the profile's robust source")
         source = profile.source_run(0)
     n = source.model.n_blocks
     ks = _default_ks(n) if ks is None else tuple(ks) if isinstance(ks, (list, tuple)) else (ks,)
