@@ -334,6 +334,8 @@ def calibration(figures_dir) -> pd.DataFrame:
     for nb, name in NOTEBOOKS.items():
         study = importlib.import_module(f"rtlkit.studies.{name}")
         for table, rows, config, cells in getattr(study, "replicated", lambda r: [])(read):
+            if len(cells) < 2:   # a profile with fewer replicates (smoke: 2 seeds) has no floor to judge by
+                continue
             floor = stats.seed_floor(cells)
             for col in CALIBRATION_MEASURES:
                 p = stats.aa_pairs(rows, config, col, floor)

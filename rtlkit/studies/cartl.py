@@ -279,12 +279,13 @@ def replicated(read) -> list[tuple]:
 
 def seed_cells(t: pd.DataFrame) -> dict[str, tuple]:
     """Each replicated claim's arms as per-replicate values paired by replicate (claim -> (a, b)):
-    what notebook 03's seed floor is measured on (``rtlkit.stats.seed_floor``). A claim whose arms
-    do not hold the same replicates is left out."""
+    what notebook 03's seed floor is measured on (``rtlkit.stats.seed_floor``). A claim with fewer
+    than ``stats.MIN_REPLICATES`` replicates, or whose arms do not hold the same ones, is left out."""
+    from ..stats import MIN_REPLICATES
     out = {}
     for c in seeded_claims_of(t):
         a, b = c.a.sort_values("replicate"), c.b.sort_values("replicate")
-        if len(a) >= 2 and list(a.replicate) == list(b.replicate):
+        if len(a) >= MIN_REPLICATES and list(a.replicate) == list(b.replicate):
             out[f"{c.where}: {c.claim}"] = (a[c.col].to_numpy(dtype=float), b[c.col].to_numpy(dtype=float))
     return out
 
