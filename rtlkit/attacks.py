@@ -279,13 +279,14 @@ class _InFormat(torch.autograd.Function):
         return g.contiguous(), None
 
 
-def _aa_predict(forward, autocast, memory_format=torch.contiguous_format):
+def _aa_predict(forward, autocast, memory_format=torch.contiguous_format, no_grad: bool = False):
     """The float32-logit callable pyautoattack expects: contiguous images in, each handed to
-    ``forward`` in ``memory_format`` (the caller's: a channels_last model keeps its one graph)."""
+    ``forward`` in ``memory_format`` (the caller's: a channels_last model keeps its one graph);
+    ``no_grad`` for the black-box attacks."""
     def predict(x):
         if x.ndim == 4 and memory_format is not torch.contiguous_format:
             x = _InFormat.apply(x, memory_format)
-        with autocast():
+        with torch.no_grad() if no_grad else contextlib.nullcontext(), autocast():
             return forward(x).float()
     return predict
 
@@ -297,15 +298,15 @@ def _memory_format(x: torch.Tensor):
     return torch.contiguous_format
 
 
-def _aa_run(make, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _aa_run(make, forward, autocast, x: torch.Tensor, y: torch.Tensor, no_grad: bool = False) -> torch.Tensor:
     """Run a pyautoattack attack on contiguous clones of the inputs (it calls ``.view(B, -1)`` on
     tensors shaped like its input: a channels_last RGB batch would fail there), 1-d long labels,
     inside fork_rng (its perturb reseeds the global CPU and CUDA RNGs, which must not leak into the
-    caller's). ``make(memory_format)`` builds the attack; its predict hands the model ``x``'s format."""
+    caller's). ``make(predict)`` builds the attack on a predict that hands ``forward`` ``x``'s format."""
     devices = [x.device.index or 0] if x.is_cuda else []
-    fmt = _memory_format(x)
+    predict = _aa_predict(forward, autocast, _memory_format(x), no_grad)
     with torch.random.fork_rng(devices=devices):
-        attack = make(fmt)
+        attack = make(predict)
         return attack.perturb(x.detach().clone(memory_format=torch.contiguous_format),
                               y.detach().clone().long().view(-1)).detach()
 
@@ -349,9 +350,9 @@ class APGD(_AutoAttackAdapter):
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack
-        return _aa_run(lambda fmt: APGDAttack(_aa_predict(forward, autocast, fmt), n_iter=self.n_iter, norm=_AA_NORM[self.norm],
-                                          n_restarts=self.n_restarts, eps=self.eps, seed=self.seed, loss="ce",
-                                          device=x.device), x, y)
+        return _aa_run(lambda predict: APGDAttack(predict, n_iter=self.n_iter, norm=_AA_NORM[self.norm],
+                                                  n_restarts=self.n_restarts, eps=self.eps, seed=self.seed, loss="ce",
+                                                  device=x.device), forward, autocast, x, y)
 
 
 @dataclass(frozen=True)
@@ -385,16 +386,10 @@ class Square(_AutoAttackAdapter):
             check((h - 5 * s) // 2 + s * (h // s) <= h,
                   f"pyautoattack 0.2.0's L2 Square cannot start on {h}x{h} images (its square tiling runs past the "
                   f"edge); use images of 16, 20, 28 or 32 pixels")
-        def no_grad_predict(fmt):
-            predict = _aa_predict(forward, autocast, fmt)
-
-            def call(z):
-                with torch.no_grad():
-                    return predict(z)
-            return call
-        return _aa_run(lambda fmt: SquareAttack(no_grad_predict(fmt), norm=_AA_NORM[self.norm], n_queries=self.n_queries,
-                                            eps=self.eps, p_init=self.p_init, n_restarts=self.n_restarts,
-                                            seed=self.seed, loss="margin", device=x.device), x, y)
+        return _aa_run(lambda predict: SquareAttack(predict, norm=_AA_NORM[self.norm], n_queries=self.n_queries,
+                                                    eps=self.eps, p_init=self.p_init, n_restarts=self.n_restarts,
+                                                    seed=self.seed, loss="margin", device=x.device),
+                       forward, autocast, x, y, no_grad=True)
 
 
 @dataclass(frozen=True)
@@ -428,10 +423,10 @@ class APGDT(_AutoAttackAdapter):
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack_targeted
-        return _aa_run(lambda fmt: APGDAttack_targeted(_aa_predict(forward, autocast, fmt), n_iter=self.n_iter,
-                                                   norm=_AA_NORM[self.norm], n_restarts=self.n_restarts, eps=self.eps,
-                                                   seed=self.seed, n_target_classes=self.n_target_classes,
-                                                   device=x.device), x, y)
+        return _aa_run(lambda predict: APGDAttack_targeted(predict, n_iter=self.n_iter, norm=_AA_NORM[self.norm],
+                                                           n_restarts=self.n_restarts, eps=self.eps, seed=self.seed,
+                                                           n_target_classes=self.n_target_classes, device=x.device),
+                       forward, autocast, x, y)
 
 
 @dataclass(frozen=True)
@@ -461,6 +456,7 @@ class FABT(_AutoAttackAdapter):
 
     def perturb(self, forward, x: torch.Tensor, y: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
         from pyautoattack.fab_pt import FABAttack_PT
-        return _aa_run(lambda fmt: FABAttack_PT(_aa_predict(forward, autocast, fmt), norm=_AA_NORM[self.norm], n_restarts=1,
-                                            n_iter=self.n_iter, eps=self.eps, seed=self.seed, targeted=True,
-                                            n_target_classes=self.n_target_classes, device=x.device), x, y)
+        return _aa_run(lambda predict: FABAttack_PT(predict, norm=_AA_NORM[self.norm], n_restarts=1, n_iter=self.n_iter,
+                                                    eps=self.eps, seed=self.seed, targeted=True,
+                                                    n_target_classes=self.n_target_classes, device=x.device),
+                       forward, autocast, x, y)

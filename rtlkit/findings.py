@@ -252,24 +252,29 @@ def _frame(found: list[Finding]) -> pd.DataFrame:
     return supersede(pd.DataFrame([f.row() for f in found], columns=COLUMNS[:-1]))[COLUMNS]
 
 
+def _text(column: pd.Series, empty: str) -> pd.Series:
+    """A text column as strings, an empty cell (NaN in a CSV read back) as ``empty``."""
+    return column.astype(object).where(column.notna(), empty).astype(str)
+
+
 def standing(df: pd.DataFrame) -> pd.DataFrame:
     """The rows whose verdicts count in the paper scorecard: claims of the papers (scope "paper")
     that no stronger test of the same claim supersedes."""
     if "scope" in df:
-        df = df[df.scope.fillna("paper").astype(str) == "paper"]
+        df = df[_text(df.scope, "paper") == "paper"]
     if "superseded_by" not in df:
         return df
-    return df[df.superseded_by.fillna("").astype(str) == ""]
+    return df[_text(df.superseded_by, "") == ""]
 
 
 def variants(df: pd.DataFrame) -> pd.DataFrame:
     """The rows that test a paper's claim with a variant of its method: shown beside it, never counted."""
-    return df[df.scope.fillna("paper").astype(str) == "variant"] if "scope" in df else df.iloc[:0]
+    return df[_text(df.scope, "paper") == "variant"] if "scope" in df else df.iloc[:0]
 
 
 def beyond(df: pd.DataFrame) -> pd.DataFrame:
     """The rows beyond the papers: our measurements and hypotheses, shown apart and never counted."""
-    return df[df.scope.fillna("paper").astype(str) == "beyond"] if "scope" in df else df.iloc[:0]
+    return df[_text(df.scope, "paper") == "beyond"] if "scope" in df else df.iloc[:0]
 
 
 def multiplicity(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
