@@ -2,6 +2,8 @@
 behind it and a manifest (profile, device, git commit, wall time)."""
 from __future__ import annotations
 
+import ast
+import json
 import os
 import platform
 import subprocess
@@ -157,8 +159,6 @@ def default_figures_dir(profile: str) -> Path:
 def notebook_parameters(notebook: str) -> list[str]:
     """The names a notebook's parameters cell (the cell tagged "parameters") assigns: what papermill
     may set. An unknown notebook is a ConfigError."""
-    import ast
-    import json
     path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
     if not path.is_file():
         raise ConfigError(f"unknown notebook {notebook!r} (no {path})")
@@ -168,7 +168,6 @@ def notebook_parameters(notebook: str) -> list[str]:
 
 
 def _assigned(tree) -> list[str]:
-    import ast
     return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
 
@@ -176,7 +175,6 @@ def _assigned(tree) -> list[str]:
 def injected_parameters() -> list[str]:
     """The names papermill set in this kernel (its injected cell, "# Parameters" and assignments, is in
     the kernel's input history); [] outside a papermill run."""
-    import ast
     try:
         from IPython import get_ipython
     except ImportError:

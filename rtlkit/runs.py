@@ -43,7 +43,7 @@ from .evaluate import evaluate
 from .io import (atomic_torch_save, atomic_write_bytes, atomic_write_json, csv_bytes, fault_point, read_json,
                  set_aside, sha256_bytes, sha256_file, sweep_tmp)
 from .models import Backbone, ResNetSpec, WRNSpec, build
-from .runtime import cpu_record, Runtime, seed_all
+from .runtime import cpu_isa_mode, cpu_record, Runtime, seed_all, thread_setting
 from .methods.neft import NEFT, settle
 from .training import AdversarialTraining, Checkpoints, StandardTraining, train
 from .transfer import TransferPolicy, prepare_target
@@ -433,7 +433,6 @@ def check_environment() -> None:
     """Every environment setting that changes what rtlkit does, checked at once: what each entry point
     (the CLIs, ``report.start``) calls before it makes a folder or starts a process. RTLKIT_CPU_ISA,
     RTLKIT_THREADS, RTLKIT_LOCK, RTLKIT_LOCK_LEASE_S, RTLKIT_DIST_TIMEOUT_S and RTLKIT_DEVICE."""
-    from .runtime import cpu_isa_mode, thread_setting
     cpu_isa_mode()
     thread_setting()
     lock_setting()
@@ -474,7 +473,8 @@ def run_lock(folder: Path):
     if not distributed.is_main():   # under torchrun rank 0 holds the run's lock for the whole group
         yield
         return
-    lock_setting(), lease_seconds()   # a bad setting is an error before the locks folder exists
+    lock_setting()   # a bad setting is an error before the locks folder exists
+    lease_seconds()
     locks = folder.parent / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     lock = _lock(locks, folder.name)
