@@ -86,8 +86,9 @@ class PGD:
         already fooled from the batch (their answer, the first fooling iterate, is fixed) and stop
         once none is left. Each example's gradient is its own (the model is in eval mode and the
         loss a sum over examples), so every example gets the iterates it gets in the whole batch;
-        it costs one host sync per pruning. ``compact=False`` keeps the batch's shape (a compiled
-        model recompiles on a new one) and only ends the batch once every example is fooled.
+        it costs one host sync per pruning. ``compact=False`` keeps the batch's shape and only ends
+        the batch once every example is fooled (a compiled model buckets the compacted sizes itself:
+        ``runtime.BucketedCall``).
         The caller puts the model in :func:`attack_mode`; :meth:`__call__` does it for you.
         ``start``: the random start's offsets (inside the ball), instead of a draw from the global
         RNG: ``rtlkit.card`` gives each example its own, so an example's result does not depend on
