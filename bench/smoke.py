@@ -88,7 +88,7 @@ def step_loss(method, model, rt: Runtime, x, y, policy=None) -> float:
     return float(train_step(method, model, rt.compiled(model), opt, x.to(rt.device), y.to(rt.device), rt)[0])
 
 
-def phases(a, s: dict, fast: Runtime) -> list[tuple[str, object, int]]:
+def phases(s: dict, fast: Runtime) -> list[tuple[str, object, int]]:
     """(name, run() -> detail, graph bound) for each phase."""
     spec = parse_spec(s["model"])
     n_blocks = spec.n_blocks
@@ -163,8 +163,7 @@ def two_ranks(dry: bool) -> str:
     CPU count) and takes one synced-BN AT step through DDP with compiled blocks."""
     import subprocess
     import tempfile
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "WORLD_SIZE": "2",
-           "RTLKIT_SYNC_BN": "1"}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "WORLD_SIZE": "2"}
     out = Path(tempfile.mkdtemp(prefix="rtlkit-smoke-"))
     procs = [subprocess.Popen([sys.executable, "-m", "bench.smoke", "--rank-child", str(r), "--child-out", str(out)]
                               + (["--dry"] if dry else []), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rtlkit smoke ({'dry, CPU' if a.dry else 'GPU'}): {fast.describe()}, {s['model']}, torch {torch.__version__}",
           flush=True)
     rows, failed, t_all = [], False, time.time()
-    todo = phases(a, s, fast)
+    todo = phases(s, fast)
     if a.dry or torch.cuda.device_count() >= 2:
         todo.append(("two ranks: all_sum + synced-BN AT step", lambda: two_ranks(a.dry), None))
     for name, run, bound in todo:

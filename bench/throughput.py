@@ -71,6 +71,12 @@ def paths(device: str, mode: str | None = None) -> dict[str, Runtime]:
                                          compile_mode=mode)}
 
 
+def numerics(path: str):
+    """What a path's rows run under: "eager fp32" with TF32 off (an H100 runs "fp32" convolutions in
+    TF32 by default), the others as configured."""
+    return strict_fp32() if path == "eager fp32" else contextlib.nullcontext()
+
+
 def sync(rt: Runtime) -> None:
     if rt.is_cuda:
         torch.cuda.synchronize()
@@ -162,7 +168,7 @@ def throughput(a, spec, shape, classes) -> list[dict]:
         for path, rt in paths(a.device, a.compile_mode).items():
             if path not in a.paths:
                 continue
-            with strict_fp32() if path == "eager fp32" else contextlib.nullcontext():   # no TF32 in "fp32"
+            with numerics(path):
                 step, images = make(rt)
                 evals = name.startswith("PGD-100")
                 r = timed(rt, step, images, warmup=1 if evals else a.warmup,
@@ -211,7 +217,7 @@ def accuracy(a) -> dict:
             continue
         seed_all(0)
         m = run.build_model()
-        with strict_fp32() if path == "eager fp32" else contextlib.nullcontext():
+        with numerics(path):
             t0 = time.perf_counter()
             train(m, train_data, P.source_method, rt, seed=0, progress=False)
             sync(rt)

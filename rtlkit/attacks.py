@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import check, check_int, check_real
+from .runtime import memory_format_of
 
 
 @contextlib.contextmanager
@@ -292,20 +293,13 @@ def _aa_predict(forward, autocast, memory_format=torch.contiguous_format, no_gra
     return predict
 
 
-def _memory_format(x: torch.Tensor):
-    """channels_last where ``x`` is laid out so (and not also plainly contiguous), else contiguous."""
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _aa_run(make, forward, autocast, x: torch.Tensor, y: torch.Tensor, no_grad: bool = False) -> torch.Tensor:
     """Run a pyautoattack attack on contiguous clones of the inputs (it calls ``.view(B, -1)`` on
     tensors shaped like its input: a channels_last RGB batch would fail there), 1-d long labels,
     inside fork_rng (its perturb reseeds the global CPU and CUDA RNGs, which must not leak into the
     caller's). ``make(predict)`` builds the attack on a predict that hands ``forward`` ``x``'s format."""
     devices = [x.device.index or 0] if x.is_cuda else []
-    predict = _aa_predict(forward, autocast, _memory_format(x), no_grad)
+    predict = _aa_predict(forward, autocast, memory_format_of(x), no_grad)
     with torch.random.fork_rng(devices=devices):
         attack = make(predict)
         return attack.perturb(x.detach().clone(memory_format=torch.contiguous_format),

@@ -156,12 +156,12 @@ def default_figures_dir(profile: str) -> Path:
     return REPO_ROOT / "figures"
 
 
-def notebook_parameters(notebook: str) -> list[str]:
+def notebook_parameters(notebook: str) -> list[str] | None:
     """The names a notebook's parameters cell (the cell tagged "parameters") assigns: what papermill
-    may set. An unknown notebook is a ConfigError."""
+    may set; None where ``notebooks/`` has no such notebook."""
     path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
     if not path.is_file():
-        raise ConfigError(f"unknown notebook {notebook!r} (no {path})")
+        return None
     cells = json.loads(path.read_text())["cells"]
     src = next(("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
     return _assigned(ast.parse(src))
@@ -195,9 +195,9 @@ def check_parameters(notebook: str) -> None:
     is a ConfigError naming the notebook's parameters, not papermill's warning and a run on the
     defaults."""
     given = injected_parameters()
-    if not given or not (REPO_ROOT / "notebooks" / f"{notebook}.ipynb").is_file():   # a copy elsewhere: papermill's own warning
+    known = notebook_parameters(notebook) if given else None
+    if known is None:   # not a papermill run, or a copy of the notebook elsewhere: papermill's own warning
         return
-    known = notebook_parameters(notebook)
     unknown = [p for p in given if p not in known]
     if unknown:
         raise ConfigError(f"notebook {notebook} has no parameter {', '.join(unknown)}; its parameters are "

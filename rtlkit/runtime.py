@@ -342,6 +342,13 @@ def batch_bucket(n: int) -> int:
     return max(MIN_BUCKET, 1 << max(int(n) - 1, 0).bit_length())
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where a 4-d ``x`` is laid out so (and not also plainly contiguous), else contiguous."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -370,15 +377,14 @@ class BucketedCall:
 
     def __call__(self, *args, **kwargs):
         x = args[0] if len(args) == 1 and not kwargs else None
-        if not isinstance(x, torch.Tensor) or x.ndim == 0 or couples_rows(self.unit):
+        if not isinstance(x, torch.Tensor) or x.ndim == 0:
             return self.compiled(*args, **kwargs)
         n = x.shape[0]
         b = batch_bucket(n)
-        if b == n or n in self.exact:
+        # a bucket-sized or declared batch (every full one) goes straight through, with no scan of the modules
+        if b == n or n in self.exact or couples_rows(self.unit):
             return self.compiled(x)
-        xp = torch.cat([x, x.new_zeros((b - n, *x.shape[1:]))])
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            xp = xp.contiguous(memory_format=torch.channels_last)
+        xp = torch.cat([x, x.new_zeros((b - n, *x.shape[1:]))]).contiguous(memory_format=memory_format_of(x))
         return _cut(self.compiled(xp), n)
 
 

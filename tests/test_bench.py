@@ -67,8 +67,8 @@ def test_the_smoke_stage_fails_on_a_crash_or_a_graph_count_past_its_bound(tmp_pa
     from bench import smoke
     real = smoke.phases
 
-    def faulty(a, s, fast):
-        out = real(a, s, fast)[:2]
+    def faulty(s, fast):
+        out = real(s, fast)[:2]
         (name, run, bound), second = out[0], out[1]
 
         def crash():
