@@ -6,7 +6,7 @@ gains once the targets are small enough for pre-training to matter?
 
 At `quick`, notebook 04's four targets sit at the ceiling (SA 94-99 % after robust fine-tuning
 from random init), so its relative changes are within the noise of 200 attacked images and its
-R^2 means nothing (README, "Notebook 04"). This runner adds targets of 50 to 1,000 training
+R^2 means nothing (docs/committed-run.md, "Notebook 04"). This runner adds targets of 50 to 1,000 training
 images (Fashion-MNIST 5-9 by count, MNIST-5k and the 8x8 digits by fraction), with everything
 else notebook 04's: the same cached sources, AT and CR fine-tuning for the same steps, APGD,
 Square and certificates at the same settings. Every AT fine-tune is attacked on its own training

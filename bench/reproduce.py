@@ -9,7 +9,7 @@ A table matches when its bytes equal the committed file's. Otherwise the columns
 named; a table that differs only in columns measuring the machine (``report.MEASURED_COLUMNS``, wall
 times) counts as reproduced. The committed figures are pinned (``quick``'s default on the CPU), so
 expect a match on an Intel CPU with AVX2 and the manifests' thread count and torch, and no match on
-another vendor's CPU (README, Reliability). Exit status 0 when every table is reproduced, 1 when one
+another vendor's CPU (docs/reliability.md). Exit status 0 when every table is reproduced, 1 when one
 is not, 2 on a bad setting.
 """
 from __future__ import annotations

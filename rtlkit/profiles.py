@@ -512,7 +512,7 @@ def _offline_pretraining(gpu: bool, quick: bool) -> Pretraining:
     5-9 target); targets Fashion-MNIST 5-9, MNIST-5k at several fractions, sklearn's 8x8 digits."""
     source = DataSpec("fashion-mnist", classes=(0, 1, 2, 3, 4), train_n=None if gpu else 6000, test_n=1000)
     f59 = DataSpec("fashion-mnist", classes=(5, 6, 7, 8, 9), train_n=2000)
-    if quick:   # 2-core CPU: 38 min (README, Committed run): one seed, 200 attacked images, N = 1,000 on 100 images
+    if quick:   # 2-core CPU: 38 min (docs/committed-run.md): one seed, 200 attacked images, N = 1,000 on 100 images
         return Pretraining(
             pt_source=source, pt_targets=(f59, DataSpec("mnist-5k"), DataSpec("mnist-5k", fraction=0.2),
                                            DataSpec("digits-8x8")),
@@ -591,7 +591,7 @@ def _quick(gpu: bool) -> Profile:
         eval_attacks=(pgd(eps, 20),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
         reinit_source=DataSpec("fashion-mnist", train_n=4000, test_n=1000),
-        # On 2 CPU cores (the suite takes ~2.5 h there: README, Committed run): one fine-tuning seed, and
+        # On 2 CPU cores (the suite takes ~2.5 h there: docs/committed-run.md): one fine-tuning seed, and
         # only the lambda that Tables 3-4 and Figs. 4-5 use (each FDM source costs minutes there).
         cartl_ks=(4, 6), cartl_betas=(1.0, 0.4), cartl_lams=(0.01, 0.005) if gpu else (0.005,),
         cartl_seeds=(0, 1) if gpu else (0,), fractions=(1.0, 0.5, 0.2, 0.1),

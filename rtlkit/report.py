@@ -27,7 +27,7 @@ from .runtime import Runtime, configure_threads, cpu_record, default_cpu_isa, pi
 
 
 # Columns a figure CSV may hold that measure the machine, not the config's result (a wall time):
-# a rerun reproduces every other byte of a pinned CPU run's CSV (bench/reproduce.py; README, Reliability).
+# a rerun reproduces every other byte of a pinned CPU run's CSV (bench/reproduce.py; docs/reliability.md).
 MEASURED_COLUMNS = ("train_seconds",)
 
 

@@ -9,7 +9,7 @@ off the CPU's fp32 eager default) names a folder under ``RTLKIT_RUNS`` (default 
                                     sha256 of its per-example table
 
 ``get_or_train(run)`` returns the cached model or trains it; one robust source thus serves
-every k, every BN case and every notebook. What the cache guarantees (README "Reliability"):
+every k, every BN case and every notebook. What the cache guarantees (docs/reliability.md):
 a run counts as cached only once complete.json is written; every artefact is checked against
 its hash on load, and a broken one is set aside as ``*.corrupt`` and rebuilt (from the last
 checkpoint when there is one); a per-run lock (``runs/.locks``) makes a second process wait

@@ -91,7 +91,7 @@ def _set_onednn(enabled: bool) -> None:
 
 
 # the committed figures' profile: pinned, its CSVs are the same bits on one host whatever ISA each library could
-# use; not across CPU vendors (AMD EPYC Zen 3 against Intel Xeon measured different, README "Reliability")
+# use; not across CPU vendors (AMD EPYC Zen 3 against Intel Xeon measured different, docs/reliability.md)
 PINNED_PROFILES = ("quick",)
 
 

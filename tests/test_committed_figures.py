@@ -1,5 +1,5 @@
 """The committed figures are one run's: every notebook's manifest names the same profile, CPU
-(model and vector flags), instruction-set pin, thread count and torch (README, "Committed run").
+(model and vector flags), instruction-set pin, thread count and torch (docs/committed-run.md).
 Bits depend on all of these, so a set made on two machines could not be reproduced byte for byte
 anywhere; this fails the day a partial regeneration on another host is committed."""
 import json
@@ -30,13 +30,13 @@ def test_every_notebook_figure_comes_from_one_machine_and_mode():
     assert len(kinds) == 1, "committed figures from several machines or modes:\n" + "\n".join(
         f"  {k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in kinds.items())
     (profile, model, flags, pin, threads, torch_version, device), = kinds
-    assert profile == "quick" and pin == "avx2" and model and flags, "the committed set is quick, pinned (README)"
+    assert profile == "quick" and pin == "avx2" and model and flags, "the committed set is quick, pinned (docs/committed-run.md)"
 
 
 @pytest.mark.parametrize("name", ["03_budget.json", "04_scarcity.json"])
 def test_a_bench_figure_beside_them_says_where_it_comes_from(name):
     """bench/budget.py and bench/pretraining_scarcity.py write beside the notebooks (not by make
-    figures); their manifests name their own run, which README's "Committed run" states."""
+    figures); their manifests name their own run, which docs/committed-run.md states."""
     m = manifests()[name]
     assert m["notebook"] == name.removesuffix(".json") and m["profile"] == "quick" and m.get("commit")
 

@@ -778,7 +778,7 @@ def findings(read) -> list:
                                    f"robust fine-tuning from random init over-fits a scarce target more than from {pre} "
                                    f"pre-training: a larger robust train-test gap (RA-WB, mean over {len(parts)} targets "
                                    f"of <= {SCARCE_IMAGES} images)", parts, direction=1,
-                                   note="Our explanation of the scarcity sweep (README), not a claim of the paper: "
+                                   note="Our explanation of the scarcity sweep (docs/committed-run.md), not a claim of the paper: "
                                         "RA-WB on the fine-tuning images minus RA-WB on test images, Random's gap "
                                         f"minus {pre}'s, each side's train and test accuracies binomial (Agresti-Coull), "
                                         "independent.", scope="beyond"))
