@@ -72,6 +72,10 @@ class Pretraining:
     radii: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)             # Table 3
     at_sigma: float = 0.01                    # Table 3: the AT source is smoothed at sigma = 0.01
     pt_seeds: tuple[int, ...] = (0,)
+    # (ours) more seeds for the first target's Table 4 (AT against Random) and Table 5 (CR against
+    # Random) cells, each training its own sources: the two claim cells notebook 04's seed floor is
+    # measured on where pt_seeds has fewer than 3 (rtlkit.stats.seed_floor)
+    pt_floor_seeds: tuple[int, ...] = ()
 
     def __post_init__(self):
         check(len(self.pt_targets) >= 2, "pt_targets: give at least two targets (Figs. 2-3 fit a line)")
@@ -96,8 +100,9 @@ class Pretraining:
         check(len(self.noise_sources) >= 1 and set(self.noise_sources) <= {"AT", "CR", "ST", "SimCLR"},
               f"noise_sources are pre-trainings of AT, CR, ST, SimCLR, not {self.noise_sources!r}")
         check(all(is_real(v) and v >= 0 for v in self.radii), f"radii must be >= 0: {self.radii}")
-        for v in self.pt_seeds:
-            check_int("pt_seeds entry", v, 0)
+        for name in ("pt_seeds", "pt_floor_seeds"):
+            for v in getattr(self, name):
+                check_int(f"{name} entry", v, 0)
 
 
 PV_MODES = ("normal", "noise", "adv", "adv-d", "adv-s", "gauss")   # gauss: ours (unclipped sigma noise), not in the default grid
@@ -131,6 +136,7 @@ class Provable:
     search_images: int = 1000
     search_steps: int = 1000
     head_seeds: tuple[int, ...] = (0, 1, 2)
+    table1_head_seeds: tuple[int, ...] | None = None   # Table 1's head seeds (None: head_seeds)
     head_lr: float = 1e-4
     head_max_epochs: int = 200
     wn_temperature: float = 100.0             # CE(T h(z)) for wn heads (HeadTraining.temperature)
@@ -163,6 +169,10 @@ class Provable:
         check(len(self.head_seeds) >= 1, "head_seeds is empty: give at least one seed")
         for v in self.head_seeds:
             check_int("head_seeds entry", v, 0)
+        if self.table1_head_seeds is not None:
+            check(len(self.table1_head_seeds) >= 1, "table1_head_seeds is empty: give at least one seed, or None")
+            for v in self.table1_head_seeds:
+                check_int("table1_head_seeds entry", v, 0)
         check(len(self.pv_radii) >= 1, "pv_radii is empty: give at least one radius")
         for r in self.pv_radii:
             check_real("pv_radii entry", r, 0)
@@ -400,11 +410,12 @@ _GRIDS = ("ks", "bn_ks", "seeds", "source_seeds", "cartl_ks", "cartl_lams", "car
 _ALIASES = ("source_name", "target_name", "source_epochs", "finetune_epochs")
 # notebook 04's settings: every field of Pretraining is a parameter of its own name
 _PT_FIELDS = tuple(f.name for f in dataclasses.fields(Pretraining) if f.name not in ("pt_source", "pt_targets", "pt_model"))
-_PT_GRIDS = ("noise_sigmas", "noise_sigmas_ours", "noise_sources", "radii", "pt_seeds", "table6_targets")
+_PT_GRIDS = ("noise_sigmas", "noise_sigmas_ours", "noise_sources", "radii", "pt_seeds", "pt_floor_seeds",
+             "table6_targets")
 # notebook 05's settings: every field of Provable but its pairs and model is a parameter of its own name
 _PV_FIELDS = tuple(f.name for f in dataclasses.fields(Provable)
                    if f.name not in ("main_pair", "table1_pairs", "table4_pairs", "pv_model"))
-_PV_GRIDS = ("pv_modes", "pv_radii", "head_seeds")
+_PV_GRIDS = ("pv_modes", "pv_radii", "head_seeds", "table1_head_seeds")
 _SH_FIELDS = tuple(f.name for f in dataclasses.fields(Shafahi))
 _SH_GRIDS = ("per_class", "depths", "table4_extra_lams", "same_lams", "split_lams", "lwf_seed_lams", "lwf_seeds")
 
@@ -437,7 +448,7 @@ def parameter(name: str, value):
         return _pv_parameter(name, value)
     if name in _GRIDS + _PT_GRIDS:
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        check(len(values) >= 1, f"{name} is empty: give at least one value")
+        check(len(values) >= 1 or name == "pt_floor_seeds", f"{name} is empty: give at least one value")
         for v in values:
             if name == "ks":
                 check(v == "all" or is_int(v), f"ks entries are block counts or 'all', not {v!r}")
@@ -475,14 +486,16 @@ def parameter(name: str, value):
 def _pv_parameter(name: str, value):
     """A notebook-05 parameter: grids as tuples with each entry checked, scalars checked by type
     (ranges and the certifiable radius are Provable's own checks)."""
+    if name == "table1_head_seeds" and value is None:
+        return None
     if name in _PV_GRIDS:
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         check(len(values) >= 1, f"{name} is empty: give at least one value")
         for v in values:
             if name == "pv_modes":
                 check(v in PV_MODES, f"unknown training mode {v!r}; one of {', '.join(PV_MODES)}")
-            elif name == "head_seeds":
-                check_int("head_seeds entry", v, 0)
+            elif name in ("head_seeds", "table1_head_seeds"):
+                check_int(f"{name} entry", v, 0)
             else:
                 check_real("pv_radii entry", v, 0)
         return values
@@ -517,7 +530,8 @@ def _offline_pretraining(gpu: bool, quick: bool) -> Pretraining:
             pt_source=source, pt_targets=(f59, DataSpec("mnist-5k"), DataSpec("mnist-5k", fraction=0.2),
                                            DataSpec("digits-8x8")),
             table6_targets=(1, 0), pretrain_epochs=15 if gpu else 8, pt_finetune_steps=400,
-            attack_images=200, apgd_restarts=1, square_queries=1000, cert_images=100, smoothing_n=1000)
+            attack_images=200, apgd_restarts=1, square_queries=1000, cert_images=100, smoothing_n=1000,
+            pt_floor_seeds=(1, 2))
     return Pretraining(
         pt_source=source, pt_targets=(f59,) + tuple(DataSpec("mnist-5k", fraction=f) for f in (1.0, 0.5, 0.2, 0.1))
         + (DataSpec("digits-8x8"),),
@@ -535,6 +549,7 @@ def _offline_provable(gpu: bool, quick: bool, model: WRNSpec, pairs: tuple) -> P
         # head lr 1e-3: MNIST-5k's 4,000 rows give 28 Adam steps an epoch, against the paper's hundreds
         return Provable(main_pair=main, table1_pairs=(main,) + tuple(pairs), table4_pairs=far, pv_model=model,
                         smooth_images=300, search_images=200, search_steps=100, head_seeds=(0,), head_lr=1e-3,
+                        table1_head_seeds=(0, 1, 2),   # Table 1's heads on cached features: cheap replicates
                         normal_epochs=pt.pretrain_epochs, shared_adv=True)
     return Provable(main_pair=main, table1_pairs=(main,) + tuple(pairs), table4_pairs=far, pv_model=model,
                     normal_epochs=pt.pretrain_epochs, shared_adv=True)
@@ -591,6 +606,7 @@ def _quick(gpu: bool) -> Profile:
         eval_attacks=(pgd(eps, 20),),
         ks=tuple(range(1, 9)), bn_ks=(4, 6),
         reinit_source=DataSpec("fashion-mnist", train_n=4000, test_n=1000),
+        seeds=(0, 1, 2),   # notebooks 01-02: three fine-tuning seeds a cell, so each verdict's seed part is measured
         # On 2 CPU cores (the suite takes ~2.5 h there: docs/committed-run.md): one fine-tuning seed, and
         # only the lambda that Tables 3-4 and Figs. 4-5 use (each FDM source costs minutes there).
         cartl_ks=(4, 6), cartl_betas=(1.0, 0.4), cartl_lams=(0.01, 0.005) if gpu else (0.005,),
@@ -603,7 +619,8 @@ def _quick(gpu: bool) -> Profile:
         provable=_offline_provable(gpu, True, WRNSpec(16, 1, stem_stride=2), _offline_pairs(None if gpu else 6000)),
         # notebook 06 on 2 cores (19 min with 01-05 warm): N in {10, 25, 100, all}, 150 steps per arm,
         # hidden layers 0-3, Tables 5/7 without 5e-5
-        shafahi=Shafahi(arm_steps=300 if gpu else 150, depths=(0, 1, 2, 3), same_lams=(1e-5, 1e-4, 0.001, 0.01, 0.1)),
+        shafahi=Shafahi(arm_steps=300 if gpu else 150, depths=(0, 1, 2, 3), same_lams=(1e-5, 1e-4, 0.001, 0.01, 0.1),
+                        lwf_seed_lams=(0.1, 0.001, 1e-7)),   # 1e-7: Table 4's "no difference" claim, measured
         # notebook 07 on 2 cores (12 min of cards with 01-06 warm): AutoAttack's attacks at a fifth of their
         # iterations and queries, 3 targets, and check 4 at 5x steps with 2 restarts, on 500 images
         card=Card(eps=eps, apgd_iters=20, targets=3, fab_iters=20, square_queries=1000, strong_factor=5,

@@ -90,18 +90,19 @@ def _set_onednn(enabled: bool) -> None:
     torch.backends.nnpack.set_flags(enabled)
 
 
-# the committed figures' profile: pinned, its CSVs are the same bits on one host whatever ISA each library could
-# use; not across CPU vendors (AMD EPYC Zen 3 against Intel Xeon measured different, docs/reliability.md)
+# the committed figures' profile: pinned to "avx2-compat", whose CSVs are the same bits on Intel and AMD hosts
+# alike ("avx2" alone is not: AMD EPYC Zen 3 against Intel Xeon measured different, docs/reliability.md)
 PINNED_PROFILES = ("quick",)
 
 
 def default_cpu_isa(profile: str, device: str | None = None) -> str:
-    """The mode a command runs ``profile`` in: ``$RTLKIT_CPU_ISA`` when set; else "avx2" for the
-    committed figures' profile on the CPU (so a fresh clone reproduces them), "native" otherwise."""
+    """The mode a command runs ``profile`` in: ``$RTLKIT_CPU_ISA`` when set; else "avx2-compat" for
+    the committed figures' profile on the CPU (so a fresh clone reproduces them on an Intel or an AMD
+    host), "native" otherwise."""
     if (os.environ.get(CPU_ISA_ENV) or "").strip():
         return cpu_isa_mode()
     if profile in PINNED_PROFILES and not (device or default_device()).startswith("cuda"):
-        return "avx2" if "avx2" in cpu_flags() else "native"
+        return "avx2-compat" if "avx2" in cpu_flags() else "native"
     return "native"
 
 

@@ -106,7 +106,8 @@ def record(profile: Profile) -> dict:
             "N0": s.n0, "N": s.n, "alpha": s.alpha, "sigma": s.sigma, "max_certifiable_radius": s.max_radius,
             "apgd_iters": pt.apgd_iters, "apgd_restarts": pt.apgd_restarts, "square_queries": pt.square_queries,
             "attack_images": pt.attack_images, "cert_images": pt.cert_images, "noise_images": pt.noise_images,
-            "pretrain_epochs": pt.pretrain_epochs, "finetune_steps": pt.pt_finetune_steps, "seeds": list(pt.pt_seeds)}
+            "pretrain_epochs": pt.pretrain_epochs, "finetune_steps": pt.pt_finetune_steps, "seeds": list(pt.pt_seeds),
+            "floor_seeds": list(pt.pt_floor_seeds)}
 
 
 def setting(profile: Profile) -> str:
@@ -221,6 +222,32 @@ def _sigma_pair(profile, runtime, progress, run, row: dict) -> list[dict]:
     x, y = _images(run, pt.cert_images, runtime)
     base = float(noisy_correct(model, x, y, 0.0, row["seed"], autocast=runtime.autocast).mean())
     return [row, dict(row, sigma=0.0, sa=base, ra_ct=0.0, acr=0.0, abstain=0.0, clean_acc=base, robust_acc=0.0)]
+
+
+FLOOR_CELLS = (("Table 4", "AT", "Random"), ("Table 5", "CR", "Random"))   # (table, arm a, arm b)
+
+
+def floor_seeds(pt: Pretraining) -> tuple[int, ...]:
+    """The seeds of the seed floor's cells: ``pt_seeds`` then ``pt_floor_seeds`` (in order, once each)."""
+    return tuple(dict.fromkeys(tuple(pt.pt_seeds) + tuple(pt.pt_floor_seeds)))
+
+
+def seed_floor_cells(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+    """(ours) The cells notebook 04's seed floor is measured on (``rtlkit.stats.seed_floor``): on the
+    first target, Table 4's AT against Random pre-training (AT fine-tuning, RA-WB) and Table 5's CR
+    against Random (CR fine-tuning, RA-CT), each at every seed of :func:`floor_seeds`, each seed
+    training its own sources. Seed-0 cells are Table 4's and 5's own (cached). Empty where fewer
+    than 3 seeds are asked for (the floor then comes from elsewhere: the findings say where)."""
+    pt = _pt(profile)
+    ts, seeds = targets(pt), floor_seeds(pt)
+    if not ts or len(seeds) < 3:
+        return pd.DataFrame()
+    rows = []
+    for s in seeds:
+        rows += [dict(_empirical_row(profile, runtime, progress, pre, ts[0], s), table="Table 4") for pre in ("AT", "Random")]
+        rows += [dict(_certified_row(profile, runtime, progress, pre, "CR", ts[0], s), table="Table 5")
+                 for pre in ("CR", "Random")]
+    return pd.DataFrame(rows)
 
 
 def empirical_transfer(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
@@ -573,6 +600,24 @@ def plot_bars(df: pd.DataFrame, metrics: tuple[str, ...], title: str = "", by: s
         if m != "acr":
             ax.set_ylim(0, 100)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))   # beside the bars, never on them
+    return plots.finish(fig, title)
+
+
+def plot_seed_floor(t: pd.DataFrame, title: str = ""):
+    """The seed floor's cells: each arm's robust accuracy at every seed (one panel per table), so the
+    spread of the paired differences that the floor takes is seen."""
+    tables = list(dict.fromkeys(t.table)) if len(t) else []
+    fig, axes = plots.plt.subplots(1, max(1, len(tables)), figsize=(4.6 * max(1, len(tables)), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], tables):
+        part = t[t.table == name]
+        for pre, arm in part.groupby("pretraining", sort=False):
+            arm = arm.sort_values("seed")
+            ax.plot(arm.seed, 100 * arm.robust_acc, "o-", color=_COLOURS.get(pre), label=f"{pre} pre-training")
+        ax.set_xticks(sorted(part.seed.unique()))
+        ax.set_xlabel("seed (sources and fine-tuning)")
+        ax.set_ylabel(("RA-WB" if name == "Table 4" else "RA-CT") + " (%)")
+        ax.set_title(f"{name}, {part.target.iloc[0]}", fontsize=9)
+        ax.legend(fontsize=8)
     return plots.finish(fig, title)
 
 

@@ -162,8 +162,8 @@ def setting(profile: Profile) -> str:
     pv = _pv(profile)
     main = pair_label(profile, pv.main_pair)
     return (f"{main}, {_model(profile).name}, sigma = r = {pv.sigma:g}, S = {pv.pv_samples}, alpha = {pv.pv_alpha:g}, "
-            f"{pv.smooth_images} smoothed / {pv.search_images} searched images, {len(pv.head_seeds)} head seed(s) "
-            f"({profile.name})")
+            f"{pv.smooth_images} smoothed / {pv.search_images} searched images, {len(pv.head_seeds)} head seed(s)"
+            + (f" ({len(table1_seeds(pv))} in Table 1)" if table1_seeds(pv) != pv.head_seeds else "") + f" ({profile.name})")
 
 
 def record(profile: Profile) -> dict:
@@ -174,12 +174,17 @@ def record(profile: Profile) -> dict:
             "pixel_scale": pv.pv_scale, "feature_dim": dim, "tap": pv.tap,
             "largest_certifiable_r_representation": median_radius_limit(pv.sigma, pv.pv_alpha, dim, pv.pv_samples),
             "smooth_images": pv.smooth_images, "search_images": pv.search_images, "search_steps": pv.search_steps,
-            "head_seeds": list(pv.head_seeds), "head_lr": pv.head_lr, "head_max_epochs": pv.head_max_epochs,
+            "head_seeds": list(pv.head_seeds), "table1_head_seeds": list(table1_seeds(pv)), "head_lr": pv.head_lr, "head_max_epochs": pv.head_max_epochs,
             "wn_temperature": pv.wn_temperature, "adv": "profile source (L-inf)" if pv.shared_adv else "L2 PGD-10",
             "modes": list(pv.pv_modes)}
 
 
 # --------------------------------------------------------------------------- Table 1
+
+def table1_seeds(pv: Provable) -> tuple[int, ...]:
+    """Table 1's head seeds: ``table1_head_seeds``, else ``head_seeds``."""
+    return pv.head_seeds if pv.table1_head_seeds is None else pv.table1_head_seeds
+
 
 def lipschitz_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """Table 1: source and target accuracy of none / wn heads with 1 and 4 layers on frozen f
@@ -197,7 +202,7 @@ def lipschitz_table(profile: Profile, runtime: Runtime | None = None, progress: 
                 z_tr, y_tr = get_or_features(src, data, "train", runtime, progress, tap=pv.tap)
                 for variant in variants:
                     for layers in (1, 4):
-                        for seed in pv.head_seeds:
+                        for seed in table1_seeds(pv):
                             h = _head(profile, runtime, progress, mode, pair, split, variant, layers, seed)
                             if h is None:
                                 continue
