@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print(fits.to_string(index=False))
     print(gap[["target", "pretraining", "train_n", "train_ra_wb", "ra_wb", "gap_ra_wb"]].to_string(index=False))
     for f in S.findings(lambda name: table.assign(source="rtlkit") if name == "04_scarcity" else None):
-        print(f"{f.claim}: {100 * f.effect:+.1f} +- {200 * f.se:.1f} points -> {f.verdict}")
+        lo, hi = f.interval()
+        print(f"{f.claim}: {100 * f.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points -> {f.verdict}")
     return 0
 
 

@@ -1,39 +1,65 @@
-"""Verdicts computed from the numbers: the rule and its uncertainty, and the A/A calibration.
+"""Verdicts computed from the numbers: one rule for every claim a notebook tests, and its A/A calibration.
 
-One rule for every claim a notebook tests. An *effect* is a difference the paper reports a sign
-for (robustness with minus without a method, say); ours comes with its standard error:
+An *effect* is a difference the paper reports a sign for (robustness with minus without a method,
+say), ours a difference of two accuracies. The rule is ``rtlkit.stats``'s, and every counted verdict
+about trained models carries both parts of its SE:
 
-- **agrees**: our effect has the paper's sign and lies outside 2 SE of zero;
-- **disagrees**: the opposite sign outside 2 SE; or the paper reports an effect that lies inside
-  2 SE of zero here while our SE is small enough to see it: the paper's effect lies outside our
-  effect +- 2 SE (an effect consistent with both zero and the paper's is unresolved);
-- **unresolved**: neither. The data cannot tell, however good the point estimate looks.
+- **the test images' part**: each arm's binomial SE on the shared test images (Agresti-Coull's);
+- **the training seeds' part**, said which in ``seed_source``: ``measured`` from the claim's own
+  replicates (>= 3, the arms paired by seed: the SD of the per-seed differences over sqrt(seeds)),
+  or ``floored`` by the notebook's seed floor (:func:`floors`: the largest SD of a paired difference
+  among >= 2 of its replicated claim cells; ``floor_from`` names them). A notebook whose run holds no
+  replicated cells borrows the largest floor of the run and says so (``floor_from``).
 
-The SE of a difference (:func:`contrast`) combines each side's binomial SE on its test images
-(Agresti-Coull's) and, where a side has several seeds, their variance over the seeds, as
-independent. A single-seed row's SE therefore holds the test images' noise alone, not the
-training seeds'. :func:`calibration` measures what that costs: on pairs of one configuration and
-another seed it resolves far more than 5 %. ``rtlkit.stats`` holds the seed-aware rule (a test
-part and a seed part, measured or floored, with a t quantile) that the verdicts move to once each
-notebook has its replicates; its calibration is in the same table.
+The interval is effect +- t * SE at the Welch-Satterthwaite degrees of freedom (95 %, two-sided).
+The **sign** and the **size** are separate questions:
+
+- **agrees** / **disagrees**: the interval excludes zero on the paper's side / the other;
+  **unresolved**: it holds zero. A claim the paper states as a direction only is judged the same way;
+- ``size``: is the paper's effect **inside** our interval, **outside** it, or **not comparable**
+  (another dataset, eps unit or threat model: every row of the offline profiles), or does the paper
+  print **no size**;
+- a claim of **no difference** is tested for equivalence (two one-sided tests) against a margin
+  declared in code before the data (:data:`MARGIN` unless the claim declares its own): **equivalent**
+  / **different** / **unresolved**;
+- **not a test**: the setting cannot show the effect at all.
+
+A row about one fixed model (07's attack gaps) or beyond the papers may carry no seed part
+(``seed_source`` "none"); a counted row of the papers never does: without a floor it stays
+unresolved. :func:`calibration` judges every pair of one configuration and another seed that the
+run offers, as if it were a claim: the rule may resolve at most 5 % of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
+from . import stats
 from .errors import ConfigError, check, check_int, is_real
 
-VERDICTS = ("agrees", "disagrees", "unresolved")
+SIGN = ("agrees", "disagrees")
+EQUIVALENCE = ("equivalent", "different")
+VERDICTS = SIGN + EQUIVALENCE + ("unresolved",)
 # a row tests a claim of the four papers with the paper's method ("paper": counted in the scorecard);
 # or the claim with a variant of ours ("variant": beside it, never counted); or is a measurement or a
 # hypothesis of ours ("beyond": shown in its own section, never counted): 07's AutoAttack-against-PGD
 # gaps (a cascade that starts from PGD's survivors can only lower it) and 04's scarcity explanation
 SCOPES = ("paper", "variant", "beyond")
-Z = 2.0   # "outside 2 SE"
+# where a row's training-seed part comes from: its own replicates, its notebook's floor, not yet
+# applied (a study's findings before rtlkit.findings applies the floor), or none (a fixed model's
+# measurement, or a measure in other units than accuracy, which no accuracy floor can bound)
+SEED_SOURCES = stats.SEED_SOURCES + ("pending", "none")
+# the equivalence margin of a "no difference" claim, unless it declares its own: 5 points of accuracy,
+# declared before the run it judges (commit 6e4519c started the committed run's regeneration). The
+# papers' own spreads sit inside it: CARTL Table 1's four scenarios span -1.6 to +2.2, Shafahi Tables
+# 5/7's CIFAR-100 LwF rows stay within 1 point of the source's robustness.
+MARGIN = 0.05
+Z = 2.0   # the 2-SE rule the calibration compares against (unpaired binomial SEs, no seeds)
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -45,20 +71,24 @@ def binomial_se(p: float, n: int) -> float:
 
 @dataclass(frozen=True)
 class Finding:
-    """One claim: where it comes from, the paper's effect and ours with its SE, and the verdict.
+    """One claim: where it comes from, the paper's effect and ours with both parts of its SE, and the
+    verdict (module docstring).
 
     Effects are differences of accuracies (fractions). ``paper_effect`` None: the paper states only
-    the direction (``direction`` +1 or -1: a figure without printed numbers); the rule then cannot
-    test a size, and an effect inside 2 SE is unresolved. ``testable`` False marks a row whose
-    setting cannot show the effect at all (say, a radius no certificate at that N reaches): its
-    verdict is "not a test". ``ours`` and ``paper_numbers`` hold the numbers behind each effect."""
+    the direction (``direction`` +1 or -1); 0: it claims no difference (tested for equivalence
+    within ``margin``, :data:`MARGIN` when None). ``se_test``: the test images' part of the SE;
+    ``se_seed``, ``seed_df``, ``seed_source``, ``floor_from``: the training seeds' part (None while
+    "pending": :func:`with_floor` applies the notebook's floor). ``comparable``: the row's dataset,
+    eps unit and threat model are the paper's, so its size can be compared. ``testable`` False marks
+    a row whose setting cannot show the effect: "not a test". ``ours`` and ``paper_numbers`` hold
+    the numbers behind each effect."""
     notebook: str
     paper: str
     where: str            # table or figure
     claim: str            # one line
-    paper_effect: float | None   # the paper's difference (its sign is the claim); None: direction only
+    paper_effect: float | None
     effect: float         # ours
-    se: float
+    se_test: float
     n: int                # test images
     seeds: int
     direction: int = 0
@@ -66,56 +96,108 @@ class Finding:
     paper_numbers: str = ""
     note: str = ""
     testable: bool = True
-    scope: str = "paper"   # "paper": the paper's claim by its method (the scorecard); "variant", "beyond": SCOPES
+    scope: str = "paper"
+    se_seed: float | None = None
+    seed_df: int = 0
+    seed_source: str = "pending"
+    floor_from: str = ""
+    margin: float | None = None
+    comparable: bool = False
+    unit: str = "accuracy"   # what the effect is a difference of: "accuracy" takes the notebook's floor
 
     def __post_init__(self):
-        for name in ("effect", "se") + (("paper_effect",) if self.paper_effect is not None else ()):
+        for name in ("effect", "se_test") + (("paper_effect",) if self.paper_effect is not None else ()):
             check(is_real(getattr(self, name)) and math.isfinite(getattr(self, name)),
                   f"{name} must be a finite number, not {getattr(self, name)!r}")
-        check(self.se >= 0, f"se must be >= 0, not {self.se}")
+        check(self.se_test >= 0, f"se_test must be >= 0, not {self.se_test}")
         check_int("n", self.n, 1)
         check_int("seeds", self.seeds, 1)
         if self.paper_effect is None:
             check(self.direction in (-1, 1), f"a direction-only claim needs direction +1 or -1, not {self.direction!r}")
         check(self.scope in SCOPES, f"scope must be one of {SCOPES}, not {self.scope!r}")
+        check(self.seed_source in SEED_SOURCES, f"seed_source must be one of {SEED_SOURCES}, not {self.seed_source!r}")
+        if self.seed_source in stats.SEED_SOURCES:
+            check(is_real(self.se_seed) and math.isfinite(self.se_seed) and self.se_seed > 0,
+                  f"a {self.seed_source} seed part must be > 0, not {self.se_seed!r}")
+            check_int("seed_df", self.seed_df, 1)
+        if self.margin is not None:
+            check(is_real(self.margin) and self.margin > 0, f"an equivalence margin is > 0, not {self.margin!r}")
+
+    @property
+    def claims_no_difference(self) -> bool:
+        return self.paper_effect is not None and self.paper_effect == 0
+
+    @property
+    def sign(self) -> int:
+        return self.direction if self.paper_effect is None else int(np.sign(self.paper_effect))
+
+    def measure(self) -> stats.Effect | None:
+        """Our effect with both parts of its SE, or None where the seed part is missing."""
+        if self.seed_source not in stats.SEED_SOURCES:
+            return None
+        return stats.Effect(self.effect, self.se_test, float(self.se_seed), self.seed_df, self.seed_source,
+                            self.seeds, self.floor_from)
+
+    @property
+    def se(self) -> float:
+        """The SE of our effect: both parts, or the test part alone where no seed part is known."""
+        return math.sqrt(self.se_test ** 2 + (self.se_seed or 0.0) ** 2)
+
+    def interval(self, level: float = stats.LEVEL) -> tuple[float, float]:
+        """Our effect's interval: the t quantile with a seed part, the normal one without."""
+        e = self.measure()
+        if e is not None:
+            return e.interval(level)
+        h = float(sps.norm.ppf(0.5 + level / 2)) * self.se
+        return self.effect - h, self.effect + h
 
     @property
     def verdict(self) -> str:
         if not self.testable:
             return "not a test"
-        if self.paper_effect is None:
-            outside = abs(self.effect) > Z * self.se
-            if not outside:
-                return "unresolved"
-            return "agrees" if math.copysign(1, self.effect) == self.direction else "disagrees"
-        return verdict(self.paper_effect, self.effect, self.se)
+        if self.measure() is None and (self.scope != "beyond" or self.seed_source == "pending"):
+            return "unresolved"   # a claim about trained models without its training noise resolves nothing
+        # (beyond the papers, a measurement on one fixed model may rest on its test images alone)
+        if self.claims_no_difference:
+            return stats.equivalence_of(self.interval(2 * stats.LEVEL - 1), self.interval(), self.margin or MARGIN)
+        return stats.sign_of(self.interval(), self.sign)
+
+    @property
+    def size(self) -> str:
+        if self.claims_no_difference:
+            return "no size"
+        e = self.measure()
+        if e is None:
+            return "not comparable" if self.paper_effect is not None and not self.comparable else "no size"
+        return stats.size_verdict(e, self.paper_effect, self.comparable)
 
     def row(self) -> dict:
-        lo, hi = self.effect - Z * self.se, self.effect + Z * self.se
+        lo, hi = self.interval()
         return {"notebook": self.notebook, "paper": self.paper, "where": self.where, "claim": self.claim,
                 "paper_effect": self.paper_effect if self.paper_effect is not None else float("nan"),
-                "direction": self.direction if self.paper_effect is None else int(np.sign(self.paper_effect)),
-                "effect": self.effect, "se": self.se, "low_2se": lo, "high_2se": hi, "n": self.n,
-                "seeds": self.seeds, "verdict": self.verdict, "ours": self.ours, "paper_numbers": self.paper_numbers,
-                "note": self.note, "scope": self.scope}
+                "direction": self.sign, "effect": self.effect, "se": self.se, "se_test": self.se_test,
+                "se_seed": self.se_seed if self.se_seed is not None else float("nan"), "seed_source": self.seed_source,
+                "seed_df": self.seed_df, "low": lo, "high": hi,
+                "margin": (self.margin or MARGIN) if self.claims_no_difference else float("nan"),
+                "n": self.n, "seeds": self.seeds, "verdict": self.verdict, "size": self.size, "ours": self.ours,
+                "paper_numbers": self.paper_numbers, "note": self.note, "floor_from": self.floor_from,
+                "scope": self.scope}
 
 
-RESOLUTION = 0.01   # a claim of *no* effect holds only where 2 SE is within 1 point (accuracies in [0, 1])
-
-
-def verdict(paper_effect: float, effect: float, se: float, resolution: float = RESOLUTION) -> str:
-    """The one rule (module docstring). ``paper_effect`` 0 claims no effect (Shafahi Table 4:
-    lambda_d = 1e-7 equals 0.1): an effect outside 2 SE disagrees, one inside agrees only where
-    2 SE <= ``resolution``, so that a noisy measurement never confirms "no difference"."""
-    check(is_real(se) and se >= 0 and math.isfinite(se), f"se must be a finite number >= 0, not {se!r}")
-    check(is_real(effect) and math.isfinite(effect), f"effect must be a finite number, not {effect!r}")
-    outside = abs(effect) > Z * se
-    if paper_effect == 0:
-        return "disagrees" if outside else ("agrees" if Z * se <= resolution else "unresolved")
-    same_sign = math.copysign(1, effect) == math.copysign(1, paper_effect)
-    if outside:
-        return "agrees" if same_sign else "disagrees"
-    return "disagrees" if abs(effect - paper_effect) > Z * se else "unresolved"
+def with_floor(f: Finding, floor: stats.SeedFloor | None, borrowed_from: str = "") -> Finding:
+    """``f`` with its pending seed part floored by ``floor`` (a single-seed difference carries the
+    whole SD; an average of several, :func:`average`, too: their training noise may be shared). A row
+    without a floor, or whose measure is not an accuracy, keeps no seed part and says why."""
+    if f.seed_source != "pending":
+        return f
+    if f.unit != "accuracy":
+        return dataclasses.replace(f, seed_source="none", floor_from=f"no seed floor in {f.unit} units")
+    if floor is None:
+        return dataclasses.replace(f, seed_source="none", floor_from="no replicated cells in this run")
+    where = floor.source if not borrowed_from else f"borrowed from notebook {borrowed_from} (no replicated cells of " \
+        f"this notebook in this run): {floor.source}"
+    return dataclasses.replace(f, se_seed=floor.sd, seed_df=floor.df, seed_source="floored",
+                               floor_from=f"SD {100 * floor.sd:.1f} pts, {where}")
 
 
 # --------------------------------------------------------------------------- from a study's tidy tables
@@ -175,50 +257,109 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+SEED_COLUMNS = ("replicate", "seed")   # what pairs two arms' rows: notebook 03's replicate, else the run's seed
+
+
+def per_seed(rows: pd.DataFrame, col: str) -> pd.Series | None:
+    """``col`` of ``rows`` by seed (the mean of a seed's rows), or None where the rows name no seed."""
+    for s in SEED_COLUMNS:
+        if s in rows and rows[s].notna().all() and len(rows):
+            return rows.groupby(pd.to_numeric(rows[s]), sort=True)[col].mean().astype(float)
+    return None
+
+
+def paired_cell(a: pd.DataFrame, b: pd.DataFrame, col: str) -> tuple | None:
+    """Two arms' ``col`` per seed, paired by seed, (a values, b values), where both hold the same
+    >= 3 seeds, one row a seed: a claim cell a seed floor can be measured on; else None."""
+    sa, sb = per_seed(a, col), per_seed(b, col)
+    if sa is None or sb is None or list(sa.index) != list(sb.index) or len(sa) < stats.MIN_REPLICATES:
+        return None
+    if len(sa) != len(a) or len(sb) != len(b):   # several rows a seed: not one replicate a seed
+        return None
+    return sa.to_numpy(), sb.to_numpy()
+
+
+def paired_cells(specs: dict) -> dict:
+    """{claim: (a rows, b rows, col)} -> {claim: (a values, b values)} of the cells :func:`paired_cell` pairs."""
+    out = {}
+    for name, (a, b, col) in specs.items():
+        cell = paired_cell(a, b, col)
+        if cell is not None:
+            out[name] = cell
+    return out
+
+
+def seed_part(a: pd.DataFrame, b: pd.DataFrame, col: str) -> tuple[float, int] | None:
+    """The measured seed part of mean(a) - mean(b): (SD of the per-seed differences / sqrt(seeds),
+    seeds - 1) where :func:`paired_cell` pairs the arms and their differences vary; else None."""
+    cell = paired_cell(a, b, col)
+    if cell is None:
+        return None
+    d = cell[0] - cell[1]
+    sd = float(d.std(ddof=1))
+    return (sd / math.sqrt(len(d)), len(d) - 1) if sd > 0 else None
+
+
 def contrast(notebook: str, paper: str, where: str, claim: str, a: pd.DataFrame, b: pd.DataFrame,
              col: str = "robust_acc", paper_a: float | None = None, paper_b: float | None = None,
-             direction: int = 0, note: str = "", testable: bool = True, se_floor: float = 0.0) -> Finding:
-    """The effect mean(a) - mean(b) of ``col`` with its SE (the two sides' SEs combined as
-    independent: conservative for two models judged on one test set, whose results correlate);
-    the paper's effect ``paper_a - paper_b`` (None: ``direction`` only)."""
-    pa, sa, na, ka = mean_se(a, col)
-    pb, sb, nb, kb = mean_se(b, col)
+             direction: int = 0, note: str = "", testable: bool = True, margin: float | None = None,
+             scope: str = "paper") -> Finding:
+    """The effect mean(a) - mean(b) of ``col``: its test images' part (both arms' binomial SEs as
+    independent: conservative for two models judged on one test set), and its seed part measured
+    where both arms hold the same >= 3 seeds (paired by seed), else pending the notebook's floor;
+    the paper's effect ``paper_a - paper_b`` (None: ``direction`` only; 0: no difference, within
+    ``margin``)."""
+    pa, _, na, ka = mean_se(a, col)
+    pb, _, nb, kb = mean_se(b, col)
+    n = min(na, nb)
     pe = None if paper_a is None or paper_b is None else float(paper_a - paper_b)
-    return Finding(notebook, paper, where, claim, pe, pa - pb, math.sqrt(sa ** 2 + sb ** 2 + se_floor ** 2),
-                   min(na, nb), min(ka, kb), direction if pe is None else 0,
-                   ours=f"{_pct(pa)} vs {_pct(pb)}", note=note, testable=testable,
+    seed = seed_part(a, b, col)
+    extra = dict(se_seed=seed[0], seed_df=seed[1], seed_source="measured") if seed else {}
+    return Finding(notebook, paper, where, claim, pe, pa - pb, stats.images_se(pa, pb, n), n, min(ka, kb),
+                   direction if pe is None else 0, ours=f"{_pct(pa)} vs {_pct(pb)}", note=note, testable=testable,
                    paper_numbers="" if pe is None else "no difference" if paper_a == paper_b == 0 else
-                   f"{_pct(paper_a)} vs {_pct(paper_b)}")
+                   f"{_pct(paper_a)} vs {_pct(paper_b)}", margin=margin, scope=scope, **extra)
 
 
-def samples(notebook: str, paper: str, where: str, claim: str, a, b, direction: int, note: str = "") -> Finding:
+def samples(notebook: str, paper: str, where: str, claim: str, a, b, direction: int, note: str = "",
+            unit: str = "per-image share") -> Finding:
     """The effect mean(a) - mean(b) of two sets of per-example measurements that are not accuracies
-    (a share of the gradient, say): the SE of a difference of means, sqrt(var_a / n_a + var_b / n_b)."""
+    (a share of the gradient, say): the SE of a difference of means, sqrt(var_a / n_a + var_b / n_b).
+    No accuracy floor bounds its training noise (``unit``), so a counted row stays unresolved."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     check(len(a) >= 2 and len(b) >= 2, f"{where}: need >= 2 measurements a side, not {len(a)} and {len(b)}")
     se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     return Finding(notebook, paper, where, claim, None, float(a.mean() - b.mean()), se, min(len(a), len(b)), 1,
-                   direction, ours=f"{a.mean():.3g} vs {b.mean():.3g}", note=note)
+                   direction, ours=f"{a.mean():.3g} vs {b.mean():.3g}", note=note, unit=unit)
 
 
 def average(notebook: str, paper: str, where: str, claim: str, parts: list[Finding], direction: int = 0,
-            paper_effect: float | None = None, paper_numbers: str = "", note: str = "", scope: str = "paper") -> Finding:
-    """The mean of several findings' effects (one per target, say), its SE from theirs as independent."""
+            paper_effect: float | None = None, paper_numbers: str = "", note: str = "", scope: str = "paper",
+            margin: float | None = None) -> Finding:
+    """The mean of several findings' effects (one per target, say): its test part from theirs as
+    independent; its seed part the mean of theirs (their training noise may be shared, a source
+    say, so it is not divided down), measured only where every part's is, else pending the floor."""
     check(len(parts) >= 1, f"{where}: nothing to average")
     k = len(parts)
     eff = sum(f.effect for f in parts) / k
-    se = math.sqrt(sum(f.se ** 2 for f in parts)) / k
+    se = math.sqrt(sum(f.se_test ** 2 for f in parts)) / k
+    extra = {}
+    if all(f.seed_source == "measured" for f in parts):
+        extra = dict(se_seed=sum(f.se_seed for f in parts) / k, seed_df=min(f.seed_df for f in parts),
+                     seed_source="measured")
     return Finding(notebook, paper, where, claim, paper_effect, eff, se, min(f.n for f in parts),
                    min(f.seeds for f in parts), direction if paper_effect is None else 0,
-                   ours="; ".join(f.ours for f in parts), paper_numbers=paper_numbers, note=note, scope=scope)
+                   ours="; ".join(f.ours for f in parts), paper_numbers=paper_numbers, note=note, scope=scope,
+                   margin=margin, **extra)
 
 
 # --------------------------------------------------------------------------- every notebook's findings
 
 NOTEBOOKS = {"01": "layer_freezing", "02": "bn_ablation", "03": "cartl", "04": "pretraining", "05": "provable",
              "06": "shafahi", "07": "report_cards"}
-COLUMNS = ["notebook", "paper", "where", "claim", "paper_effect", "direction", "effect", "se", "low_2se", "high_2se",
-           "n", "seeds", "verdict", "ours", "paper_numbers", "note", "scope", "superseded_by"]
+COLUMNS = ["notebook", "paper", "where", "claim", "paper_effect", "direction", "effect", "se", "se_test", "se_seed",
+           "seed_source", "seed_df", "low", "high", "margin", "n", "seeds", "verdict", "size", "ours", "paper_numbers",
+           "note", "floor_from", "scope", "superseded_by"]
 
 
 def _base(where: str) -> str:
@@ -278,18 +419,15 @@ def beyond(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def multiplicity(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
-    """How many claims the scorecard tests, and how many verdicts chance alone would give: at a
-    calibrated 5 % level, and at the A/A rate this rule shows on the run's replicated cells (robust
-    accuracy), were no claim true."""
+    """How many claims the scorecard tests, and how many verdicts chance alone would give, were no
+    claim true: at the rule's nominal 5 %, and at the rate it showed on the run's A/A pairs."""
     n = len(standing(df)[lambda d: d.verdict.isin(VERDICTS)])
     out = (f"Multiplicity: the scorecard tests {n} claims. Were none of them true, a rule that resolves 5 % of A/A "
            f"pairs would still give about {0.05 * n:.0f} verdicts by chance ({0.025 * n:.0f} agrees, "
            f"{0.025 * n:.0f} disagrees)")
-    robust = cal[cal.measure == "robust_acc"] if cal is not None and len(cal) else None
-    if robust is not None and len(robust):
-        rate = float(robust.resolved_2se_rule.astype(bool).mean())
-        out += (f"; at the {100 * rate:.1f} % this 2-SE rule resolves on A/A pairs of robust accuracy, about "
-                f"{rate * n:.0f} ({rate * n / 2:.0f} each way). The counts below are not evidence by themselves")
+    if cal is not None and len(cal):
+        rate = float(cal.resolved.astype(bool).mean())
+        out += f"; this rule resolved {100 * rate:.1f} % of the run's {len(cal)} A/A pairs"
     return out + "."
 
 
@@ -311,13 +449,54 @@ def reader(figures_dir):
     return read
 
 
-def of_notebook(notebook: str, figures_dir) -> list[Finding]:
-    """The findings of one notebook ("03"), computed by its study's ``findings`` from the CSVs its
-    run left in ``figures_dir`` (none where they are missing)."""
+def _study(notebook: str):
     import importlib
     check(notebook in NOTEBOOKS, f"unknown notebook {notebook!r}; one of {', '.join(NOTEBOOKS)}")
-    study = importlib.import_module(f"rtlkit.studies.{NOTEBOOKS[notebook]}")
-    return list(study.findings(reader(figures_dir)))
+    return importlib.import_module(f"rtlkit.studies.{NOTEBOOKS[notebook]}")
+
+
+def replicated(notebook: str, read) -> list[tuple]:
+    """A notebook's replicated tables (its study's ``replicated(read)``): (name, our rows, the
+    columns of one configuration, the claim cells a floor is measured on, the seed column)."""
+    out = []
+    for t in getattr(_study(notebook), "replicated", lambda r: [])(read):
+        name, rows, config, cells, *seed = t
+        out.append((name, rows, config, cells, seed[0] if seed else "replicate"))
+    return out
+
+
+def floors(figures_dir) -> dict:
+    """Each notebook's seed floor (``rtlkit.stats.seed_floor``) from its replicated claim cells in
+    ``figures_dir``: the largest SD of a paired difference among >= 2 cells of >= 3 replicates
+    (its tables' cells pooled); None where the run holds fewer."""
+    read = reader(figures_dir)
+    out = {}
+    for nb in NOTEBOOKS:
+        cells = {}
+        for name, _, _, c, _ in replicated(nb, read):
+            cells.update({f"{name}: {k}": v for k, v in c.items()})
+        out[nb] = stats.seed_floor(cells) if len(cells) >= 2 else None
+    return out
+
+
+def floor_of(notebook: str, all_floors: dict) -> tuple:
+    """(floor, borrowed from): the notebook's own floor, else the largest of the run's (named)."""
+    if all_floors.get(notebook) is not None:
+        return all_floors[notebook], ""
+    others = {nb: f for nb, f in all_floors.items() if f is not None}
+    if not others:
+        return None, ""
+    nb = max(others, key=lambda k: others[k].sd)
+    return others[nb], nb
+
+
+def of_notebook(notebook: str, figures_dir, all_floors: dict | None = None) -> list[Finding]:
+    """The findings of one notebook ("03"), computed by its study's ``findings`` from the CSVs its
+    run left in ``figures_dir`` (none where they are missing), each single-seed row floored by the
+    notebook's seed floor (``all_floors``: :func:`floors`, computed when not given)."""
+    found = list(_study(notebook).findings(reader(figures_dir)))
+    floor, borrowed = floor_of(notebook, floors(figures_dir) if all_floors is None else all_floors)
+    return [with_floor(f, floor, borrowed) for f in found]
 
 
 CALIBRATION_COLUMNS = ["notebook", "table", "measure", "config", "seed_a", "seed_b", "a", "b", "n", "effect", "se",
@@ -328,22 +507,22 @@ CALIBRATION_MEASURES = ("robust_acc", "clean_acc")
 def calibration(figures_dir) -> pd.DataFrame:
     """The A/A calibration (``findings_calibration.csv``): every pair of cells the run offers that
     share a configuration and an arm and differ only in their seed, in every notebook whose study
-    has replicated tables (``replicated(read)``), on robust and clean accuracy. Each pair is judged
-    by ``rtlkit.stats``'s rule as if it were a claim (floored by that notebook's seed floor:
-    ``resolved``) and by the 2-SE rule this module's verdicts use today (unpaired binomial SEs:
-    ``resolved_2se_rule``). Both are false resolutions: the two cells are one configuration."""
-    import importlib
-    from . import stats
+    has replicated tables, on robust and clean accuracy. Each pair is judged by the rule as if it
+    were a claim, floored by its notebook's seed floor (``resolved``), and by the 2-SE rule of
+    unpaired binomial SEs without the seeds (``resolved_2se_rule``, the rule verdicts used before).
+    Both count false resolutions: the two cells are one configuration."""
     read = reader(figures_dir)
+    all_floors = floors(figures_dir)
     parts = []
-    for nb, name in NOTEBOOKS.items():
-        study = importlib.import_module(f"rtlkit.studies.{name}")
-        for table, rows, config, cells in getattr(study, "replicated", lambda r: [])(read):
-            if len(cells) < 2:   # a profile with fewer replicates (smoke: 2 seeds) has no floor to judge by
-                continue
-            floor = stats.seed_floor(cells)
+    for nb in NOTEBOOKS:
+        floor = all_floors[nb]
+        if floor is None:   # a profile with fewer replicates (smoke: 2 seeds) has no floor to judge by
+            continue
+        for table, rows, config, _, seed in replicated(nb, read):
             for col in CALIBRATION_MEASURES:
-                p = stats.aa_pairs(rows, config, col, floor)
+                if col not in rows:
+                    continue
+                p = stats.aa_pairs(rows, config, col, floor, seed=seed)
                 if not len(p):
                     continue
                 cfg = p[config].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items() if v != "nan"), axis=1)
@@ -366,28 +545,45 @@ def calibration_summary(cal: pd.DataFrame) -> str:
     parts = []
     for col, part in cal.groupby("measure", sort=False):
         n = len(part)
-        parts.append(f"{col.replace('_acc', ' accuracy')}: {n} pairs; the seed-aware rule resolves "
+        parts.append(f"{col.replace('_acc', ' accuracy')}: {n} pairs; the rule resolves "
                      f"{share(int(part.resolved.astype(bool).sum()), n)}, the 2-SE rule "
                      f"{share(int(part.resolved_2se_rule.astype(bool).sum()), n)}")
     floors = cal.drop_duplicates("table")
     return ("A/A calibration (`findings_calibration.csv`): pairs of cells of one configuration and another seed, "
             f"in {', '.join(floors.table.astype(str))}, judged as if each were a claim. " + "; ".join(parts) + ". "
-            "The seed-aware rule (`rtlkit/stats.py`: a test part and a seed part, here the notebook's floor, "
-            "SD " + ", ".join(f"{100 * r.floor_sd:.1f} points ({r.floor_df} df)" for r in floors.itertuples()) +
-            ", with a t quantile) may resolve at most 5 %; the 2-SE rule is the one of the verdicts below.")
+            "The rule of the verdicts below (`rtlkit/stats.py`: a test part and a seed part, here each notebook's "
+            "floor, SD " + ", ".join(f"{100 * r.floor_sd:.1f} points ({r.floor_df} df, {r.notebook})"
+                                     for r in floors.drop_duplicates("notebook").itertuples()) +
+            ", with a t quantile) may resolve at most 5 %; the 2-SE rule, which leaves the seeds out, is the one "
+            "verdicts used before.")
 
 
 def collect(figures_dir) -> pd.DataFrame:
     """Every notebook's findings as one table (``figures/findings.csv``'s rows)."""
-    return _frame([f for nb in NOTEBOOKS for f in of_notebook(nb, figures_dir)])
+    all_floors = floors(figures_dir)
+    return _frame([f for nb in NOTEBOOKS for f in of_notebook(nb, figures_dir, all_floors)])
+
+
+def _interval(r) -> str:
+    """Our effect and its 95 % interval, in points."""
+    return f"{100 * r.effect:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]"
+
+
+def _seed_cell(r) -> str:
+    src = r.seed_source if isinstance(r.seed_source, str) else ""
+    if src == "measured":
+        return f"measured ({int(r.seeds)} seeds)"
+    return src
 
 
 def table(notebook: str, figures_dir) -> pd.DataFrame:
-    """A notebook's findings cell: claim, the paper's effect and ours +- 2 SE in points, n, seeds, verdict."""
+    """A notebook's findings cell: claim, the paper's effect and ours with its 95 % interval in
+    points, where its training noise comes from, n, seeds, the verdict and the size."""
     df = _frame(of_notebook(notebook, figures_dir))
-    out = df[["where", "claim", "paper_numbers", "ours", "n", "seeds", "verdict", "superseded_by"]].copy()
+    out = df[["where", "claim", "paper_numbers", "ours", "n", "seeds", "verdict", "size", "superseded_by"]].copy()
     out.insert(3, "paper effect (pts)", [_effect(r.paper_effect, r.direction) for r in df.itertuples()])
-    out.insert(5, "ours (pts, +- 2 SE)", [f"{100 * r.effect:+.1f} +- {200 * r.se:.1f}" for r in df.itertuples()])
+    out.insert(5, "ours (pts, 95 % interval)", [_interval(r) for r in df.itertuples()])
+    out.insert(6, "seed part", [_seed_cell(r) for r in df.itertuples()])
     return out
 
 
@@ -407,13 +603,17 @@ def render(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
     lines = ["# Findings", "",
              "Generated by `rtlkit.findings` from `findings.csv`, which the notebooks' own code computes from",
              "the CSVs beside each figure; never edited by hand. Effects are differences of accuracies in",
-             "points. Verdicts by one rule (`rtlkit/findings.py`): **agrees** = the paper's sign, outside 2 SE;",
-             "**disagrees** = the opposite sign outside 2 SE, or inside 2 SE of zero while the paper's effect",
-             "lies outside ours +- 2 SE; **unresolved** = neither; **not a test** = the setting cannot show it.",
-             "The SE of a difference combines both sides' binomial SEs (and, where a row has several seeds, their",
-             "spread) as independent. A single-seed row's SE leaves out the training seeds' noise, so this rule is",
-             "not conservative: the calibration below measures how often it calls two runs of one configuration",
-             "different.", ""]
+             "points, ours with its 95 % interval: effect +- t x SE, where the SE holds the test images' binomial",
+             "part and the training seeds' part, **measured** from the claim's own seeds (>= 3, the arms paired",
+             "by seed) or **floored** by its notebook's seed floor (the largest SD of a paired difference among",
+             "its replicated claim cells; the row's `floor_from` in `findings.csv` names them), with the t",
+             "quantile at their degrees of freedom (`rtlkit/stats.py`). The verdict is the sign: **agrees** /",
+             "**disagrees** when the interval excludes zero on the paper's side / the other, **unresolved**",
+             "when it holds zero. A claim of no difference is tested for equivalence (two one-sided tests)",
+             f"within a margin declared before the data ({100 * MARGIN:g} points unless the claim declares its own):",
+             "**equivalent** / **different** / **unresolved**. The size is its own column of `findings.csv`:",
+             "the paper's effect inside or outside our interval, or not comparable (another dataset, eps or",
+             "threat model). **not a test**: the setting cannot show the effect.", ""]
     if cal is not None:
         lines += [calibration_summary(cal), ""]
     stand, ours_only, var = standing(df), beyond(df), variants(df)
@@ -433,21 +633,29 @@ def render(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
         if not len(part):
             continue
         lines += [f"## {title}", "",
-                  "| where | claim | paper | paper effect | ours | ours, pts +- 2 SE | n x seeds | verdict |",
-                  "|---|---|---|---:|---|---:|---|---|"]
+                  "| where | claim | paper | paper effect | ours | ours, pts [95 %] | seed part | n x seeds | verdict "
+                  "| size |", "|---|---|---|---:|---|---:|---|---|---|---|"]
         notes = []
         for r in part.itertuples():
             mark = ""
             if isinstance(r.note, str) and r.note:
                 notes.append(r.note)
                 mark = f" [{len(notes)}]"
-            cell = lambda v: "" if not isinstance(v, str) else v.replace("|", "/")   # noqa: E731
-            lines.append(f"| {r.paper}, {r.where} | {cell(r.claim)}{mark} | {cell(r.paper_numbers)} | "
-                         f"{_effect(r.paper_effect, r.direction)} | {cell(r.ours)} | "
-                         f"{100 * r.effect:+.1f} +- {200 * r.se:.1f} | {int(r.n)} x {int(r.seeds)} | {_verdict_cell(r)} |")
+            lines.append(f"| {r.paper}, {r.where} | {_cell(r.claim)}{mark} | {_cell(r.paper_numbers)} | "
+                         f"{_effect(r.paper_effect, r.direction)} | {_cell(r.ours)} | {_interval(r)} | "
+                         f"{_seed_cell(r)} | {int(r.n)} x {int(r.seeds)} | {_verdict_cell(r)} | {_cell(r.size)} |")
         lines.append("")
         lines += [f"[{i}] {t}" for i, t in enumerate(notes, 1)] + ([""] if notes else [])
+    floors_used = df[_text(df.seed_source, "") == "floored"].drop_duplicates("notebook")
+    if len(floors_used):
+        lines += ["## Seed floors", "", "| notebook | floor |", "|---|---|"]
+        lines += [f"| {str(r.notebook).zfill(2)} | {_cell(r.floor_from)} |" for r in floors_used.itertuples()] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _cell(v) -> str:
+    """A text cell of a markdown table ("" for an empty one)."""
+    return "" if not isinstance(v, str) else v.replace("|", "/")
 
 
 def _verdict_cell(r) -> str:
@@ -467,8 +675,8 @@ BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 def summary(df: pd.DataFrame) -> str:
     """The README's generated block: verdict counts per notebook, from ``findings.csv`` (claims
     that stand; the superseded rows, the variants' and those beyond the papers are counted apart)."""
-    lines = ["| notebook | claims | agrees | disagrees | unresolved | not a test | superseded rows | variant rows "
-             "| beyond the papers |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| notebook | claims | agrees | disagrees | equivalent | different | unresolved | not a test "
+             "| superseded rows | variant rows | beyond the papers |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def line(name, part):
         stand, var, extra = standing(part), len(variants(part)), len(beyond(part))

@@ -239,6 +239,7 @@ class Shafahi:
     lwf_seed_lams: tuple[float, ...] = (0.1, 0.001)      # (ours) Table 4 cells fine-tuned with every seed of lwf_seeds
     lwf_seeds: tuple[int, ...] = (0, 1, 2)
     lwf_bn_update: bool = True                          # (ours) Table 4's lambda_d = 0 with BN statistics updated
+    lwf_frozen_bn_lams: tuple[float, ...] = (0.1, 0.001)  # (ours) Table 4's LwF with BN gamma / beta frozen too
     wide_heads: tuple = ((5, 512),)                     # (ours) Fig. 4: (hidden layers, width) heads beside depths
     same_lams: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 0.001, 0.01, 0.1)   # Tables 5 / 7
     split_lams: tuple[float, ...] = (0.001, 0.005, 0.01, 0.1)             # Table 6
@@ -260,7 +261,7 @@ class Shafahi:
         check_int("grad_images", self.grad_images, 1)
         check_real("grad_percentile", self.grad_percentile, 0, 100, low_open=True)
         check_real("stroke_threshold", self.stroke_threshold, 0, 1)
-        for name in ("table4_extra_lams", "same_lams", "split_lams", "lwf_seed_lams"):
+        for name in ("table4_extra_lams", "same_lams", "split_lams", "lwf_seed_lams", "lwf_frozen_bn_lams"):
             for v in getattr(self, name):
                 check_real(f"{name} entry", v, 0)
         check(len(self.lwf_seeds) >= 1, "lwf_seeds is empty: give at least one seed")
@@ -417,7 +418,8 @@ _PV_FIELDS = tuple(f.name for f in dataclasses.fields(Provable)
                    if f.name not in ("main_pair", "table1_pairs", "table4_pairs", "pv_model"))
 _PV_GRIDS = ("pv_modes", "pv_radii", "head_seeds", "table1_head_seeds")
 _SH_FIELDS = tuple(f.name for f in dataclasses.fields(Shafahi))
-_SH_GRIDS = ("per_class", "depths", "table4_extra_lams", "same_lams", "split_lams", "lwf_seed_lams", "lwf_seeds")
+_SH_GRIDS = ("per_class", "depths", "table4_extra_lams", "same_lams", "split_lams", "lwf_seed_lams", "lwf_seeds",
+             "lwf_frozen_bn_lams")
 
 
 def _literal(value):
@@ -541,7 +543,8 @@ def _offline_pretraining(gpu: bool, quick: bool) -> Pretraining:
 def _offline_provable(gpu: bool, quick: bool, model: WRNSpec, pairs: tuple) -> Provable:
     """Notebook 05 offline: Fashion-MNIST -> MNIST-5k for Tables 2-3, the CARTL pairs too for
     Table 1 (so 03's split source is reused), Fashion-MNIST -> 8x8 digits as Table 4's distant pair.
-    adv is the shared robust source of 01-03; normal and noise train as notebook 04's ST source."""
+    adv is L2 PGD-10 at eps, as the paper's Sec. 5 and App. A.1 train it (not 01-03's L-inf source,
+    whose eps-ball holds L2 balls of radius 2.8); normal and noise train as notebook 04's ST source."""
     main = (None, DataSpec("mnist-5k"))
     far = tuple(p for p in pairs if p[1].name == "digits-8x8")
     pt = _offline_pretraining(gpu, quick)
@@ -550,9 +553,9 @@ def _offline_provable(gpu: bool, quick: bool, model: WRNSpec, pairs: tuple) -> P
         return Provable(main_pair=main, table1_pairs=(main,) + tuple(pairs), table4_pairs=far, pv_model=model,
                         smooth_images=300, search_images=200, search_steps=100, head_seeds=(0,), head_lr=1e-3,
                         table1_head_seeds=(0, 1, 2),   # Table 1's heads on cached features: cheap replicates
-                        normal_epochs=pt.pretrain_epochs, shared_adv=True)
+                        normal_epochs=pt.pretrain_epochs, shared_adv=False)   # adv: L2 PGD-10 (Sec. 5, App. A.1)
     return Provable(main_pair=main, table1_pairs=(main,) + tuple(pairs), table4_pairs=far, pv_model=model,
-                    normal_epochs=pt.pretrain_epochs, shared_adv=True)
+                    normal_epochs=pt.pretrain_epochs, shared_adv=False)
 
 
 def _smoke() -> Profile:
@@ -587,6 +590,7 @@ def _smoke() -> Profile:
             head_lr=1e-2, head_max_epochs=6, normal_epochs=2, shared_adv=True),
         shafahi=Shafahi(per_class=(4, 16, None), arm_steps=6, depths=(0, 1, 2), table4_extra_lams=(1e-7, 0.0),
                         same_lams=(1e-5, 0.01), split_lams=(0.01,), grad_images=4, lwf_seed_lams=(0.1,),
+                        lwf_frozen_bn_lams=(0.1,),
                         lwf_seeds=(0, 1), wide_heads=((2, 16),)),
         card=Card(eps=eps, pgd_steps=3, apgd_iters=3, targets=2, fab_iters=3, square_queries=20, strong_factor=2,
                   strong_restarts=1), card_test_n=24)

@@ -173,8 +173,13 @@ def floored(pa: float, pb: float, n: int, floor: SeedFloor) -> Effect:
 def sign_verdict(e: Effect, direction: int, level: float = LEVEL) -> str:
     """The sign: "agrees" / "disagrees" when the interval excludes zero on the claimed side
     (``direction`` +1: a rises, -1: a falls) / the other; "unresolved" when it holds zero."""
+    return sign_of(e.interval(level), direction)
+
+
+def sign_of(interval: tuple[float, float], direction: int) -> str:
+    """:func:`sign_verdict` of an interval (low, high)."""
     check(direction in (-1, 1), f"direction must be +1 or -1, not {direction!r}")
-    lo, hi = e.interval(level)
+    lo, hi = interval
     if lo > 0 or hi < 0:
         return "agrees" if (1 if lo > 0 else -1) == direction else "disagrees"
     return "unresolved"
@@ -196,12 +201,15 @@ def equivalence_verdict(e: Effect, margin: float, level: float = LEVEL) -> str:
     when the (2 level - 1) interval (90 % at the default) lies inside +- ``margin``; otherwise
     "different" when the ``level`` interval excludes zero, "unresolved" when it does not. ``margin``
     is declared before the data (in the code that states the claim)."""
+    return equivalence_of(e.interval(2 * level - 1), e.interval(level), margin)
+
+
+def equivalence_of(inner: tuple[float, float], outer: tuple[float, float], margin: float) -> str:
+    """:func:`equivalence_verdict` of the (2 level - 1) interval ``inner`` and the ``level`` one ``outer``."""
     check(is_real(margin) and math.isfinite(margin) and margin > 0, f"an equivalence margin is > 0, not {margin!r}")
-    lo, hi = e.interval(2 * level - 1)
-    if -margin < lo and hi < margin:
+    if -margin < inner[0] and inner[1] < margin:
         return "equivalent"
-    lo, hi = e.interval(level)
-    return "different" if lo > 0 or hi < 0 else "unresolved"
+    return "different" if outer[0] > 0 or outer[1] < 0 else "unresolved"
 
 
 # --------------------------------------------------------------------------- A/A calibration

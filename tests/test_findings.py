@@ -1,32 +1,93 @@
-"""The findings rule on constructed cases, and its standard errors against closed forms."""
+"""The findings rule on constructed cases: both parts of the SE, measured or floored, the sign and
+the size apart, equivalence for "no difference", and the standard errors against closed forms."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats as sps
 
-from rtlkit import ConfigError
-from rtlkit.findings import Finding, binomial_se, verdict
+from rtlkit import ConfigError, stats
+from rtlkit import findings as F
+from rtlkit.findings import Finding, binomial_se
+
+FLOOR = stats.SeedFloor(0.02, 4, 2, "two constructed cells")
 
 
-@pytest.mark.parametrize("paper, ours, se, expected", [
-    (0.031, 0.030, 0.010, "agrees"),        # the paper's sign, outside 2 SE
-    (0.031, 0.019, 0.010, "unresolved"),    # the sign, but inside 2 SE: consistent with 0 and with 0.031
-    (0.031, -0.030, 0.010, "disagrees"),    # the opposite sign outside 2 SE
-    (0.031, -0.015, 0.010, "disagrees"),    # inside 2 SE of zero, and 0.031 lies outside -0.015 +- 0.02
-    (0.031, 0.002, 0.005, "disagrees"),     # inside 2 SE of zero, and 0.031 lies outside 0.002 +- 0.01
-    (0.031, 0.002, 0.020, "unresolved"),    # inside 2 SE of zero, and 0.002 +- 0.04 holds 0.031 too
-    (0.0, 0.001, 0.004, "agrees"),          # "no effect", confirmed within 1 point
-    (0.0, 0.001, 0.023, "unresolved"),      # "no effect", but too noisy to confirm
-    (0.0, 0.060, 0.010, "disagrees"),       # "no effect", and there is one
+def floored(paper, effect, se_test=0.01, sd=0.02, df=4, **kw) -> Finding:
+    """A single-seed row floored by a seed SD ``sd`` measured with ``df`` degrees of freedom."""
+    return Finding("02", "CARTL", "Table 1", "a claim", paper, effect, se_test, 1000, 1, se_seed=sd, seed_df=df,
+                   seed_source="floored", **kw)
+
+
+def test_the_interval_holds_both_parts_with_the_welch_satterthwaite_t_quantile():
+    f = floored(0.031, 0.05, se_test=0.01, sd=0.02, df=4)
+    se = math.sqrt(0.01 ** 2 + 0.02 ** 2)
+    df = 4 * (se / 0.02) ** 4
+    lo, hi = f.interval()
+    assert f.se == pytest.approx(se) and hi - 0.05 == pytest.approx(sps.t.ppf(0.975, df) * se)
+    assert lo == pytest.approx(0.05 - (hi - 0.05))
+
+
+@pytest.mark.parametrize("paper, ours, expected", [
+    (0.031, 0.15, "agrees"),        # the paper's sign, the interval (about +- 0.07) clear of zero
+    (0.031, 0.03, "unresolved"),    # the sign, but the interval holds zero
+    (0.031, -0.15, "disagrees"),    # the opposite sign, clear of zero
+    (0.031, -0.03, "unresolved"),   # the opposite sign inside the interval: no longer "disagrees" by the size
+    (-0.826, -0.15, "agrees"),      # far smaller than the paper's: the sign agrees, the size is its own column
+    (-0.826, -0.03, "unresolved"),  # once "disagrees" because -82.6 lay outside it: the sign cannot tell
 ])
-def test_the_rule_on_constructed_cases(paper, ours, se, expected):
-    assert verdict(paper, ours, se) == expected
-    assert verdict(-paper, -ours, se) == expected   # the rule does not care which way the claim points
+def test_the_verdict_is_about_the_sign(paper, ours, expected):
+    assert floored(paper, ours).verdict == expected
+    assert floored(-paper, -ours).verdict == expected   # the rule does not care which way the claim points
 
 
-def test_an_effect_exactly_at_2_se_is_not_outside():
-    assert verdict(0.05, 0.04, 0.02) == "unresolved"
-    assert verdict(0.05, 0.0401, 0.02) == "agrees"
+def test_the_size_is_a_separate_column():
+    assert floored(-0.826, -0.15).size == "not comparable"            # another dataset: the default
+    assert floored(-0.826, -0.15, comparable=True).size == "outside"
+    assert floored(0.10, 0.12, comparable=True).size == "inside"
+    assert floored(None, 0.12, direction=1).size == "no size"
+
+
+@pytest.mark.parametrize("ours, sd, expected", [(0.005, 0.004, "equivalent"), (0.12, 0.01, "different"),
+                                                (0.02, 0.05, "unresolved")])
+def test_a_claim_of_no_difference_is_an_equivalence_test_within_its_margin(ours, sd, expected):
+    f = floored(0.0, ours, se_test=0.005, sd=sd, df=20)
+    assert f.verdict == expected and f.size == "no size" and f.row()["margin"] == F.MARGIN
+    assert floored(0.0, 0.04, se_test=0.002, sd=0.002, df=20).verdict == "equivalent"
+    assert floored(0.0, 0.04, se_test=0.002, sd=0.002, df=20, margin=0.01).verdict == "different"   # its own margin
+
+
+def test_a_counted_row_without_its_training_noise_resolves_nothing():
+    pending = Finding("02", "CARTL", "Table 1", "a claim", 0.031, 0.30, 0.001, 1000, 1)
+    assert pending.seed_source == "pending" and pending.verdict == "unresolved"
+    floored_row = F.with_floor(pending, FLOOR)
+    assert floored_row.seed_source == "floored" and floored_row.se_seed == 0.02 and floored_row.seed_df == 4
+    assert floored_row.verdict == "agrees" and "two constructed cells" in floored_row.floor_from
+    borrowed = F.with_floor(pending, FLOOR, borrowed_from="03")
+    assert "borrowed from notebook 03" in borrowed.floor_from
+    none = F.with_floor(pending, None)
+    assert none.seed_source == "none" and none.verdict == "unresolved"
+    share = F.with_floor(F.samples("06", "S", "Fig. 5", "c", [0.5, 0.6, 0.7], [0.1, 0.2, 0.3], 1), FLOOR)
+    assert share.seed_source == "none" and share.verdict == "unresolved"   # no accuracy floor bounds a share
+    with pytest.raises(ConfigError, match="seed part must be > 0"):
+        Finding("02", "CARTL", "Table 1", "x", 0.03, 0.01, 0.01, 1000, 1, se_seed=0.0, seed_df=2, seed_source="floored")
+
+
+def test_three_paired_seeds_measure_the_seed_part_with_their_t_quantile():
+    a = pd.DataFrame({"seed": [0, 1, 2], "robust_acc": [0.80, 0.83, 0.84], "n_test": 1000})
+    b = pd.DataFrame({"seed": [0, 1, 2], "robust_acc": [0.70, 0.72, 0.75], "n_test": 1000})
+    f = F.contrast("01", "CARTL", "Fig. 3", "c", a, b, direction=1)
+    d = np.array([0.10, 0.11, 0.09])
+    assert f.seed_source == "measured" and f.seeds == 3 and f.seed_df == 2
+    assert f.se_seed == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+    assert f.se_test == pytest.approx(stats.images_se(a.robust_acc.mean(), b.robust_acc.mean(), 1000))
+    assert f.measure().quantile() > 1.96 and f.verdict == "agrees"
+    # unpaired seeds, or one side a single model: pending the notebook's floor
+    assert F.contrast("01", "C", "F", "c", a, b.assign(seed=[0, 1, 3]), direction=1).seed_source == "pending"
+    assert F.contrast("01", "C", "F", "c", a, b.iloc[:1], direction=1).seed_source == "pending"
+    # equal differences measure no spread: the floor, never a seed part of zero
+    assert F.contrast("01", "C", "F", "c", a, a.assign(robust_acc=a.robust_acc - 0.1), direction=1).seed_source == "pending"
 
 
 def test_binomial_se_closed_form():
@@ -34,13 +95,13 @@ def test_binomial_se_closed_form():
     assert math.isclose(binomial_se(0.9, 500), math.sqrt(0.09 / 500))
 
 
-def test_a_finding_row_carries_n_seeds_se_and_its_verdict():
-    f = Finding("02", "CARTL", "Table 1", "freezing BN affine raises robustness", 0.031, -0.002, 0.012, 1000, 1)
+def test_a_finding_row_carries_both_parts_and_its_verdict():
+    f = floored(0.031, -0.002, se_test=0.012)
     row = f.row()
-    # the CARTL Table 1 reading of issue 21: +3.1 in the paper, -0.2 +- 2.4 here: not "agrees"
-    assert row["verdict"] == "disagrees" and row["n"] == 1000 and row["seeds"] == 1
-    assert math.isclose(row["low_2se"], -0.026) and math.isclose(row["high_2se"], 0.022)
-    with pytest.raises(ConfigError, match="se must be"):
+    assert row["verdict"] == "unresolved" and row["n"] == 1000 and row["seeds"] == 1
+    assert row["seed_source"] == "floored" and row["se_seed"] == 0.02 and row["se_test"] == 0.012
+    assert row["low"] < -0.002 < row["high"] and set(row) | {"superseded_by"} == set(F.COLUMNS)
+    with pytest.raises(ConfigError, match="se_test must be"):
         Finding("02", "CARTL", "Table 1", "x", 0.03, 0.01, float("nan"), 1000, 1)
     with pytest.raises(ConfigError, match="seeds"):
         Finding("02", "CARTL", "Table 1", "x", 0.03, 0.01, 0.01, 1000, 0)
@@ -67,7 +128,7 @@ def test_the_scarcity_over_fitting_claim_is_computed_from_the_train_test_gap(gap
     minus pre-training's, over the scarce targets only, by the one rule."""
     from rtlkit.studies import pretraining as S
     table = _scarcity(gaps)
-    rows = [f for f in S.findings(lambda name: table if name == "04_scarcity" else None)]
+    rows = [F.with_floor(f, FLOOR) for f in S.findings(lambda name: table if name == "04_scarcity" else None)]
     pre = lambda f: f.claim.split(" pre-training")[0].split()[-1]   # noqa: E731
     assert [pre(f) for f in rows] == ["AT", "SimCLR"]
     for f in rows:
@@ -78,7 +139,7 @@ def test_the_scarcity_over_fitting_claim_is_computed_from_the_train_test_gap(gap
         ac = lambda p, n: ((p * n + 2) / (n + 4)) * (1 - (p * n + 2) / (n + 4)) / (n + 4)   # noqa: E731
         one = math.sqrt(ac(0.5 + gaps["Random"], 50) + ac(0.5, 200) + ac(0.5 + gaps["AT"], 50) + ac(0.5, 200))
         if pre(f) == "AT":
-            assert f.se == pytest.approx(one / math.sqrt(6))
+            assert f.se_test == pytest.approx(one / math.sqrt(6)) and f.se_seed == FLOOR.sd
 
 
 def test_a_scarcity_table_without_train_accuracies_gives_no_row():
@@ -87,22 +148,28 @@ def test_a_scarcity_table_without_train_accuracies_gives_no_row():
     assert S.findings(lambda name: table if name == "04_scarcity" else None) == []
 
 
+def row(nb, where, claim, paper, effect, n, seeds, **kw) -> dict:
+    """A findings.csv row of a claim floored by a 2-point seed SD (4 df), 1-point test part."""
+    return Finding(nb, "a paper", where, claim, paper, effect, 0.01, n, seeds, se_seed=0.02, seed_df=4,
+                   seed_source="floored", **kw).row()
+
+
 def test_a_claim_tested_twice_counts_once_by_its_stronger_test():
     """Notebook 03 tests a claim on 1 seed x 500 images and again on 3 seeds x 1,000: the weaker
     row is marked superseded (kept, shown, not counted), whatever its verdict says."""
-    import pandas as pd
-    from rtlkit import findings as F
     claim = "NEFT raises the robustness of plain fine-tuning (k = 4)"
-    rows = [Finding("03", "CARTL", "Table 3", claim, 0.011, 0.046, 0.0225, 500, 1).row(),        # agrees
-            Finding("03", "CARTL", "Table 3 (3 seeds)", claim, 0.011, 0.01, 0.02, 1000, 3).row(),  # unresolved
-            Finding("03", "CARTL", "Table 3", "another claim", 0.011, 0.046, 0.0225, 500, 1).row(),
-            Finding("06", "Shafahi et al.", "Table 3", claim, 0.011, 0.046, 0.0225, 500, 1).row()]  # another notebook
+    rows = [row("03", "Table 3", claim, 0.011, 0.146, 500, 1),             # agrees
+            row("03", "Table 3 (3 seeds)", claim, 0.011, 0.01, 1000, 3),   # unresolved
+            row("03", "Table 3", "another claim", 0.011, 0.146, 500, 1),
+            row("06", "Table 3", claim, 0.011, 0.146, 500, 1)]              # another notebook
     df = F.supersede(pd.DataFrame(rows, columns=F.COLUMNS[:-1]))
     assert df.superseded_by.tolist() == ["Table 3 (3 seeds)", "", "", ""]
     assert F.standing(df).verdict.tolist() == ["unresolved", "agrees", "agrees"]
-    assert "| **all** | 3 | 2 | 0 | 1 | 0 | 1 |" in F.summary(df)   # claims, agrees, disagrees, unresolved, not a test, superseded
+    # claims, agrees, disagrees, equivalent, different, unresolved, not a test, superseded
+    assert "| **all** | 3 | 2 | 0 | 0 | 0 | 1 | 0 | 1 |" in F.summary(df)
     md = F.render(df)
-    assert "agrees, superseded by Table 3 (3 seeds)" in md and "Verdicts: 2 agrees, 0 disagrees, 1 unresolved" in md
+    assert "agrees, superseded by Table 3 (3 seeds)" in md
+    assert "Verdicts: 2 agrees, 0 disagrees, 0 equivalent, 0 different, 1 unresolved" in md
     # two tests of equal strength both stand: neither may silence the other
     tie = F.supersede(pd.DataFrame(rows[:1] * 2, columns=F.COLUMNS[:-1]))
     assert tie.superseded_by.tolist() == ["", ""]
@@ -111,14 +178,12 @@ def test_a_claim_tested_twice_counts_once_by_its_stronger_test():
 def test_rows_beyond_the_papers_are_shown_apart_and_never_counted():
     """A measurement of ours (07's AutoAttack gap, which can only agree) is no claim of the papers:
     its own section, outside the counts and the multiplicity note."""
-    import pandas as pd
-    from rtlkit import findings as F
-    rows = [Finding("06", "Shafahi et al.", "Table 3", "a claim", 0.011, 0.046, 0.0225, 500, 1).row(),
+    rows = [row("06", "Table 3", "a claim", 0.011, 0.146, 500, 1),
             Finding("07", "Croce & Hein 2020", "AutoAttack vs PGD-20", "AutoAttack lowers PGD-20", None, -0.03, 0.005,
-                    500, 1, direction=-1, scope="beyond").row()]
+                    500, 1, direction=-1, scope="beyond", seed_source="none").row()]   # one fixed model: no seed part
     df = F.supersede(pd.DataFrame(rows, columns=F.COLUMNS[:-1]))[F.COLUMNS]
     assert F.standing(df).claim.tolist() == ["a claim"] and F.beyond(df).claim.tolist() == ["AutoAttack lowers PGD-20"]
-    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 1 |" in F.summary(df)   # ... superseded, variant, beyond
+    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in F.summary(df)   # ... superseded, variant, beyond
     md = F.render(df)
     assert "## Beyond the papers" in md and "agrees (not counted)" in md and "1 rows beyond the papers" in md
     assert md.index("## 06") < md.index("## Beyond the papers")
@@ -128,15 +193,11 @@ def test_rows_beyond_the_papers_are_shown_apart_and_never_counted():
 
 
 def test_a_variant_of_the_papers_method_stands_beside_its_row_and_is_not_counted():
-    import pandas as pd
-    from rtlkit import findings as F
-    rows = [Finding("05", "Provably Robust Transfer", "Table 1", "wn claim (L2 rows, App. A.1)", 0.233, 0.274, 0.01,
-                    1000, 1).row(),
-            Finding("05", "Provably Robust Transfer", "Table 1", "wn claim (variant: L1 rows)", 0.233, -0.02, 0.01,
-                    1000, 1, scope="variant").row()]
+    rows = [row("05", "Table 1", "wn claim (L2 rows, App. A.1)", 0.233, 0.274, 1000, 1),
+            row("05", "Table 1", "wn claim (variant: L1 rows)", 0.233, -0.12, 1000, 1, scope="variant")]
     df = F.supersede(pd.DataFrame(rows, columns=F.COLUMNS[:-1]))[F.COLUMNS]
     assert F.standing(df).verdict.tolist() == ["agrees"] and F.variants(df).verdict.tolist() == ["disagrees"]
-    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 1 | 0 |" in F.summary(df)
+    assert "| **all** | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 0 | 1 | 0 |" in F.summary(df)
     md = F.render(df)
     assert "disagrees (variant, not counted)" in md and "1 rows test a claim with a variant" in md
     assert md.index("(L2 rows, App. A.1)") < md.index("(variant: L1 rows)")   # beside it, in its notebook's section

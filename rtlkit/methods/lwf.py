@@ -3,17 +3,19 @@ CARTL Eq. 14, App. B): loss = CE + lambda_d * || z(x; theta) - z(x; theta_0) ||_
 
 z(x; theta_0) is the frozen source's pooled feature, computed once for the target training set
 without augmentation (Shafahi App. B: features of augmented images differ too much to reuse).
-Warm start: for the first half of the epochs only the final linear layer trains; after that all
-weights train, BN parameters excepted: BN affine stays frozen (use TransferPolicy(k="all",
-bn_affine="freeze")) and BN layers run in eval mode, so the running statistics stay the source's
-too (Shafahi's code is TensorFlow, where the moving statistics are BN parameters as well; its
-released code also trains BN gamma and beta after the warm start: we keep the text's frozen BN).
+Warm start: for the first half of the epochs only the final linear layer trains; after that every
+parameter the transfer policy leaves trainable does. BN layers run in eval mode, so their running
+statistics stay the source's. The released code (ashafahi/RobustTransferLWF, ``train_with_LWF.py``)
+builds its model in ``mode='eval'`` (``batch_norm(is_training=False)``: the source's statistics) and
+trains every global variable after the warm start, BN's gamma and beta included: its policy is
+``TransferPolicy(k="all", bn_affine="train")``, which the studies use for the paper's LwF. With
+``bn_affine="freeze"`` every BN parameter stays the source's (the studies' variant).
 Defaults: lr 0.001 fixed (Sec. 6 and the released Table 4 config; App. A.1 says 1e-2), weight
 decay 2e-4 (released code). Profiles `quick` and `full` set lr 0.01 and decay 5e-4 explicitly, as
 notebook 03 always ran (its cache keys hold). ``distance="l1"`` is the released code's
 ||z - z_0||_1 (mean over the batch); None is the text's L2 norm. ``bn_stats="update"`` (ours, to
 separate what distillation does from what frozen BN statistics do) keeps every BN layer in train
-mode, so its running statistics follow the target's batches; the affine stays frozen.
+mode, so its running statistics follow the target's batches.
 
 Each epoch's record in ``train.json`` holds ``feature_distance`` (the mean ||z - z_0|| over the
 epoch's images), ``ce`` (the mean cross-entropy) and ``penalty_ce_ratio`` (lambda_d * distance / CE).

@@ -214,6 +214,28 @@ def findings(read) -> list:
     return out
 
 
+def replicated(read) -> list[tuple]:
+    """The notebook's replicated table for the seed floor and the A/A calibration
+    (``rtlkit.findings.floors``): fine-tuning seeds of every (k, statistics, affine) cell; the claim
+    cells are the findings' pairs (frozen against trained affine, reused against updated statistics)."""
+    from ..findings import ours, paired_cells, pick
+    t = read("02_bn_ablation")
+    if t is None:
+        return []
+    us = ours(t)
+    us = us[us.swap.isna()] if "swap" in us else us
+    us = us[us.model.isna()] if "model" in us else us
+    specs = {}
+    for k in sorted(us.k.dropna().unique()):
+        at = pick(us, k=k)
+        for stats in ("reuse", "update"):
+            specs[f"k = {k:g}, {stats} statistics: frozen against trained affine"] = (
+                pick(at, bn_stats=stats, bn_affine="freeze"), pick(at, bn_stats=stats, bn_affine="train"), "robust_acc")
+        specs[f"k = {k:g}, frozen affine: reused against updated statistics"] = (
+            pick(at, bn_stats="reuse", bn_affine="freeze"), pick(at, bn_stats="update", bn_affine="freeze"), "robust_acc")
+    return [("02_bn_ablation", us, ["k", "bn_stats", "bn_affine"], paired_cells(specs), "seed")]
+
+
 def _scenarios(pairs) -> str:
     return "mean of its 4 scenarios: " + ", ".join(f"{100 * (x - y):+.1f}" for x, y in pairs)
 

@@ -41,10 +41,13 @@ def _source(profile: Profile, method: str, lam: float = 0.0, k: int | None = Non
 def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | None = None,
               source: DataSpec | None = None, lam: float | None = None, beta: float | None = None,
               lam_d: float | None = None, steps: int | None = None,
-              lwf_bn_stats: str = "reuse", source_seed: int = 0) -> tuple[TransferRun, dict]:
+              lwf_bn_stats: str = "reuse", source_seed: int = 0,
+              lwf_bn_affine: str = "train") -> tuple[TransferRun, dict]:
     """One of the methods of CARTL's comparison as a cached run, plus its describing keys.
     ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs;
     ``lwf_bn_stats="update"``: LwF with BN running statistics following the target (ours);
+    ``lwf_bn_affine``: "train" (the released code's LwF: BN gamma and beta train after the warm start,
+    the statistics stay the source's) or "freeze" (ours, a variant: every BN parameter frozen);
     ``source_seed``: the seed of the AT or FDM source it starts from (0: the one every figure shares)."""
     target = target or profile.target
     epochs = profile.cartl_finetune_epochs or profile.finetune.epochs
@@ -66,9 +69,11 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
         lam_d = profile.lwf_lams[0] if lam_d is None else lam_d
         lwf = LwFTraining(epochs=epochs, batch_size=profile.finetune.batch_size, lam_d=lam_d, steps=steps,
                           lr=profile.lwf_lr, weight_decay=profile.lwf_weight_decay, bn_stats=lwf_bn_stats)
-        run = TransferRun(_source(profile, "at", data=source, seed=source_seed), target, TransferPolicy(k="all", bn_affine="freeze"),
-                          lwf, seed)
+        run = TransferRun(_source(profile, "at", data=source, seed=source_seed), target,
+                          TransferPolicy(k="all", bn_affine=lwf_bn_affine), lwf, seed)
         keys = dict(lam_d=lam_d) if lwf_bn_stats == "reuse" else dict(lam_d=lam_d, bn_stats=lwf_bn_stats)
+        if lwf_bn_affine != "train":
+            keys["bn_affine"] = lwf_bn_affine
     else:
         raise ConfigError(f"unknown method {method!r}: vanilla, AT + NEFT, CARTL or LwF")
     return run, {"method": method, "k": k if method != "LwF" else "all", "seed": seed, "source_seed": source_seed,
@@ -255,8 +260,8 @@ def seeded_claims_of(t: pd.DataFrame) -> list[SeededClaim]:
 
 
 def seeded_findings(t: pd.DataFrame) -> list:
-    """Notebook 03's claims from ``seeded_claims``'s table, one finding per claim, its SE from the
-    binomial SE on the test images plus the spread over the replicates."""
+    """Notebook 03's claims from ``seeded_claims``'s table, one finding per claim: its SE the test
+    images' binomial part plus the seed part measured from the replicates' paired differences."""
     from ..findings import contrast, ours
     us = ours(t)
     if not len(us):
@@ -474,14 +479,18 @@ def plot_budget(df: pd.DataFrame, title: str = ""):
 
 
 def plot_seeded(t: pd.DataFrame, title: str = ""):
-    """The replicated claims as a forest plot: each claim's effect (points) with +- 2 SE, the
-    paper's effect where it prints one (a cross), and the verdict by the findings rule."""
+    """The replicated claims as a forest plot: each claim's effect (points) with its 95 % interval
+    (test images and seeds, t quantile), the paper's effect where it prints one (a cross), and the
+    verdict by the findings rule."""
     from ..findings import ours
     rows, us = seeded_findings(t), ours(t)
     fig, ax = plots.plt.subplots(figsize=(12, 0.42 * max(len(rows), 1) + 1.8))
-    colors = {"agrees": "tab:green", "disagrees": "tab:red", "unresolved": "tab:gray", "not a test": "tab:olive"}
+    colors = {"agrees": "tab:green", "disagrees": "tab:red", "unresolved": "tab:gray", "not a test": "tab:olive",
+              "equivalent": "tab:blue", "different": "tab:orange"}
     for i, f in enumerate(rows):
-        ax.errorbar(100 * f.effect, i, xerr=200 * f.se, fmt="o", capsize=3, color=colors[f.verdict],
+        lo, hi = f.interval()
+        ax.errorbar(100 * f.effect, i, xerr=[[100 * (f.effect - lo)], [100 * (hi - f.effect)]], fmt="o", capsize=3,
+                    color=colors[f.verdict],
                     label=f.verdict if f.verdict not in ax.get_legend_handles_labels()[1] else None)
         if f.paper_effect is not None:
             ax.plot(100 * f.paper_effect, i, "x", color="black",
@@ -489,7 +498,7 @@ def plot_seeded(t: pd.DataFrame, title: str = ""):
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{f.where}: {f.claim}" for f in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("effect, points (ours: mean over replicates +- 2 SE)")
+    ax.set_xlabel("effect, points (ours: mean over replicates, 95 % interval with the seeds' spread)")
     if rows:
         ax.legend(fontsize=7, loc="best")
     note = f"{us.replicate.nunique()} replicates (source and fine-tuning seed r), {int(us.n_test.min())} test images" \
@@ -536,9 +545,9 @@ def panel(grid: pd.DataFrame, ablation: pd.DataFrame, lwf: pd.DataFrame, interac
 
 def findings(read) -> list:
     """CARTL Tables 2-5 and Figs. 4-5 as findings, from notebook 03's CSVs (one fine-tuning seed
-    at ``quick`` on the CPU) and, where ``bench.budget`` left ``03_budget.csv``, Table 3's order
-    over its seeds at the 24-epoch budget notebook 03 uses. The paper's effects come from the
-    paper's rows in the same CSVs."""
+    at ``quick`` on the CPU, and the replicated claims of ``seeded_claims``). The paper's effects
+    come from the paper's rows in the same CSVs. ``bench.budget``'s figure (03_budget) is a budget
+    study made apart from ``make figures``, in another run and mode: it carries no verdict."""
     from ..findings import contrast, ours, pick, theirs
     out = []
 
@@ -571,22 +580,6 @@ def findings(read) -> list:
                     out.append(contrast("03", "CARTL", "Table 3", f"{what} (k = {k:g})", a, b,
                                         paper_a=paper_rob(t, k=k, method=m1), paper_b=paper_rob(t, k=k, method=m0),
                                         direction=1))
-    t, t3 = read("03_budget"), read("03_table3_ablation")
-    if t is not None:
-        us = pick(ours(t), budget_epochs=24)
-        for pair in us.pair.dropna().unique():
-            at = pick(us, pair=pair)
-            for m1, m0, what in (("AT + NEFT", "vanilla", "NEFT raises the robustness of plain fine-tuning"),
-                                 ("CARTL", "AT + NEFT", "an FDM source raises NEFT's robustness further")):
-                a, b = pick(at, method=m1), pick(at, method=m0)
-                if len(a) and len(b):
-                    k = float(a.k.iloc[0])
-                    pa = paper_rob(t3, k=k, method=m1) if t3 is not None else None
-                    pb = paper_rob(t3, k=k, method=m0) if t3 is not None else None
-                    out.append(contrast("03", "CARTL", "Table 3 (seeds)", f"{what} ({pair}, k = {k:g}, 24 epochs, "
-                                        f"{len(a)} fine-tuning seeds of one source)", a, b, paper_a=pa, paper_b=pb, direction=1,
-                                        note="From `python -m bench.budget` (03_budget.csv), not `make figures`: "
-                                             "the run and machine its manifest names."))
     t = read("03_fig4_tradeoff")
     if t is not None:
         us, lw = ours(t), pick(ours(t), method="LwF")

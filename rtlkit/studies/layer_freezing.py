@@ -123,3 +123,23 @@ def findings(read) -> list:
             out.append(contrast("01", "Shafahi et al.", "Fig. 1", f"retraining only the last re-initialised block keeps the source's robustness (k = {k_lo:g} against the source)",
                                 pick(re, k=k_lo), src, "robust_acc", paper_a=0.0, paper_b=0.0))
     return out
+
+
+def replicated(read) -> list[tuple]:
+    """The notebook's replicated table for the seed floor and the A/A calibration
+    (``rtlkit.findings.floors``): fine-tuning seeds of every (variant, k) cell; the claim cells are
+    the findings' pairs (k = 8 against 1, fine-tuned and re-initialised)."""
+    from ..findings import ours, paired_cells, pick
+    t = read("01_layer_freezing")
+    if t is None:
+        return []
+    us = ours(t)
+    us = us[us.variant.notna()]
+    ft, re = pick(us, variant=VARIANTS[0]), pick(us, variant=VARIANTS[1])
+    specs = {}
+    for name, part in (("fine-tuned", ft), ("re-initialised", re)):
+        if len(part):
+            lo, hi = part.k.min(), part.k.max()
+            for col in ("clean_acc", "robust_acc") if name == "fine-tuned" else ("robust_acc",):   # the claims' cells
+                specs[f"{name} k = {hi:g} against {lo:g}, {col}"] = (pick(part, k=hi), pick(part, k=lo), col)
+    return [("01_layer_freezing", us, ["variant", "k"], paired_cells(specs), "seed")]

@@ -737,6 +737,22 @@ def panel(empirical: pd.DataFrame, certified: pd.DataFrame, curves: pd.DataFrame
 
 # --------------------------------------------------------------------------- findings
 
+def replicated(read) -> list[tuple]:
+    """The notebook's replicated table for the seed floor and the A/A calibration
+    (``rtlkit.findings.floors``): :func:`seed_floor_cells`' rows, each seed training its own
+    sources; the claim cells are Table 4's AT against Random (RA-WB) and Table 5's CR against Random
+    (RA-CT) on the first target."""
+    from ..findings import ours, paired_cells, pick
+    t = read("04_seed_floor")
+    if t is None or not len(t):
+        return []
+    us = ours(t)
+    specs = {f"{table} on {pick(us, table=table).target.iloc[0]}: {a} against {b} pre-training": (
+        pick(us, table=table, pretraining=a), pick(us, table=table, pretraining=b), "robust_acc")
+        for table, a, b in FLOOR_CELLS if len(pick(us, table=table))}
+    return [("04_seed_floor", us, ["table", "target", "pretraining"], paired_cells(specs), "seed")]
+
+
 def findings(read) -> list:
     """Vaishnavi et al. Tables 2-7 as findings, from notebook 04's CSVs. Tables 4-5 average the
     pre-training gain over our targets (the paper's are relative changes over its 12 targets, so

@@ -187,13 +187,14 @@ def table1_seeds(pv: Provable) -> tuple[int, ...]:
 
 
 def lipschitz_table(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
-    """Table 1: source and target accuracy of none / wn heads with 1 and 4 layers on frozen f
-    (modes normal and adv), every pair; on the main pair also "wn T=1" (plain CE) and "wn-l2"
-    (App. A.1's L2 rows, whose L-inf bound is reported: it is not 1)."""
+    """Table 1: source and target accuracy of none / wn / "wn-l2" heads with 1 and 4 layers on frozen
+    f (modes normal and adv), every pair ("wn-l2": App. A.1's L2 rows, the paper's wn, whose L-inf
+    bound is reported: it is not 1); on the main pair also "wn T=1" (plain CE)."""
     pv, runtime = _pv(profile), runtime or Runtime()
     rows = []
     for pair in _present(profile, pv.table1_pairs):
-        variants = CONSTRAINTS + (TABLE1_EXTRAS if pair == pv.main_pair else ())
+        # App. A.1's L2-row heads (the paper's wn) on every pair; "wn T=1" on the main pair only
+        variants = CONSTRAINTS + (TABLE1_EXTRAS if pair == pv.main_pair else ("wn-l2",))
         for mode in _modes(pv, ("normal", "adv")):
             src = source_run(profile, mode, pair)
             for split in SPLITS:
@@ -686,6 +687,27 @@ def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive:
 
 
 # --------------------------------------------------------------------------- findings
+
+def replicated(read) -> list[tuple]:
+    """The notebook's replicated table for the seed floor and the A/A calibration
+    (``rtlkit.findings.floors``): Table 1's heads at every head seed (``table1_head_seeds``); the
+    claim cells are its counted pairs on the first pair's target heads, per training mode (4 against
+    1 layer, unconstrained and App. A.1's L2-row wn; unconstrained against wn at 1 layer)."""
+    from ..findings import ours, paired_cells, pick
+    t = read("05_table1_lipschitz")
+    if t is None:
+        return []
+    us = ours(t)
+    us = us.assign(clean_acc=us.acc) if "acc" in us else us
+    specs = {}
+    for pair in us.pair.dropna().unique()[:1]:
+        for m in us["mode"].dropna().unique():
+            at = pick(us, pair=pair, mode=m, split="target")
+            for (c1, l1), (c0, l0) in ((("none", 4), ("none", 1)), (("wn-l2", 4), ("wn-l2", 1)), (("none", 1), ("wn-l2", 1))):
+                specs[f"{pair}, {m}: {c1} x {l1} against {c0} x {l0}"] = (
+                    pick(at, constraint=c1, layers=l1), pick(at, constraint=c0, layers=l0), "acc")
+    return [("05_table1_lipschitz", us, ["pair", "mode", "constraint", "layers", "split"], paired_cells(specs), "seed")]
+
 
 def findings(read) -> list:
     """Provably Robust Transfer Tables 1-3 and Sec. 5 as findings, from notebook 05's CSVs. Table 1's

@@ -70,32 +70,38 @@ def _cell(method, k, r, rob, **kw):
 
 
 def test_the_replicated_claims_take_their_se_from_the_test_set_and_the_replicates():
+    """Each replicated claim: the test images' binomial part plus the seed part measured from the
+    replicates' paired differences, with the t quantile at 2 degrees of freedom."""
     import math
+
+    from rtlkit import stats
     rows = []
-    for r, (lo, hi, van, neft) in enumerate(((0.80, 0.70, 0.60, 0.70), (0.82, 0.72, 0.62, 0.71), (0.84, 0.74, 0.64, 0.72))):
+    for r, (lo, hi, van, neft) in enumerate(((0.80, 0.70, 0.60, 0.70), (0.83, 0.72, 0.62, 0.71), (0.84, 0.75, 0.64, 0.72))):
         rows += [_cell("CARTL", 6, r, lo, lam=0.005, beta=0.4), _cell("CARTL", 6, r, hi, lam=0.005, beta=1.0),
                  _cell("vanilla", 6, r, van), _cell("AT + NEFT", 6, r, neft, lam=0.0, beta=0.4)]
     t = S.with_paper(pd.DataFrame(rows), "table2", "table3", "table5")
     found = {(f.where, f.claim): f for f in S.seeded_findings(t)}
     beta = found[("Table 2 (3 seeds)", "a smaller NEFT beta raises robustness (beta 0.4 against 1, lambda 0.005, k = 6)")]
     assert beta.effect == pytest.approx(0.10) and beta.seeds == 3 and beta.n == 1000
-    def side_var(p, spread):   # Agresti-Coull binomial variance plus the replicates' variance / 3
-        q = (p * 1000 + 2) / 1004
-        return q * (1 - q) / 1004 + pd.Series(spread).var() / 3
-    assert beta.se == pytest.approx(math.sqrt(side_var(0.82, (0.80, 0.82, 0.84)) + side_var(0.72, (0.70, 0.72, 0.74))))
+    assert beta.seed_source == "measured" and beta.seed_df == 2
+    assert beta.se_seed == pytest.approx(pd.Series([0.10, 0.11, 0.09]).std() / math.sqrt(3))
+    assert beta.se_test == pytest.approx(stats.images_se((0.80 + 0.83 + 0.84) / 3, (0.70 + 0.72 + 0.75) / 3, 1000))
     assert beta.paper_effect == pytest.approx(0.3094 - 0.2597)   # CARTL Table 2, k = 6, lambda 0.005
-    assert beta.verdict == "agrees"
+    assert beta.verdict == "agrees" and beta.size == "not comparable"
     neft = found[("Table 3 (3 seeds)", "NEFT raises the robustness of plain fine-tuning (k = 6)")]
     assert neft.effect == pytest.approx(0.09) and neft.paper_effect == pytest.approx(0.2795 - 0.2538)
     fdm = found[("Table 3 (3 seeds)", "an FDM source raises NEFT's robustness further (k = 6)")]
-    assert fdm.effect == pytest.approx(0.82 - 0.71) and fdm.verdict == "agrees"
-    # a difference inside 2 SE: unresolved where the paper gives only a direction (no k = 5 row);
-    # where it prints an effect (k = 6: +5.0 points) that our SE is small enough to see, it disagrees
-    for k, verdict in ((5, "unresolved"), (6, "disagrees")):
-        close = [_cell("CARTL", k, r, v, lam=0.005, beta=b) for r in range(3)
-                 for b, v in ((0.4, 0.80 + 0.01 * r), (1.0, 0.79 + 0.01 * r))]
+    assert fdm.effect == pytest.approx((0.80 + 0.83 + 0.84) / 3 - 0.71) and fdm.verdict == "agrees"
+    # a difference whose interval holds zero is unresolved, whether or not the paper prints an effect:
+    # the sign is the verdict, and the paper's size (k = 6: +5.0 points) its own column
+    for k in (5, 6):
+        close = [_cell("CARTL", k, r, v, lam=0.005, beta=b) for r, (x, y) in enumerate(((0.80, 0.79), (0.82, 0.80),
+                                                                                         (0.81, 0.81)))
+                 for b, v in ((0.4, x), (1.0, y))]
         (f,) = S.seeded_findings(S.with_paper(pd.DataFrame(close), "table2"))
-        assert f.effect == pytest.approx(0.01) and abs(f.effect) < 2 * f.se and f.verdict == verdict
+        assert f.effect == pytest.approx(0.01) and f.seed_source == "measured" and f.verdict == "unresolved"
+        lo, hi = f.interval()
+        assert lo < 0 < hi and hi - f.effect == pytest.approx(f.measure().quantile() * f.se)
 
 
 def test_the_claim_settings_are_checked_before_any_compute():
