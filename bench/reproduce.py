@@ -1,4 +1,4 @@
-"""Does a fresh clone reproduce the committed figures? (issue 24)
+"""Does a fresh clone reproduce the committed figures?
 
     python -m bench.reproduce --only 01 02            # clone HEAD into a temp folder, run those notebooks at
                                                       # quick from an empty cache, compare every CSV they write
@@ -7,9 +7,9 @@
 
 A table matches when its bytes equal the committed file's. Otherwise the columns that differ are
 named; a table that differs only in columns measuring the machine (``report.MEASURED_COLUMNS``, wall
-times) counts as reproduced. The committed figures are pinned (``quick``'s default on the CPU), so
-expect a match on an Intel CPU with AVX2 and the manifests' thread count and torch, and no match on
-another vendor's CPU (docs/reliability.md). Exit status 0 when every table is reproduced, 1 when one
+times) counts as reproduced. The committed figures are pinned to ``avx2-compat`` (``quick``'s default
+on the CPU), so expect a match on any x86 CPU with AVX2, Intel or AMD, at the manifests' thread
+count and torch (docs/reliability.md). Exit status 0 when every table is reproduced, 1 when one
 is not, 2 on a bad setting.
 """
 from __future__ import annotations

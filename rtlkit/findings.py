@@ -535,6 +535,51 @@ def calibration(figures_dir) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[CALIBRATION_COLUMNS] if parts else pd.DataFrame(columns=CALIBRATION_COLUMNS)
 
 
+PROVENANCE_COLUMNS = ["notebook", "commit", "finished", "host", "cpu_mode", "threads", "torch", "device",
+                      "wall_seconds"]
+
+
+def provenance(figures_dir) -> pd.DataFrame:
+    """The run behind the figures, from their manifests (``provenance.csv``): per notebook (or bench
+    runner), its commit, when its last figure was written, the host's CPU, the CPU mode, threads,
+    torch, the device and the wall time from the notebook's start to its last figure."""
+    import json
+    from pathlib import Path
+    rows = {}
+    for path in sorted(Path(figures_dir).glob("0[0-9]_*.json")):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not a readable manifest ({e}); regenerate it (its notebook)") from e
+        if not isinstance(m, dict) or "notebook" not in m:
+            continue
+        cpu = m.get("cpu") or {}
+        r = rows.setdefault(m["notebook"], {"notebook": m["notebook"], "commit": str(m.get("commit", ""))[:7] +
+                                            ("-dirty" if str(m.get("commit", "")).endswith("-dirty") else ""),
+                                            "finished": "", "host": cpu.get("cpu_model", ""),
+                                            "cpu_mode": cpu.get("cpu_isa_pinned") or "native",
+                                            "threads": m.get("threads", ""), "torch": m.get("torch", ""),
+                                            "device": m.get("device", ""), "wall_seconds": 0.0})
+        r["finished"] = max(r["finished"], str(m.get("created", "")))
+        r["wall_seconds"] = max(r["wall_seconds"], float(m.get("wall_seconds_since_notebook_start") or 0.0))
+    return pd.DataFrame(list(rows.values()), columns=PROVENANCE_COLUMNS)
+
+
+def provenance_section(prov: pd.DataFrame) -> list[str]:
+    """findings.md's account of the run: one line per notebook."""
+    if prov is None or not len(prov):
+        return []
+    lines = ["## The run", "", "From each figure's manifest (`provenance.csv`); wall time from the notebook's start "
+             "to its last figure, with the run cache as the notebooks before it left it.", "",
+             "| notebook | commit | finished | host | CPU mode | threads | torch | wall time |",
+             "|---|---|---|---|---|---:|---|---:|"]
+    for r in prov.itertuples():
+        wall = f"{float(r.wall_seconds):,.0f} s" if r.wall_seconds == r.wall_seconds and r.wall_seconds else ""
+        lines.append(f"| {r.notebook} | {r.commit} | {r.finished} | {_cell(str(r.host))} | {r.cpu_mode} | "
+                     f"{'' if r.threads != r.threads else r.threads} | {r.torch} | {wall} |")
+    return lines + [""]
+
+
 def calibration_summary(cal: pd.DataFrame) -> str:
     """The calibration in a few sentences: per measure, the pairs, and how many each rule resolves."""
     if not len(cal):
@@ -593,10 +638,11 @@ def _effect(paper_effect: float, direction: int) -> str:
     return "higher" if direction > 0 else "lower"
 
 
-def render(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
+def render(df: pd.DataFrame, cal: pd.DataFrame | None = None, prov: pd.DataFrame | None = None) -> str:
     """``findings.md``: the findings table as markdown, one section per notebook, generated from
-    ``findings.csv`` and the A/A calibration ``cal`` (``findings_calibration.csv``) (never edited by
-    hand; ``tests/test_findings_doc.py`` holds them equal)."""
+    ``findings.csv``, the A/A calibration ``cal`` (``findings_calibration.csv``) and the run's
+    provenance ``prov`` (``provenance.csv``) (never edited by hand; ``tests/test_findings_doc.py``
+    holds them equal)."""
     titles = {"01": "01 layer freezing", "02": "02 BN ablation", "03": "03 CARTL", "04": "04 pre-training (Vaishnavi et al.)",
               "05": "05 provably robust transfer", "06": "06 Shafahi et al.",
               "07": "07 report cards (AutoAttack against PGD-20)"}
@@ -650,6 +696,7 @@ def render(df: pd.DataFrame, cal: pd.DataFrame | None = None) -> str:
     if len(floors_used):
         lines += ["## Seed floors", "", "| notebook | floor |", "|---|---|"]
         lines += [f"| {str(r.notebook).zfill(2)} | {_cell(r.floor_from)} |" for r in floors_used.itertuples()] + [""]
+    lines += provenance_section(prov)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -700,17 +747,19 @@ def readme_with(text: str, df: pd.DataFrame) -> str:
 
 
 def write(figures_dir) -> pd.DataFrame:
-    """``findings.csv``, ``findings_calibration.csv`` and ``findings.md`` in ``figures_dir``, from the CSVs
-    there (atomically)."""
+    """``findings.csv``, ``findings_calibration.csv``, ``provenance.csv`` and ``findings.md`` in
+    ``figures_dir``, from the CSVs and manifests there (atomically)."""
     from pathlib import Path
     from .io import atomic_write_bytes, atomic_write_csv
     folder = Path(figures_dir)
     df = collect(folder)
     atomic_write_csv(folder / "findings.csv", df)
     atomic_write_csv(folder / "findings_calibration.csv", calibration(folder))
+    atomic_write_csv(folder / "provenance.csv", provenance(folder))
     df = pd.read_csv(folder / "findings.csv")   # render what a reader of the CSV sees
     cal = pd.read_csv(folder / "findings_calibration.csv")
-    atomic_write_bytes(folder / "findings.md", render(df, cal).encode())
+    prov = pd.read_csv(folder / "provenance.csv")
+    atomic_write_bytes(folder / "findings.md", render(df, cal, prov).encode())
     return df
 
 

@@ -1,7 +1,9 @@
-"""The committed figures are one run's: every notebook's manifest names the same profile, CPU
-(model and vector flags), instruction-set pin, thread count and torch (docs/committed-run.md).
-Bits depend on all of these, so a set made on two machines could not be reproduced byte for byte
-anywhere; this fails the day a partial regeneration on another host is committed."""
+"""The committed figures are one run's: every notebook's manifest names the same profile,
+instruction-set mode, thread count and torch (docs/committed-run.md), and, in a mode whose bits
+depend on the host, the same CPU (model and vector flags). "avx2-compat", quick's mode, gives one
+set of bits on Intel and AMD hosts alike, so its notebooks may be regenerated one at a time on
+different hosts; in any other mode a set made on two machines could not be reproduced byte for byte
+anywhere, and this fails the day such a partial regeneration is committed."""
 import json
 from pathlib import Path
 
@@ -15,10 +17,24 @@ def manifests() -> dict:
     return {path.name: json.loads(path.read_text()) for path in sorted((ROOT / "figures").glob("0[1-9]_*.json"))}
 
 
+HOST_FREE_MODES = ("avx2-compat",)   # the pins whose bits do not depend on the CPU's vendor or model
+
+
 def what_changes_the_bits(m: dict) -> tuple:
     cpu = m.get("cpu") or {}
-    return (m.get("profile"), cpu.get("cpu_model"), tuple(cpu.get("cpu_flags") or ()), cpu.get("cpu_isa_pinned"),
-            m.get("threads") or m.get("settings", {}).get("threads"), m.get("torch"), m.get("device"))
+    pin = cpu.get("cpu_isa_pinned")
+    host = (None, ()) if pin in HOST_FREE_MODES else (cpu.get("cpu_model"), tuple(cpu.get("cpu_flags") or ()))
+    return (m.get("profile"), *host, pin, m.get("threads") or m.get("settings", {}).get("threads"), m.get("torch"),
+            _device_class(m.get("device")))
+
+
+def _device_class(device) -> str | None:
+    """"CPU (2 cores, 2 threads) [fp32 eager]" -> "CPU [fp32 eager]": the numerics, not the core count
+    (the thread count is its own entry)."""
+    if not isinstance(device, str):
+        return device
+    import re
+    return re.sub(r" \([^)]*cores?[^)]*\)", "", device)
 
 
 def test_every_notebook_figure_comes_from_one_machine_and_mode():
@@ -30,7 +46,9 @@ def test_every_notebook_figure_comes_from_one_machine_and_mode():
     assert len(kinds) == 1, "committed figures from several machines or modes:\n" + "\n".join(
         f"  {k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in kinds.items())
     (profile, model, flags, pin, threads, torch_version, device), = kinds
-    assert profile == "quick" and pin == "avx2" and model and flags, "the committed set is quick, pinned (docs/committed-run.md)"
+    assert profile == "quick" and pin == "avx2-compat", "the committed set is quick, pinned (docs/committed-run.md)"
+    for m in ms.values():   # each manifest still names the host it ran on
+        assert (m.get("cpu") or {}).get("cpu_model") and (m.get("cpu") or {}).get("cpu_flags")
 
 
 @pytest.mark.parametrize("name", ["03_budget.json", "04_scarcity.json"])
