@@ -141,3 +141,25 @@ def test_the_entry_points_print_no_traceback_as_processes(tmp_path):
                            timeout=300)
         assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_one_rtlkit_command_lists_and_runs_every_subcommand(capsys):
+    """``rtlkit`` (pyproject's console script): its help names every command; each command's
+    --help is that module's own; an unknown command is one error with status 2."""
+    from rtlkit import cli
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out, name
+    with pytest.raises(SystemExit) as e:
+        cli.main(["figurez"])
+    assert e.value.code == 2 and "unknown command 'figurez'" in capsys.readouterr().err
+    assert cli.main([]) == 2
+    assert cli.main(["findings", "--figures-dir", "/no/such/folder"]) == 2   # the module's own clean error
+    assert "--figures-dir /no/such/folder" in capsys.readouterr().err
+    assert "rtlkit = \"rtlkit.cli:main\"" in (REPO / "pyproject.toml").read_text()
