@@ -55,9 +55,9 @@ SCOPES = ("paper", "variant", "beyond")
 # measurement, or a measure in other units than accuracy, which no accuracy floor can bound)
 SEED_SOURCES = stats.SEED_SOURCES + ("pending", "none")
 # the equivalence margin of a "no difference" claim, unless it declares its own: 5 points of accuracy,
-# declared before the run it judges (commit 6e4519c started the committed run's regeneration). The
-# papers' own spreads sit inside it: CARTL Table 1's four scenarios span -1.6 to +2.2, Shafahi Tables
-# 5/7's CIFAR-100 LwF rows stay within 1 point of the source's robustness.
+# set while the committed run was being regenerated, before any of its no-difference rows was read.
+# The papers' own spreads sit inside it: CARTL Table 1's four scenarios span -1.6 to +2.2, Shafahi
+# Tables 5/7's CIFAR-100 LwF rows stay within 1 point of the source's robustness.
 MARGIN = 0.05
 Z = 2.0   # the 2-SE rule the calibration compares against (unpaired binomial SEs, no seeds)
 
@@ -765,8 +765,9 @@ def write(figures_dir) -> pd.DataFrame:
 
 def _main(argv=None) -> int:
     """python -m rtlkit.findings [--figures-dir DIR] [--readme README.md]: rewrite DIR's findings.csv,
-    findings_calibration.csv and findings.md from the figure CSVs there (what `make figures` does after the last notebook),
-    and the README's generated block, and print the verdicts."""
+    findings_calibration.csv, provenance.csv and findings.md from the figure CSVs and manifests there
+    (what `make figures` does after the last notebook), and the README's generated block, and print
+    the verdicts."""
     import argparse
     import os
     from pathlib import Path

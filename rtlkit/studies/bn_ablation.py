@@ -270,11 +270,13 @@ def _swap_note(us: pd.DataFrame, k) -> str:
     gap = base["reuse"][1] - base["update"][1]
     if moved(re_[1], base["reuse"][1], n) and moved(back[1], base["update"][1], n) and gap > 0 and \
             re_[1] < base["reuse"][1] and back[1] > base["update"][1]:
-        text += (f" Both moves are outside 2 SE: the statistics alone remove {100 * (base['reuse'][1] - re_[1]) / gap:.0f} % "
+        text += (f" Both moves are outside 2 binomial SEs of the test images (the same weights: no training noise "
+                 f"enters): the statistics alone remove {100 * (base['reuse'][1] - re_[1]) / gap:.0f} % "
                  f"of the {100 * gap:.1f}-point gap one way and restore {100 * (back[1] - base['update'][1]) / gap:.0f} % "
                  f"of it the other; the rest is the weights fine-tuned under those statistics.")
     else:
-        text += " At least one move is inside 2 SE: the statistics alone do not explain the difference."
+        text += (" At least one move is inside 2 binomial SEs of the test images: the statistics alone do not explain "
+                 "the difference.")
     return text
 
 

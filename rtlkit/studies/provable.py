@@ -709,6 +709,24 @@ def replicated(read) -> list[tuple]:
     return [("05_table1_lipschitz", us, ["pair", "mode", "constraint", "layers", "split"], paired_cells(specs), "seed")]
 
 
+def _fit_note(us: pd.DataFrame, pair, head_a: tuple, head_b: tuple) -> str:
+    """How well each of two Table 1 target heads (constraint, layers) fits its own training features,
+    beside how well it does on the test images (means over modes and seeds): where a constrained head
+    loses on the test images, whether it already underfits."""
+    if "train_acc" not in us:
+        return ""
+    parts = []
+    for c, layers in (head_a, head_b):
+        h = us[(us.pair == pair) & (us.constraint == c) & (us.layers == layers) & (us.split == "target")]
+        if not len(h):
+            return ""
+        parts.append(f"{layers}-layer {c}: {100 * h.train_acc.mean():.1f} % of its training features, "
+                     f"{100 * h.acc.mean():.1f} % of the test images")
+    return ("Measured fit (mean over modes and seeds): " + "; ".join(parts) + ". A gap on the test images that "
+            "the training fit shows too is a head that underfits within the profile's head budget "
+            "(head_lr, head_max_epochs), not a constraint that generalises worse.")
+
+
 def findings(read) -> list:
     """Provably Robust Transfer Tables 1-3 and Sec. 5 as findings, from notebook 05's CSVs. Table 1's
     paper effects are means over the paper's own pairs (its rows in the CSV); ours are per pair,
@@ -747,11 +765,12 @@ def findings(read) -> list:
                              and len(pick(us, pair=pair, mode=m, constraint=b, layers=l0, split="target"))]
                     if not parts:
                         continue
+                    same = c1 == "wn" and c0 == "none"
                     out.append(average("05", "Provably Robust Transfer", "Table 1",
                                        f"{claim} ({pair}, mean over {len(parts)} modes{'; ' + what if what else ''})",
-                                       parts, paper_effect=0.0 if c1 == "wn" and c0 == "none" else pe, direction=1,
+                                       parts, paper_effect=0.0 if same else pe, direction=1,
                                        paper_numbers="" if pe is None else f"mean over its {len(paper)} pairs: {100 * pe:+.1f}",
-                                       scope=scope))
+                                       scope=scope, note=_fit_note(us, pair, (a, l1), (b, l0)) if same else ""))
     t = read("05_table2_search")
     if t is not None:
         us, pp = ours(t), theirs(t)

@@ -45,3 +45,25 @@ def test_lwf_with_a_huge_lambda_keeps_the_source_features(syn):
             drift[lam_d] = float((model.eval().penultimate(x) - z0).norm(dim=1).mean() / z0.norm(dim=1).mean())
     # the L2 (not squared) penalty is non-smooth: its pull has size lr * lambda_d, hence the small lr
     assert drift[5.0] < 0.06 and drift[5.0] < drift[0.0] / 3
+
+
+def test_the_released_codes_lwf_trains_bn_gamma_and_beta_and_keeps_the_sources_statistics(syn):
+    """The paper's LwF (ashafahi/RobustTransferLWF: a mode='eval' model, every variable trained after
+    the warm start): TransferPolicy(k="all", bn_affine="train"). After the warm start BN's weight and
+    bias move; its running statistics never do."""
+    src = tiny_model().eval()
+    pol = TransferPolicy(k="all", bn_affine="train")
+    model = prepare_target(src, 4, pol)
+    start = sd(model)
+    snaps = {}
+    train(model, syn, LwFTraining(epochs=2, batch_size=64, lam_d=0.1), policy=pol, progress=False,
+          on_epoch_end=lambda e, r: snaps.__setitem__(e, sd(model)))
+    head = {f"blocks.{model.n_blocks - 1}.fc.weight", f"blocks.{model.n_blocks - 1}.fc.bias"}
+    assert {k for k in start if not torch.equal(start[k], snaps[1][k])} == head   # the warm start as before
+    bn = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    changed = {k for k in start if not torch.equal(snaps[1][k], snaps[2][k])}
+    affine = {k for k in changed if k.rsplit(".", 1)[0] in bn}
+    assert affine and {k.rsplit(".", 1)[1] for k in affine} == {"weight", "bias"}   # gamma and beta train
+    for name in bn:   # the source's statistics, untouched
+        for buf in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(start[f"{name}.{buf}"], snaps[2][f"{name}.{buf}"]), (name, buf)
