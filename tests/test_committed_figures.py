@@ -37,18 +37,39 @@ def _device_class(device) -> str | None:
     return re.sub(r" \([^)]*cores?[^)]*\)", "", device)
 
 
+# notebooks whose committed figures are still the previous run's (pinned avx2 on the Intel Xeon), each named
+# in docs/committed-run.md; the next run of such a notebook in avx2-compat takes it out of this set
+PREVIOUS_RUN: set[str] = {"04_pretraining"}
+
+
 def test_every_notebook_figure_comes_from_one_machine_and_mode():
     ms = {name: m for name, m in manifests().items() if m.get("notebook") in NOTEBOOKS}
     assert {m["notebook"] for m in ms.values()} == set(NOTEBOOKS), "a notebook has no figure"   # 00: the user's own
     kinds = {}
     for name, m in ms.items():
-        kinds.setdefault(what_changes_the_bits(m), []).append(name)
+        if m["notebook"] not in PREVIOUS_RUN:
+            kinds.setdefault(what_changes_the_bits(m), []).append(name)
     assert len(kinds) == 1, "committed figures from several machines or modes:\n" + "\n".join(
         f"  {k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in kinds.items())
     (profile, model, flags, pin, threads, torch_version, device), = kinds
     assert profile == "quick" and pin == "avx2-compat", "the committed set is quick, pinned (docs/committed-run.md)"
     for m in ms.values():   # each manifest still names the host it ran on
         assert (m.get("cpu") or {}).get("cpu_model") and (m.get("cpu") or {}).get("cpu_flags")
+
+
+@pytest.mark.parametrize("notebook", sorted(PREVIOUS_RUN))
+def test_a_notebook_left_from_the_previous_run_is_one_run_and_says_so(notebook):
+    """A notebook not yet regenerated in avx2-compat: all its figures from one run of the previous
+    set (quick, pinned avx2, one host), at the current set's threads and torch, and named in the docs."""
+    ms = [m for m in manifests().values() if m.get("notebook") == notebook]
+    kinds = {what_changes_the_bits(m) for m in ms}
+    assert len(kinds) == 1, kinds
+    (profile, model, flags, pin, threads, torch_version, device), = kinds
+    assert profile == "quick" and pin == "avx2" and model
+    current = {what_changes_the_bits(m)[4:] for m in manifests().values()
+               if m.get("notebook") in NOTEBOOKS and m["notebook"] not in PREVIOUS_RUN}
+    assert current == {(threads, torch_version, device)}
+    assert notebook in (ROOT / "docs" / "committed-run.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["03_budget.json", "04_scarcity.json"])

@@ -709,7 +709,8 @@ def findings(read) -> list:
                              paper_a=float(pa.clean_acc.iloc[0]) if len(pa) else None,
                              paper_b=float(psrc.clean_acc.iloc[0]) if len(psrc) else None, direction=1),
                     contrast("06", "Shafahi et al.", "Tables 5/7", f"... and keeps the source's robustness (lambda_d {lam:g} "
-                             "against the robust source)", a, src, "robust_acc", paper_a=0.0, paper_b=0.0)]
+                             "against the robust source)", a, src, "robust_acc", paper_a=0.0, paper_b=0.0,
+                             note=_same_domain_note(lw, src))]
     return out
 
 
@@ -725,6 +726,20 @@ def _probe_note(probe: pd.DataFrame, at: pd.DataFrame, n) -> str:
             "64-d penultimate layer of a WRN-16-1 trained robustly on Fashion-MNIST) do not separate the target "
             "linearly, so the probe is capped below fine-tuning at every N. The paper's probes sit on 640-d features "
             "of a robust CIFAR-100 WRN-32-10 or an ImageNet ResNet-50, whose classes hold the target's.")
+
+
+def _same_domain_note(lw: pd.DataFrame, src: pd.DataFrame) -> str:
+    """Tables 5/7 measured: robustness and the last epoch's feature distance at every lambda_d of LwF
+    on clean images of the source's own domain, beside the source's robustness."""
+    if not len(lw) or not len(src) or "feature_distance" not in lw:
+        return ""
+    g = lw.groupby("lam_d")[["robust_acc", "feature_distance"]].mean()
+    return (f"Measured: the robust source is {100 * float(src.robust_acc.mean()):.1f} % robust; LwF on clean images of "
+            "its own domain keeps " + ", ".join(f"{100 * r.robust_acc:.1f} % at lambda_d {lam:g} (||z - z0|| "
+                                                 f"{r.feature_distance:.2f})" for lam, r in g.iterrows()) +
+            ". The penalty holds the clean features closer as lambda_d grows, yet robustness stays far below the "
+            "source's at every lambda_d: holding the clean penultimate features does not hold the adversarial ones "
+            "here, so distillation on clean images of the source's domain does not keep the robustness.")
 
 
 def _lwf_note(t4: pd.DataFrame, model: str = "LwF") -> str:
