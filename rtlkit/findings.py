@@ -597,7 +597,7 @@ def calibration_summary(cal: pd.DataFrame) -> str:
     return ("A/A calibration (`findings_calibration.csv`): pairs of cells of one configuration and another seed, "
             f"in {', '.join(floors.table.astype(str))}, judged as if each were a claim. " + "; ".join(parts) + ". "
             "The rule of the verdicts below (`rtlkit/stats.py`: a test part and a seed part, here each notebook's "
-            "floor, SD " + ", ".join(f"{100 * r.floor_sd:.1f} points ({r.floor_df} df, {r.notebook})"
+            "floor, SD " + ", ".join(f"{100 * r.floor_sd:.1f} points ({r.floor_df} df, notebook {str(r.notebook).zfill(2)})"
                                      for r in floors.drop_duplicates("notebook").itertuples()) +
             ", with a t quantile) may resolve at most 5 %; the 2-SE rule, which leaves the seeds out, is the one "
             "verdicts used before.")
