@@ -39,7 +39,7 @@ def _device_class(device) -> str | None:
 
 # notebooks whose committed figures are still the previous run's (pinned avx2 on the Intel Xeon), each named
 # in docs/committed-run.md; the next run of such a notebook in avx2-compat takes it out of this set
-PREVIOUS_RUN: set[str] = {"04_pretraining"}
+PREVIOUS_RUN: set[str] = set()
 
 
 def test_every_notebook_figure_comes_from_one_machine_and_mode():
