@@ -475,7 +475,9 @@ def floors(figures_dir) -> dict:
         cells = {}
         for name, _, _, c, _ in replicated(nb, read):
             cells.update({f"{name}: {k}": v for k, v in c.items()})
-        out[nb] = stats.seed_floor(cells) if len(cells) >= 2 else None
+        spread = any(np.std(stats.paired_differences(*ab)) > 0 for ab in cells.values())
+        # fewer than two cells, or no spread at all (a tiny profile's tied cells): no floor to judge by
+        out[nb] = stats.seed_floor(cells) if len(cells) >= 2 and spread else None
     return out
 
 

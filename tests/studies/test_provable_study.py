@@ -1,5 +1,7 @@
 """Notebook 05 (Provably Robust Transfer): settings, cached noisy features and per-example tables,
 and the certification pieces the study composes, each checked against what it must equal."""
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -63,7 +65,11 @@ def test_every_profile_has_notebook_05_settings_and_quick_reuses_the_shared_sour
     for name in profiles.PROFILES:
         assert profiles.get(name, gpu=False).provable is not None
     P = profiles.get("quick", gpu=False)
-    assert S.source_run(P, "adv", P.provable.main_pair) == P.source_run()          # 01-03's robust source
+    # adv is the paper's L2 PGD-10 at eps (Sec. 5, App. A.1); shared_adv=True, the variant, is 01-03's L-inf source
+    adv = S.source_run(P, "adv", P.provable.main_pair)
+    assert adv.method.attack.norm == "l2" and adv.method.attack.steps == 10 and adv != P.source_run()
+    shared = dataclasses.replace(P, provable=dataclasses.replace(P.provable, shared_adv=True))
+    assert S.source_run(shared, "adv", shared.provable.main_pair) == P.source_run()
     split = P.provable.table1_pairs[1]
     from rtlkit.studies import pretraining
     assert S.source_run(P, "normal", split) == pretraining.source_run(P, "ST")      # 04's standard source
