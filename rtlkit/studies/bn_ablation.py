@@ -188,8 +188,7 @@ def findings(read) -> list:
     if t is None:
         return []
     every = ours(t)
-    us = every[every.swap.isna()] if "swap" in every else every
-    us = us[us.model.isna()] if "model" in us else us
+    us = _fine_tunes(every)
     out = []
     for k in sorted(us.k.dropna().unique()):
         at = pick(us, k=k)
@@ -214,6 +213,12 @@ def findings(read) -> list:
     return out
 
 
+def _fine_tunes(us: pd.DataFrame) -> pd.DataFrame:
+    """Our fine-tuned cells of ``02_bn_ablation``: neither the statistics swaps nor the source row."""
+    us = us[us.swap.isna()] if "swap" in us else us
+    return us[us.model.isna()] if "model" in us else us
+
+
 def replicated(read) -> list[tuple]:
     """The notebook's replicated table for the seed floor and the A/A calibration
     (``rtlkit.findings.floors``): fine-tuning seeds of every (k, statistics, affine) cell; the claim
@@ -222,9 +227,7 @@ def replicated(read) -> list[tuple]:
     t = read("02_bn_ablation")
     if t is None:
         return []
-    us = ours(t)
-    us = us[us.swap.isna()] if "swap" in us else us
-    us = us[us.model.isna()] if "model" in us else us
+    us = _fine_tunes(ours(t))
     specs = {}
     for k in sorted(us.k.dropna().unique()):
         at = pick(us, k=k)
