@@ -33,7 +33,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 figures: setup
-	$(PY) -m rtlkit.figures --profile $(PROFILE)
+	$(PY) -m rtlkit.suite.figures --profile $(PROFILE)
 
 # the test files on every core (pytest-xdist, a file per worker: a file's module fixtures stay in one
 # process; the longest files first, tests/conftest.py), each worker and every notebook kernel it

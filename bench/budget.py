@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rtlkit import report
-from rtlkit.errors import ConfigError
+from rtlkit.suite import session as report
+from rtlkit.core.errors import ConfigError
 from rtlkit.studies import cartl as S
 
 

@@ -1,5 +1,5 @@
 """Randomized-smoothing certification throughput (issue 11): noisy samples per second through
-``rtlkit.smoothing.sample_counts`` beside the same model's plain forward rate.
+``rtlkit.measure.smoothing.sample_counts`` beside the same model's plain forward rate.
 
     python -m bench.certify                          # WRN-28-4 at 32x32 (the issue's model), default device
     python -m bench.certify --samples 512 --images 2  # the CPU-sized run
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from rtlkit.models import WRNSpec, build
-from rtlkit.runtime import Runtime
-from rtlkit.smoothing import sample_counts
+from rtlkit.core.models import WRNSpec, build
+from rtlkit.core.runtime import Runtime
+from rtlkit.measure.smoothing import sample_counts
 
 
 def _timed(fn, runtime: Runtime, repeats: int) -> float:

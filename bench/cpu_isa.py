@@ -25,19 +25,19 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rtlkit.runtime import CPU_LIB_VARS
+from rtlkit.core.runtime import CPU_LIB_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time, torch
-from rtlkit.runtime import Runtime, cpu_record, pin_cpu_isa, seed_all
+from rtlkit.core.runtime import Runtime, cpu_record, pin_cpu_isa, seed_all
 pin_cpu_isa()
 torch.set_num_threads(int(sys.argv[1]))
-from rtlkit.attacks import PGD
-from rtlkit.evaluate import evaluate
-from rtlkit.models import WRNSpec, build
-from rtlkit.data import DatasetInfo, ImageData
-from rtlkit.training import AdversarialTraining, StandardTraining, make_optimizer, train_step
+from rtlkit.measure.attacks import PGD
+from rtlkit.measure.evaluate import evaluate
+from rtlkit.core.models import WRNSpec, build
+from rtlkit.core.data import DatasetInfo, ImageData
+from rtlkit.train.loop import AdversarialTraining, StandardTraining, make_optimizer, train_step
 rt = Runtime("cpu")
 seed_all(0)
 model = build(WRNSpec(16, 1, stem_stride=2), 10, 1, (0.5,), (0.25,))
@@ -72,11 +72,12 @@ def run(mode: str, threads: int) -> dict:
 
 FINGERPRINT = r"""
 import hashlib, json, sys, tempfile, os, torch
-from rtlkit.runtime import Runtime, cpu_record, pin_cpu_isa
+from rtlkit.core.runtime import Runtime, cpu_record, pin_cpu_isa
 pin_cpu_isa()
 torch.set_num_threads(int(sys.argv[1]))
 os.environ["RTLKIT_RUNS"] = tempfile.mkdtemp()
-from rtlkit import profiles, runs
+from rtlkit.studies import profiles
+from rtlkit.runs import cache as runs
 run = profiles.get("smoke", gpu=False).source_run()
 model = runs.get_or_train(run, Runtime(device="cpu"), progress=False)
 blob = b"".join(v.numpy().tobytes() for _, v in sorted(model.state_dict().items()))

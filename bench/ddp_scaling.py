@@ -1,5 +1,5 @@
 """Data-parallel scaling of PGD-7 adversarial training (issue 15): images/s and efficiency from 1 to
-N processes under torchrun, the global batch fixed (the method's batch_size), as `rtlkit.distributed`
+N processes under torchrun, the global batch fixed (the method's batch_size), as `rtlkit.core.distributed`
 trains. On GPUs: nccl, one process per GPU; on the CPU: gloo, a smoke figure only (processes share
 the cores).
 
@@ -22,12 +22,12 @@ from pathlib import Path
 def _worker(a) -> None:
     """One rank: time ``steps`` PGD-7 AT steps after ``warmup`` (rank 0 writes the result)."""
     import torch
-    from rtlkit import distributed
-    from rtlkit.attacks import PGD
-    from rtlkit.data import DatasetInfo, ImageData, Loader
-    from rtlkit.models import WRNSpec, build
-    from rtlkit.runtime import Runtime
-    from rtlkit.training import AdversarialTraining, make_optimizer, train_step
+    from rtlkit.core import distributed
+    from rtlkit.measure.attacks import PGD
+    from rtlkit.core.data import DatasetInfo, ImageData, Loader
+    from rtlkit.core.models import WRNSpec, build
+    from rtlkit.core.runtime import Runtime
+    from rtlkit.train.loop import AdversarialTraining, make_optimizer, train_step
 
     cuda = torch.cuda.is_available()
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"

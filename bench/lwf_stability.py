@@ -13,9 +13,9 @@ import json
 import sys
 import time
 
-from rtlkit import profiles
-from rtlkit.errors import cli
-from rtlkit.runtime import Runtime, cpu_record, default_cpu_isa, pin_cpu_isa
+from rtlkit.studies import profiles
+from rtlkit.core.errors import cli
+from rtlkit.core.runtime import Runtime, cpu_record, default_cpu_isa, pin_cpu_isa
 
 
 def _main(argv=None) -> int:
@@ -26,8 +26,9 @@ def _main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     isa = pin_cpu_isa(default_cpu_isa(args.profile))
-    from rtlkit.runs import run_dir
-    from rtlkit.studies.cartl import _transfer, measure
+    from rtlkit.runs.store import run_dir
+    from rtlkit.studies.cartl import _transfer
+    from rtlkit.studies.cartl import measure
     P, R = profiles.get(args.profile), Runtime()
     rows = []
     for lam in args.lam_d:

@@ -23,9 +23,9 @@ from dataclasses import replace
 
 import pandas as pd
 
-from rtlkit import report
-from rtlkit.errors import ConfigError
-from rtlkit.runs import DataSpec
+from rtlkit.suite import session as report
+from rtlkit.core.errors import ConfigError
+from rtlkit.runs.specs import DataSpec
 from rtlkit.studies import pretraining as S
 
 F59 = (5, 6, 7, 8, 9)

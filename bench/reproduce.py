@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rtlkit.errors import ConfigError
-from rtlkit.report import MEASURED_COLUMNS
-from rtlkit.runs import check_environment
-from rtlkit.runtime import CPU_LIB_VARS
+from rtlkit.core.errors import ConfigError
+from rtlkit.suite.session import MEASURED_COLUMNS
+from rtlkit.runs.store import check_environment
+from rtlkit.core.runtime import CPU_LIB_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 # what an AVX2-only CPU caps each library at (tests/test_cpu_isa.py's emulation)
@@ -77,7 +77,7 @@ class CloneFailed(RuntimeError):
 
 
 def run_clone(only: list[str], as_avx2: bool, keep: Path | None) -> Path:
-    """Clone this checkout's HEAD and run ``rtlkit.figures --profile quick --only ...`` there, from
+    """Clone this checkout's HEAD and run ``rtlkit.suite.figures --profile quick --only ...`` there, from
     its own empty run cache; returns the clone's figures folder. A temporary clone is removed on
     every exit path but success (a failed run, Ctrl-C); a ``keep`` folder stays."""
     tmp = None if keep else Path(tempfile.mkdtemp(prefix="rtlkit-reproduce-"))
@@ -96,10 +96,10 @@ def _run_clone(only: list[str], as_avx2: bool, dest: Path) -> Path:
     head = subprocess.run(["git", "-C", str(dest), "log", "--oneline", "-1"], capture_output=True, text=True).stdout
     print(f"clone of {head.strip()} in {dest}{' (capped as an AVX2-only CPU)' if as_avx2 else ''}", flush=True)
     t = time.time()
-    rc = subprocess.run([sys.executable, "-m", "rtlkit.figures", "--profile", "quick", "--only", *only],
+    rc = subprocess.run([sys.executable, "-m", "rtlkit.suite.figures", "--profile", "quick", "--only", *only],
                         cwd=dest, env=env).returncode
     if rc != 0:
-        raise CloneFailed(f"the clone's `rtlkit.figures --only {' '.join(only)}` exited with status {rc} (its output above)")
+        raise CloneFailed(f"the clone's `rtlkit.suite.figures --only {' '.join(only)}` exited with status {rc} (its output above)")
     print(f"ran {' '.join(only)} in {time.time() - t:.0f} s", flush=True)
     return dest / "figures"
 

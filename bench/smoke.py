@@ -29,16 +29,16 @@ from pathlib import Path
 
 import torch
 
-from rtlkit.attacks import APGD, APGDT, PGD, FoolboxPGD, Square
-from rtlkit.data import DatasetInfo, ImageData
-from rtlkit.evaluate import evaluate
-from rtlkit.methods.fdm import FDMTraining
-from rtlkit.methods.neft import NEFT
-from rtlkit.models import build, parse_spec
-from rtlkit.runtime import Runtime, batch_bucket, seed_all, strict_fp32
-from rtlkit.smoothing import Smoothing, certify
-from rtlkit.training import AdversarialTraining, StandardTraining, make_optimizer, train_step
-from rtlkit.transfer import TransferPolicy, prepare_target
+from rtlkit.measure.attacks import APGD, APGDT, PGD, FoolboxPGD, Square
+from rtlkit.core.data import DatasetInfo, ImageData
+from rtlkit.measure.evaluate import evaluate
+from rtlkit.train.methods.fdm import FDMTraining
+from rtlkit.train.methods.neft import NEFT
+from rtlkit.core.models import build, parse_spec
+from rtlkit.core.runtime import Runtime, batch_bucket, seed_all, strict_fp32
+from rtlkit.measure.smoothing import Smoothing, certify
+from rtlkit.train.loop import AdversarialTraining, StandardTraining, make_optimizer, train_step
+from rtlkit.train.transfer import TransferPolicy, prepare_target
 
 LOSS_TOL = 0.05        # a step's loss, fast path against eager fp32: relative
 SHAPE, CLASSES = (3, 32, 32), 10
@@ -178,7 +178,7 @@ def two_ranks(dry: bool) -> str:
 
 
 def rank_child(rank: int, out: Path, dry: bool) -> int:
-    from rtlkit import distributed
+    from rtlkit.core import distributed
     device = "cpu" if dry else f"cuda:{rank}"
     rt = Runtime(device, compile=True, compile_backend="aot_eager") if dry else Runtime(device)
     distributed.init(rt.device)

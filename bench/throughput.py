@@ -35,14 +35,14 @@ from pathlib import Path
 
 import torch
 
-from rtlkit.attacks import PGD, FoolboxPGD
-from rtlkit.data import DatasetInfo, ImageData
-from rtlkit.evaluate import evaluate
-from rtlkit.methods.fdm import FDMTraining
-from rtlkit.models import build
-from rtlkit.runtime import Runtime, seed_all, strict_fp32
-from rtlkit.training import AdversarialTraining, StandardTraining, make_optimizer, train, train_step
-from rtlkit.transfer import TransferPolicy, prepare_target
+from rtlkit.measure.attacks import PGD, FoolboxPGD
+from rtlkit.core.data import DatasetInfo, ImageData
+from rtlkit.measure.evaluate import evaluate
+from rtlkit.train.methods.fdm import FDMTraining
+from rtlkit.core.models import build
+from rtlkit.core.runtime import Runtime, seed_all, strict_fp32
+from rtlkit.train.loop import AdversarialTraining, StandardTraining, make_optimizer, train, train_step
+from rtlkit.train.transfer import TransferPolicy, prepare_target
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -54,8 +54,8 @@ TARGETS = {"at_img_s": 1800, "at_speedup": 2.5, "own_vs_foolbox": 1.5, "pgd100_g
 def parse_model(name: str):
     """A backbone by rtlkit's names (``models.parse_spec``): wrn-34-10, wrn-16-1-s2, resnet50,
     resnet18-small (the CIFAR stem)."""
-    from rtlkit.errors import ConfigError
-    from rtlkit.models import parse_spec
+    from rtlkit.core.errors import ConfigError
+    from rtlkit.core.models import parse_spec
     try:
         return parse_spec(name)
     except ConfigError as e:
@@ -205,7 +205,7 @@ def sync_check(a, spec, shape, classes) -> str:
 
 def accuracy(a) -> dict:
     """Train the quick profile's source on both paths (same seed) and compare robust accuracies."""
-    from rtlkit import profiles
+    from rtlkit.studies import profiles
     P = profiles.get("quick", gpu=a.device.startswith("cuda"))
     run = P.source_run()
     train_data, test_data = run.train_data(), run.test_data()
@@ -245,8 +245,9 @@ def trained(a) -> dict:
     pruning (what ``evaluate`` runs), our PGD without it, and foolbox's PGD, at one eps, step and
     step count. On random weights and images nearly every example falls at the first step, which
     flatters pruning; a trained robust model is what the suite evaluates."""
-    from rtlkit import profiles
-    from rtlkit.runs import get_or_train, run_key
+    from rtlkit.studies import profiles
+    from rtlkit.runs.cache import get_or_train
+    from rtlkit.runs.store import run_key
     P = profiles.get("quick", gpu=a.device.startswith("cuda"))
     rt = Runtime(a.device)
     run = P.source_run()

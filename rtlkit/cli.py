@@ -9,7 +9,7 @@
     rtlkit run --help                         # one cached run
     rtlkit reproduce --only 01 02             # does a fresh clone reproduce the committed figures?
 
-Each subcommand is the module of the same name (``python -m rtlkit.figures`` and the others stay as
+Each subcommand is the module of the same name (``python -m rtlkit.suite.figures`` and the others stay as
 aliases); ``reproduce`` is the repository's ``bench/reproduce.py``.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ import sys
 
 # subcommand -> (module, one line of help)
 COMMANDS = {
-    "figures": ("rtlkit.figures", "run the notebooks headless (papermill) and regenerate figures/"),
-    "plan": ("rtlkit.plan", "what a suite will train and evaluate, and its cost, without running it"),
-    "card": ("rtlkit.card", "a report card: the attack cascade and the masking checks for one model"),
-    "findings": ("rtlkit.findings", "the verdicts (findings.csv / .md) from the figure CSVs"),
-    "data": ("rtlkit.data", "the datasets: which are on this machine, where they come from"),
-    "launch": ("rtlkit.launch", "a suite over several processes or GPUs"),
-    "run": ("rtlkit.run", "one cached run (train, evaluate, certify)"),
+    "figures": ("rtlkit.suite.figures", "run the notebooks headless (papermill) and regenerate figures/"),
+    "plan": ("rtlkit.suite.plan", "what a suite will train and evaluate, and its cost, without running it"),
+    "card": ("rtlkit.measure.card", "a report card: the attack cascade and the masking checks for one model"),
+    "findings": ("rtlkit.suite.findings", "the verdicts (findings.csv / .md) from the figure CSVs"),
+    "data": ("rtlkit.core.data", "the datasets: which are on this machine, where they come from"),
+    "launch": ("rtlkit.suite.launch", "a suite over several processes or GPUs"),
+    "run": ("rtlkit.suite.run", "one cached run (train, evaluate, certify)"),
     "reproduce": ("bench.reproduce", "does a fresh clone reproduce the committed figures' CSVs?"),
 }
 
@@ -45,7 +45,7 @@ def module_of(command: str):
     """The module behind ``command`` (``bench.reproduce`` from the repository the package lives in)."""
     name = COMMANDS[command][0]
     if name.startswith("bench."):
-        from .data import REPO_ROOT   # bench/ is the repository's, not the installed package's
+        from rtlkit.core.data import REPO_ROOT   # bench/ is the repository's, not the installed package's
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))
     return importlib.import_module(name)

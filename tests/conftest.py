@@ -5,8 +5,8 @@ import pytest
 import torch
 from filelock import FileLock
 
-from rtlkit import data as D
-from rtlkit.models import WRNSpec, build
+from rtlkit.core import data as D
+from rtlkit.core.models import WRNSpec, build
 
 TINY = WRNSpec(10, 1, stem_stride=2)  # 5 blocks
 
@@ -39,7 +39,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("RTLKIT_DOWNLOAD", raising=False)
     # a command's CPU-ISA pin (runtime.pin_cpu_isa writes os.environ, for the processes it starts)
     # must not leak into later tests' subprocesses
-    from rtlkit.runtime import CPU_ISA_ENV, CPU_ISA_PINS
+    from rtlkit.core.runtime import CPU_ISA_ENV, CPU_ISA_PINS
     for var in {CPU_ISA_ENV, *(k for pins in CPU_ISA_PINS.values() for k in pins)}:
         if var in os.environ:
             monkeypatch.setenv(var, os.environ[var])   # recorded: restored after the test
@@ -76,12 +76,13 @@ def state_of(module):
 def no_compute(monkeypatch):
     """Training, model building, evaluation and data loading fail the test: a bad setting must be
     reported before any of them."""
-    from rtlkit import runs
-    from rtlkit import training as T
+    from rtlkit.runs import cache as runs
+    from rtlkit.runs import specs
+    from rtlkit.train import loop as T
 
     def started(*a, **k):
         raise AssertionError("compute started before the bad setting was reported")
-    for mod, name in ((T, "train"), (runs, "train"), (runs, "build"), (runs, "evaluate"), (D, "load")):
+    for mod, name in ((T, "train"), (runs, "train"), (specs, "build"), (runs, "evaluate"), (D, "load")):
         monkeypatch.setattr(mod, name, started)
 
 
@@ -94,7 +95,7 @@ def no_compute(monkeypatch):
 
 @pytest.fixture(scope="session")
 def smoke_suite(tmp_path_factory, worker_id):   # worker_id: pytest-xdist's ("master" without -n)
-    from rtlkit import figures
+    from rtlkit.suite import figures
     shared = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         shared = shared.parent            # the folder every xdist worker's basetemp lies in

@@ -1,6 +1,6 @@
 """A torchrun child for tests/test_distributed.py: train one small run (RTLKIT_RUNS) data-parallel,
 or evaluate / certify the source run sharded over the ranks. RTLKIT_FAULT kills every rank at a
-chosen step (rtlkit.io.fault_point).
+chosen step (rtlkit.core.io.fault_point).
 
     torchrun --nproc_per_node=2 tests/ddp_child.py source|neft|fdm|lwf|simclr|evaluate|certify|nt_xent
 """
@@ -11,18 +11,19 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from rtlkit import distributed                             # noqa: E402
-from rtlkit.attacks import APGD, PGD, FoolboxPGD           # noqa: E402
-from rtlkit.methods.fdm import FDMTraining                # noqa: E402
-from rtlkit.methods.lwf import LwFTraining                 # noqa: E402
-from rtlkit.methods.neft import NEFT                       # noqa: E402
-from rtlkit.methods.simclr import SimCLRTraining           # noqa: E402
-from rtlkit.models import WRNSpec                          # noqa: E402
-from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train  # noqa: E402
-from rtlkit.smoothing import Smoothing                     # noqa: E402
-from rtlkit.runtime import Runtime                         # noqa: E402
-from rtlkit.training import StandardTraining               # noqa: E402
-from rtlkit.transfer import TransferPolicy                 # noqa: E402
+from rtlkit.core import distributed   # noqa: E402
+from rtlkit.measure.attacks import APGD, PGD, FoolboxPGD   # noqa: E402
+from rtlkit.train.methods.fdm import FDMTraining   # noqa: E402
+from rtlkit.train.methods.lwf import LwFTraining   # noqa: E402
+from rtlkit.train.methods.neft import NEFT   # noqa: E402
+from rtlkit.train.methods.simclr import SimCLRTraining   # noqa: E402
+from rtlkit.core.models import WRNSpec   # noqa: E402
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_certify, get_or_evaluate, get_or_train   # noqa: E402
+from rtlkit.measure.smoothing import Smoothing   # noqa: E402
+from rtlkit.core.runtime import Runtime   # noqa: E402
+from rtlkit.train.loop import StandardTraining   # noqa: E402
+from rtlkit.train.transfer import TransferPolicy   # noqa: E402
 
 
 def source() -> SourceRun:
@@ -67,7 +68,7 @@ def nt_xent_check() -> None:
     deals them): DDP's average of the gradients, the loss and the count of correct partners must
     be one process's on the whole batch. Exits non-zero otherwise."""
     import torch
-    from rtlkit.methods.simclr import SimCLRTraining, contrastive_loss, nt_xent
+    from rtlkit.train.methods.simclr import SimCLRTraining, contrastive_loss, nt_xent
     torch.manual_seed(0)
     x1, x2, w = torch.randn(8, 5), torch.randn(8, 5), torch.randn(5, 4, requires_grad=True)
     whole, _ = nt_xent(x1 @ w, x2 @ w, 0.5)

@@ -1,6 +1,6 @@
 """A child process for tests/test_reliability.py: train and evaluate one small run of each kind
 (source, plain fine-tune, NEFT fine-tune, LwF fine-tune) in the cache that RTLKIT_RUNS names,
-and print the metrics as JSON. RTLKIT_FAULT kills it at a chosen point (rtlkit.io.fault_point);
+and print the metrics as JSON. RTLKIT_FAULT kills it at a chosen point (rtlkit.core.io.fault_point);
 RTLKIT_TRAIN_LOG, if set, gets one line per training actually run (not loaded from the cache).
 
     python tests/fault_child.py source|plain|neft|lwf [...]
@@ -13,15 +13,15 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from rtlkit import runs                                   # noqa: E402
-from rtlkit.attacks import PGD                            # noqa: E402
-from rtlkit.methods.lwf import LwFTraining                        # noqa: E402
-from rtlkit.models import WRNSpec                         # noqa: E402
-from rtlkit.methods.neft import NEFT                              # noqa: E402
-from rtlkit.runs import DataSpec, SourceRun, TransferRun  # noqa: E402
-from rtlkit.runtime import Runtime, configure_threads     # noqa: E402
-from rtlkit.training import AdversarialTraining, StandardTraining  # noqa: E402
-from rtlkit.transfer import TransferPolicy                # noqa: E402
+from rtlkit.runs import cache as runs   # noqa: E402
+from rtlkit.measure.attacks import PGD   # noqa: E402
+from rtlkit.train.methods.lwf import LwFTraining   # noqa: E402
+from rtlkit.core.models import WRNSpec   # noqa: E402
+from rtlkit.train.methods.neft import NEFT   # noqa: E402
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun   # noqa: E402
+from rtlkit.core.runtime import Runtime, configure_threads   # noqa: E402
+from rtlkit.train.loop import AdversarialTraining, StandardTraining   # noqa: E402
+from rtlkit.train.transfer import TransferPolicy   # noqa: E402
 
 KINDS = ("source", "plain", "neft", "lwf")
 ATTACKS = [PGD(0.1, 2, 0.05)]

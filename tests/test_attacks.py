@@ -5,12 +5,12 @@ import torch
 import torch.nn as nn
 
 from rtlkit import ConfigError
-from rtlkit.attacks import PGD, FoolboxPGD, attack_mode, pgd_eval
-from rtlkit.data import DatasetInfo, ImageData, synthetic
-from rtlkit.evaluate import evaluate
-from rtlkit.models import build
-from rtlkit.runtime import Runtime
-from rtlkit.training import StandardTraining, train
+from rtlkit.measure.attacks import PGD, FoolboxPGD, attack_mode, pgd_eval
+from rtlkit.core.data import DatasetInfo, ImageData, synthetic
+from rtlkit.measure.evaluate import evaluate
+from rtlkit.core.models import build
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import StandardTraining, train
 
 from conftest import TINY, tiny_model
 
@@ -207,7 +207,7 @@ def test_an_example_fooled_by_a_middle_step_is_not_robust(loss):
 
 
 def test_attack_labels_name_every_setting_that_changes_the_result():
-    from rtlkit import profiles
+    from rtlkit.studies import profiles
     a, b = profiles.pgd(0.1, 20), pgd_eval(0.1, 20)
     assert a != b and a.label != b.label
     assert PGD(0.1, 5, 0.02).label != PGD(0.1, 5, 0.02, random_start=False).label
@@ -225,7 +225,7 @@ def trained_tiny():
 
 
 def test_apgd_is_at_least_as_strong_as_pgd_on_the_same_points(trained_tiny):
-    from rtlkit.attacks import APGD
+    from rtlkit.measure.attacks import APGD
     model, test = trained_tiny
     pgd = PGD(eps=1.0, steps=10, step_size=0.25, norm="l2")
     apgd = APGD(eps=1.0, n_iter=50, n_restarts=1)
@@ -235,7 +235,7 @@ def test_apgd_is_at_least_as_strong_as_pgd_on_the_same_points(trained_tiny):
 
 
 def test_the_autoattack_adapter_leaves_modes_grads_and_the_rng_alone(trained_tiny):
-    from rtlkit.attacks import APGD, Square
+    from rtlkit.measure.attacks import APGD, Square
     model, test = trained_tiny
     model.train()
     model.blocks[0].eval()
@@ -255,7 +255,7 @@ def test_the_autoattack_adapter_leaves_modes_grads_and_the_rng_alone(trained_tin
 
 
 def test_square_and_apgd_labels_name_every_setting():
-    from rtlkit.attacks import APGD, Square
+    from rtlkit.measure.attacks import APGD, Square
     assert APGD().label == "APGD-CE l2 eps=0.5 iters=100 restarts=5 seed=0"
     assert Square(n_queries=1000).label == "Square l2 eps=0.5 queries=1000 restarts=1 p_init=0.8 seed=0"
     for bad in (lambda: APGD(eps=0), lambda: APGD(norm="l1"), lambda: Square(n_queries=0), lambda: Square(p_init=0)):
@@ -264,7 +264,7 @@ def test_square_and_apgd_labels_name_every_setting():
 
 
 def test_l2_square_on_a_size_its_start_cannot_tile_is_a_clear_error():
-    from rtlkit.attacks import Square
+    from rtlkit.measure.attacks import Square
     """pyautoattack 0.2.0's L2 Square start runs past the edge of 12 x 12 images (a shape error
     deep inside it): the adapter says so first."""
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 2))

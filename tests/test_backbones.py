@@ -8,12 +8,12 @@ import torch.nn as nn
 import torchvision
 
 from rtlkit import ConfigError
-from rtlkit.data import synthetic
-from rtlkit.methods.neft import NEFT, apply_neft
-from rtlkit.models import ResNetSpec, WRNSpec, build, from_torchvision_keys, parse_spec
-from rtlkit.runtime import Runtime
-from rtlkit.training import StandardTraining, train
-from rtlkit.transfer import BN_CASES, TransferPolicy, prepare_target
+from rtlkit.core.data import synthetic
+from rtlkit.train.methods.neft import NEFT, apply_neft
+from rtlkit.core.models import ResNetSpec, WRNSpec, build, from_torchvision_keys, parse_spec
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import StandardTraining, train
+from rtlkit.train.transfer import BN_CASES, TransferPolicy, prepare_target
 
 from conftest import state_of
 
@@ -149,9 +149,9 @@ def test_every_method_trains_on_a_resnet18_at_smoke():
     with NEFT (CARTL), LwF, a probe, a Lipschitz head, CR pre-training with CR fine-tuning) on a
     ResNet-18: each trains, each frozen extractor stays bit-identical to its source, and the
     report card runs on one."""
-    from rtlkit import profiles
-    from rtlkit.card import get_or_card
-    from rtlkit.runs import get_or_train
+    from rtlkit.studies import profiles
+    from rtlkit.measure.card import get_or_card
+    from rtlkit.runs.cache import get_or_train
     from rtlkit.studies import report_cards
     p = profiles.get("smoke", model="resnet18-w4-small")
     hs = report_cards.headline(p)

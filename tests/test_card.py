@@ -1,4 +1,4 @@
-"""The report card (rtlkit.card): the cascade against a linear model's exact robust accuracy,
+"""The report card (rtlkit.measure.card): the cascade against a linear model's exact robust accuracy,
 survivors-only against every attack on every example, the masking checks on masked and honest
 models, one error before any attack, and the new attacks' adapters leaving modes, flags and the
 RNG as they were."""
@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 
 from rtlkit import ConfigError
-from rtlkit.attacks import APGDT, FABT
-from rtlkit.card import Card, cascade, checks, get_or_card, load_run, masking, run_from_config, summary
-from rtlkit.data import DatasetInfo, ImageData
-from rtlkit.runtime import Runtime
+from rtlkit.measure.attacks import APGDT, FABT
+from rtlkit.measure.card import Card, cascade, checks, get_or_card, load_run, masking, run_from_config, summary
+from rtlkit.core.data import DatasetInfo, ImageData
+from rtlkit.core.runtime import Runtime
 
 CPU = Runtime("cpu")
 C, H, W = 4, 4, 5     # four classes (APGD-T's targeted DLR loss needs four), inputs (N, 1, 4, 5)
@@ -114,7 +114,7 @@ def test_our_pgd_gives_an_example_the_same_result_whatever_shares_its_batch():
     card = dataclasses.replace(small_card(), pgd_steps=3)
     ce = card.attacks(C)[:2]
     x, y = data.x.float() / 255, data.y
-    from rtlkit.card import _attack
+    from rtlkit.measure.card import _attack
     full = _attack(model, "PGD-CE", ce[0][1], x, y, data.index, CPU, 50, (0, "PGD-CE"), card.eps, card.norm)
     part = torch.arange(len(y))[::3]
     sub = _attack(model, "PGD-CE", ce[0][1], x[part], y[part], data.index[part], CPU, 7, (0, "PGD-CE"), card.eps, card.norm)
@@ -236,8 +236,8 @@ def test_the_adapters_leave_modes_flags_and_rng_as_they_were():
 def test_a_cached_card_is_served_and_a_tampered_one_rebuilt(runs_root):
     """get_or_card on a smoke source: cached per-example tables with the fooled_by names, the
     same numbers on a hit, a changed CSV set aside and measured again; the CLI prints it."""
-    from rtlkit.card import main
-    from rtlkit.profiles import get
+    from rtlkit.measure.card import main
+    from rtlkit.studies.profiles import get
     p = get("smoke")
     run = p.source_run(0)
     card = dataclasses.replace(p.card, eps=p.eps)

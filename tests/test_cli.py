@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from rtlkit import data as D
-from rtlkit import figures, launch, plan, run
+from rtlkit.core import data as D
+from rtlkit.suite import figures
+from rtlkit.suite import launch
+from rtlkit.suite import plan
+from rtlkit.suite import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,29 +40,29 @@ def nothing_written(tmp_path):
 
 
 CASES = {
-    "launch on a machine without Slurm": (launch.main, "rtlkit.launch",
+    "launch on a machine without Slurm": (launch.main, "rtlkit.suite.launch",
                                           ["--profile", "smoke", "--only", "01", "--executor", "slurm"], "no Slurm"),
-    "launch --timeout-min -5": (launch.main, "rtlkit.launch", ["--profile", "smoke", "--timeout-min", "-5"],
+    "launch --timeout-min -5": (launch.main, "rtlkit.suite.launch", ["--profile", "smoke", "--timeout-min", "-5"],
                                 "--timeout-min must be a whole number >= 1"),
-    "launch --threads -2": (launch.main, "rtlkit.launch", ["--profile", "smoke", "--threads", "-2"],
+    "launch --threads -2": (launch.main, "rtlkit.suite.launch", ["--profile", "smoke", "--threads", "-2"],
                             "--threads must be a whole number >= 1"),
-    "launch --threads 0": (launch.main, "rtlkit.launch", ["--profile", "smoke", "--threads", "0"],
+    "launch --threads 0": (launch.main, "rtlkit.suite.launch", ["--profile", "smoke", "--threads", "0"],
                            "--threads must be a whole number >= 1"),
-    "launch --only 99": (launch.main, "rtlkit.launch", ["--profile", "smoke", "--only", "99"], "--only 99 matches no"),
-    "launch --status --only 99": (launch.main, "rtlkit.launch", ["--profile", "smoke", "--status", "--only", "99"],
+    "launch --only 99": (launch.main, "rtlkit.suite.launch", ["--profile", "smoke", "--only", "99"], "--only 99 matches no"),
+    "launch --status --only 99": (launch.main, "rtlkit.suite.launch", ["--profile", "smoke", "--status", "--only", "99"],
                                   "--only 99 matches no"),
-    "run --list --only 99": (run.main, "rtlkit.run", ["--profile", "smoke", "--list", "--only", "99"],
+    "run --list --only 99": (run.main, "rtlkit.suite.run", ["--profile", "smoke", "--list", "--only", "99"],
                              "--only 99 matches no"),
-    "run --device bogus": (run.main, "rtlkit.run", ["--profile", "smoke", "--list", "--device", "bogus"],
+    "run --device bogus": (run.main, "rtlkit.suite.run", ["--profile", "smoke", "--list", "--device", "bogus"],
                            "unknown device 'bogus'"),
-    "plan --only 99": (plan.main, "rtlkit.plan", ["--profile", "smoke", "--only", "99"], "--only 99 matches no"),
-    "plan --bench missing": (plan.main, "rtlkit.plan", ["--profile", "smoke", "--bench", "/nonexistent/b.json"],
+    "plan --only 99": (plan.main, "rtlkit.suite.plan", ["--profile", "smoke", "--only", "99"], "--only 99 matches no"),
+    "plan --bench missing": (plan.main, "rtlkit.suite.plan", ["--profile", "smoke", "--bench", "/nonexistent/b.json"],
                              "/nonexistent/b.json: cannot be read"),
-    "figures --device bogus": (figures.main, "rtlkit.figures", ["--profile", "smoke", "--device", "bogus"],
+    "figures --device bogus": (figures.main, "rtlkit.suite.figures", ["--profile", "smoke", "--device", "bogus"],
                                "unknown device 'bogus'"),
-    "figures --only 99": (figures.main, "rtlkit.figures", ["--profile", "smoke", "--only", "99"],
+    "figures --only 99": (figures.main, "rtlkit.suite.figures", ["--profile", "smoke", "--only", "99"],
                           "no notebook matches"),
-    "figures --dry-run of another profile": (figures.main, "rtlkit.figures", ["--profile", "quick", "--dry-run"],
+    "figures --dry-run of another profile": (figures.main, "rtlkit.suite.figures", ["--profile", "quick", "--dry-run"],
                                              "--dry-run is the paper profile's"),
 }
 
@@ -78,7 +81,7 @@ def test_a_bad_command_line_is_one_line_and_status_2_before_any_file(case, capsy
 def test_a_bad_bench_file_is_one_error(content, what, capsys, tmp_path):
     path = tmp_path / "bench.json"
     path.write_bytes(b"\x00\x01" if content is None else content.encode())
-    one_line_error(capsys, plan.main(["--profile", "smoke", "--bench", str(path)]), "rtlkit.plan", what)
+    one_line_error(capsys, plan.main(["--profile", "smoke", "--bench", str(path)]), "rtlkit.suite.plan", what)
     nothing_written(tmp_path)
 
 
@@ -88,7 +91,7 @@ def test_plan_json_goes_into_a_new_folder_and_a_file_in_the_way_is_one_error(cap
     capsys.readouterr()
     (tmp_path / "a-file").write_text("x")
     one_line_error(capsys, plan.main(["--profile", "smoke", "--json", str(tmp_path / "a-file" / "plan.json")]),
-                   "rtlkit.plan", "is a file, not a folder")
+                   "rtlkit.suite.plan", "is a file, not a folder")
     nothing_written(tmp_path)
 
 
@@ -97,7 +100,7 @@ def test_figures_dir_that_is_a_file_fails_before_the_notebooks_folder(capsys, tm
     target.write_text("x")
     monkeypatch.setattr(figures, "suite_plan", lambda *a, **k: pytest.fail("planned before checking the folder"))
     one_line_error(capsys, figures.main(["--profile", "smoke", "--figures-dir", str(target / "sub")]),
-                   "rtlkit.figures", "is a file, not a folder")
+                   "rtlkit.suite.figures", "is a file, not a folder")
     nothing_written(tmp_path)
 
 
@@ -105,7 +108,7 @@ def test_plan_of_the_paper_profile_without_its_data_counts_at_torchvision_sizes(
     out_json = tmp_path / "plan.json"
     assert plan.main(["--profile", "paper", "--only", "01", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "missing on this machine" in out and "cifar100" in out and "python -m rtlkit.data --download cifar100" in out
+    assert "missing on this machine" in out and "cifar100" in out and "python -m rtlkit.core.data --download cifar100" in out
     p = json.loads(out_json.read_text())
     assert p["missing_datasets"] == ["cifar10", "cifar100"]
     # CIFAR-100's 50,000 training images: the source's epochs x steps of 128 (the last partial batch dropped)
@@ -116,27 +119,27 @@ def test_plan_of_the_paper_profile_without_its_data_counts_at_torchvision_sizes(
 
 
 def test_the_data_check_names_every_missing_set_at_once(capsys, empty_data, tmp_path):
-    err = one_line_error(capsys, plan.main(["--profile", "paper", "--check"]), "rtlkit.plan")
+    err = one_line_error(capsys, plan.main(["--profile", "paper", "--check"]), "rtlkit.suite.plan")
     for name in ("cifar100", "cifar10", "svhn", "gtsrb", "stl10", "mnist", "kmnist"):
         assert f"  - {name}: " in err, err
     nothing_written(tmp_path)
 
 
 def test_a_missing_paper_dataset_is_one_error_naming_all_before_any_run(capsys, empty_data, tmp_path, monkeypatch):
-    from rtlkit import report
+    from rtlkit.suite import session as report
     with pytest.raises(D.DatasetNotFound) as e:
-        report.probe_datasets(__import__("rtlkit.profiles", fromlist=["get"]).get("paper", gpu=True))
+        report.probe_datasets(__import__("rtlkit.studies.profiles", fromlist=["get"]).get("paper", gpu=True))
     assert "2 dataset(s) missing: cifar100, cifar10" in str(e.value)
-    one_line_error(capsys, launch.main(["--profile", "paper", "--only", "01"]), "rtlkit.launch", "cifar100, cifar10")
+    one_line_error(capsys, launch.main(["--profile", "paper", "--only", "01"]), "rtlkit.suite.launch", "cifar100, cifar10")
     nothing_written(tmp_path)
 
 
 def test_the_entry_points_print_no_traceback_as_processes(tmp_path):
     """The same through ``python -m``, as a user types it."""
     env = {"PATH": "/usr/bin:/bin", "RTLKIT_RUNS": str(tmp_path / "runs"), "PYTHONPATH": str(REPO)}
-    for argv in (["rtlkit.plan", "--bench", str(tmp_path / "none.json")],
-                 ["rtlkit.launch", "--profile", "smoke", "--executor", "slurm"],
-                 ["rtlkit.data", "no-such-set"]):
+    for argv in (["rtlkit.suite.plan", "--bench", str(tmp_path / "none.json")],
+                 ["rtlkit.suite.launch", "--profile", "smoke", "--executor", "slurm"],
+                 ["rtlkit.core.data", "no-such-set"]):
         p = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
                            timeout=300)
         assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -88,7 +88,7 @@ def test_a_timing_column_in_a_figure_table_is_declared_as_measured():
 
     import pandas as pd
 
-    from rtlkit.report import MEASURED_COLUMNS
+    from rtlkit.suite.session import MEASURED_COLUMNS
     timing = re.compile(r"(second|wall|elapsed|duration|_time$|^time)", re.I)
     for path in sorted((ROOT / "figures").glob("0[1-9]_*.csv")):
         cols = [c for c in pd.read_csv(path, nrows=0).columns if timing.search(c)]

@@ -3,13 +3,15 @@ built, no training)."""
 import pytest
 import torch
 
-from rtlkit import ConfigError, profiles, report
-from rtlkit import data as D
-from rtlkit.models import WRNSpec
-from rtlkit.runs import DataSpec, SourceRun, TransferRun
-from rtlkit.runtime import Runtime
-from rtlkit.training import AdversarialTraining, StandardTraining
-from rtlkit.transfer import TransferPolicy
+from rtlkit.studies import profiles
+from rtlkit.suite import session as report
+from rtlkit import ConfigError
+from rtlkit.core import data as D
+from rtlkit.core.models import WRNSpec
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import AdversarialTraining, StandardTraining
+from rtlkit.train.transfer import TransferPolicy
 
 
 def tiny_source():
@@ -89,7 +91,7 @@ def test_fast_path_switches_itself_off_on_cpu():
 
 
 def test_a_smoke_run_never_replaces_the_committed_figures():
-    from rtlkit import report
-    from rtlkit.data import REPO_ROOT
+    from rtlkit.suite import session as report
+    from rtlkit.core.data import REPO_ROOT
     assert report.default_figures_dir("quick") == report.default_figures_dir("full") == REPO_ROOT / "figures"
     assert report.default_figures_dir("smoke") == REPO_ROOT / "figures" / "smoke"

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from rtlkit import ConfigError
-from rtlkit import runtime as R
+from rtlkit.core import runtime as R
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD = """
 import hashlib, json, torch
 torch.set_num_threads(2)
-from rtlkit import profiles, runs
-from rtlkit.runtime import Runtime, cpu_record, pin_cpu_isa
+from rtlkit.studies import profiles
+from rtlkit.runs import cache as runs
+from rtlkit.core.runtime import Runtime, cpu_record, pin_cpu_isa
 pin_cpu_isa()                       # what the CLIs do first: RTLKIT_CPU_ISA from the environment
 run = profiles.get("smoke", gpu=False).source_run()
 model = runs.get_or_train(run, Runtime(device="cpu"), progress=False)
@@ -117,7 +118,7 @@ def test_records_name_the_cpu_and_the_pin():
 
 LATE = """
 import json, os, warnings, torch
-from rtlkit.runtime import pin_cpu_isa_if_possible
+from rtlkit.core.runtime import pin_cpu_isa_if_possible
 if os.environ.get("MATHS_FIRST"):
     torch.randn(4096).exp().sum()          # CPU maths before the notebook's report.start
 with warnings.catch_warnings(record=True) as w:

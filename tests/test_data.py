@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rtlkit import ConfigError, DatasetNotFound
-from rtlkit import data as D
+from rtlkit.core import data as D
 
 
 def idx_bytes(arr):

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtlkit import ConfigError, distributed
-from rtlkit.runs import get_or_train, is_cached, run_dir
+from rtlkit.core import distributed
+from rtlkit import ConfigError
+from rtlkit.runs.cache import get_or_train
+from rtlkit.runs.store import is_cached, run_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_child  # noqa: E402
@@ -142,7 +144,7 @@ def test_two_processes_evaluate_and_certify_to_the_one_process_tables(tmp_path, 
 
 
 def test_more_processes_than_test_examples_is_one_error_before_any_work(monkeypatch, runs_root):
-    from rtlkit.runs import get_or_certify, get_or_evaluate
+    from rtlkit.runs.cache import get_or_certify, get_or_evaluate
     monkeypatch.setattr(distributed, "world_size", lambda: 100)
     with pytest.raises(ConfigError, match="100 processes but only 72 test examples"):
         get_or_evaluate(ddp_child.source(), ddp_child.ATTACKS, test_n=72)
@@ -162,8 +164,9 @@ def test_a_global_batch_must_split_over_the_processes(monkeypatch):
 
 
 def test_rtlkit_run_trains_and_evaluates_a_suite_by_name_under_torchrun(tmp_path, capsys, monkeypatch):
-    from rtlkit import plan, profiles
-    from rtlkit import run as cli
+    from rtlkit.suite import plan
+    from rtlkit.studies import profiles
+    from rtlkit.suite import run as cli
     monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
     assert cli.main(["--profile", "smoke", "--only", "01", "--list"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
@@ -172,7 +175,7 @@ def test_rtlkit_run_trains_and_evaluates_a_suite_by_name_under_torchrun(tmp_path
     assert evaluations and all(n.split("/")[1].startswith("eval-") for n in evaluations)
     assert cli.main(["not-a-run", "--profile", "smoke"]) == 2
     e = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = launch([TORCHRUN, "--nproc_per_node=2", "--standalone", "-m", "rtlkit.run", "--profile", "smoke",
+    r = launch([TORCHRUN, "--nproc_per_node=2", "--standalone", "-m", "rtlkit.suite.run", "--profile", "smoke",
                 "--only", "01", "--all"], e)
     assert r.returncode == 0, r.stderr[-3000:]
     p = plan.plan(profiles.get("smoke"), ["01"])
@@ -182,7 +185,7 @@ def test_rtlkit_run_trains_and_evaluates_a_suite_by_name_under_torchrun(tmp_path
 
 
 def test_rtlkit_run_with_more_processes_than_test_examples_fails_before_any_training(tmp_path, capsys, monkeypatch):
-    from rtlkit import run as cli
+    from rtlkit.suite import run as cli
     monkeypatch.setenv("RTLKIT_RUNS", str(tmp_path / "runs"))
     assert cli.main(["--profile", "smoke", "--only", "01", "--list"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

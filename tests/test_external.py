@@ -10,11 +10,13 @@ import torch.nn as nn
 import torchvision
 
 from rtlkit import ConfigError
-from rtlkit.models import IMAGENET_MEAN, IMAGENET_STD, ResNetSpec, WRNSpec
-from rtlkit.runs import DataSpec, ExternalSource, TransferRun, get_or_train, run_dir
-from rtlkit.runtime import Runtime
-from rtlkit.training import StandardTraining
-from rtlkit.transfer import TransferPolicy
+from rtlkit.core.models import IMAGENET_MEAN, IMAGENET_STD, ResNetSpec, WRNSpec
+from rtlkit.runs.specs import DataSpec, ExternalSource, TransferRun
+from rtlkit.runs.cache import get_or_train
+from rtlkit.runs.store import run_dir
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import StandardTraining
+from rtlkit.train.transfer import TransferPolicy
 
 CPU = Runtime("cpu")
 

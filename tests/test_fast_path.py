@@ -5,16 +5,16 @@ import pytest
 
 import torch
 
-from rtlkit.attacks import PGD
-from rtlkit.evaluate import evaluate
-from rtlkit.runtime import Runtime
-from rtlkit.training import AdversarialTraining, train
+from rtlkit.measure.attacks import PGD
+from rtlkit.measure.evaluate import evaluate
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import AdversarialTraining, train
 
 from conftest import tiny_model
 
 
 def test_fast_path_trains_and_attacks_on_cpu(syn):
-    from rtlkit.data import synthetic
+    from rtlkit.core.data import synthetic
     test = synthetic("test", seed=3, n_test=128, size=12, noise=0.3)
     method = AdversarialTraining(epochs=2, lr=0.05, batch_size=64, attack=PGD(0.1, 2, 0.05))
     results = {}
@@ -39,9 +39,9 @@ def _graphs() -> int:
 
 
 def _finetune(source, data, policy, seed, rt, neft=None, lwf=False):
-    from rtlkit.attacks import PGD
-    from rtlkit.methods.lwf import LwFTraining
-    from rtlkit.transfer import prepare_target
+    from rtlkit.measure.attacks import PGD
+    from rtlkit.train.methods.lwf import LwFTraining
+    from rtlkit.train.transfer import prepare_target
     model = prepare_target(source, 4, policy, seed=seed, neft=neft)
     method = LwFTraining(epochs=2, batch_size=64, lam_d=0.1) if lwf else \
         AdversarialTraining(epochs=1, lr=0.05, batch_size=64, attack=PGD(0.1, 1, 0.1), augment=False)
@@ -54,7 +54,7 @@ def test_compiled_sweep_does_not_recompile_per_k_or_bn_mode(syn):
     another dataset size (another tail batch), compiles nothing new; the sweep's graph count is
     bounded by block variants, not by the number of (k, BN) runs."""
     import torch._dynamo
-    from rtlkit.transfer import BN_CASES, TransferPolicy
+    from rtlkit.train.transfer import BN_CASES, TransferPolicy
     torch._dynamo.reset()
     start = _graphs()
     rt = Runtime("cpu", compile=True, compile_backend="aot_eager")
@@ -77,8 +77,8 @@ def test_compiled_sweep_does_not_recompile_per_k_or_bn_mode(syn):
 
 
 def test_deep_copy_of_a_compiled_model_runs_its_own_weights():
-    from rtlkit.runtime import is_compiled
-    from rtlkit.transfer import TransferPolicy, prepare_target
+    from rtlkit.core.runtime import is_compiled
+    from rtlkit.train.transfer import TransferPolicy, prepare_target
     rt = Runtime("cpu", compile=True, compile_backend="aot_eager")
     source = rt.prepare(tiny_model(seed=1)).eval()
     target = prepare_target(source, 4, TransferPolicy(k="all"), seed=0)
@@ -93,7 +93,7 @@ def test_deep_copy_of_a_compiled_model_runs_its_own_weights():
 def test_compiled_evaluation_pads_the_tail_batch_without_changing_results():
     """Under compile the last, smaller batch is padded to the full batch (one graph); results per
     example must equal the eager evaluation's (deterministic PGD: no random start)."""
-    from rtlkit.data import synthetic
+    from rtlkit.core.data import synthetic
     data = synthetic("test", seed=3, n_test=70, size=12, noise=0.3)      # 70 = 32 + 32 + a tail of 6
     attack = PGD(0.1, 3, 0.05, random_start=False)
     model = tiny_model(seed=2).eval()
@@ -110,11 +110,11 @@ def test_compiled_fdm_and_neft_match_eager_and_compile_once(syn):
     the same step as eager, and later steps add no graph (no guard on swapped buffers)."""
     import copy
 
-    from rtlkit.attacks import PGD
-    from rtlkit.methods.fdm import FDMTraining
-    from rtlkit.methods.neft import NEFT
-    from rtlkit.training import StandardTraining, make_optimizer, train_step
-    from rtlkit.transfer import TransferPolicy, prepare_target
+    from rtlkit.measure.attacks import PGD
+    from rtlkit.train.methods.fdm import FDMTraining
+    from rtlkit.train.methods.neft import NEFT
+    from rtlkit.train.loop import StandardTraining, make_optimizer, train_step
+    from rtlkit.train.transfer import TransferPolicy, prepare_target
     x, y = syn.x[:32].float() / 255, syn.y[:32]
 
     def run(method, model, rt, policy=None, steps=1):

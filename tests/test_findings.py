@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from rtlkit import ConfigError, stats
-from rtlkit import findings as F
-from rtlkit.findings import Finding, binomial_se
+from rtlkit.measure import stats
+from rtlkit import ConfigError
+from rtlkit.measure import verdicts as V
+from rtlkit.suite import findings as F
+from rtlkit.measure.verdicts import Finding, binomial_se
 
 FLOOR = stats.SeedFloor(0.02, 4, 2, "two constructed cells")
 
@@ -53,7 +55,7 @@ def test_the_size_is_a_separate_column():
                                                 (0.02, 0.05, "unresolved")])
 def test_a_claim_of_no_difference_is_an_equivalence_test_within_its_margin(ours, sd, expected):
     f = floored(0.0, ours, se_test=0.005, sd=sd, df=20)
-    assert f.verdict == expected and f.size == "no size" and f.row()["margin"] == F.MARGIN
+    assert f.verdict == expected and f.size == "no size" and f.row()["margin"] == V.MARGIN
     assert floored(0.0, 0.04, se_test=0.002, sd=0.002, df=20).verdict == "equivalent"
     assert floored(0.0, 0.04, se_test=0.002, sd=0.002, df=20, margin=0.01).verdict == "different"   # its own margin
 
@@ -61,14 +63,14 @@ def test_a_claim_of_no_difference_is_an_equivalence_test_within_its_margin(ours,
 def test_a_counted_row_without_its_training_noise_resolves_nothing():
     pending = Finding("02", "CARTL", "Table 1", "a claim", 0.031, 0.30, 0.001, 1000, 1)
     assert pending.seed_source == "pending" and pending.verdict == "unresolved"
-    floored_row = F.with_floor(pending, FLOOR)
+    floored_row = V.with_floor(pending, FLOOR)
     assert floored_row.seed_source == "floored" and floored_row.se_seed == 0.02 and floored_row.seed_df == 4
     assert floored_row.verdict == "agrees" and "two constructed cells" in floored_row.floor_from
-    borrowed = F.with_floor(pending, FLOOR, borrowed_from="03")
+    borrowed = V.with_floor(pending, FLOOR, borrowed_from="03")
     assert "borrowed from notebook 03" in borrowed.floor_from
-    none = F.with_floor(pending, None)
+    none = V.with_floor(pending, None)
     assert none.seed_source == "none" and none.verdict == "unresolved"
-    share = F.with_floor(F.samples("06", "S", "Fig. 5", "c", [0.5, 0.6, 0.7], [0.1, 0.2, 0.3], 1), FLOOR)
+    share = V.with_floor(V.samples("06", "S", "Fig. 5", "c", [0.5, 0.6, 0.7], [0.1, 0.2, 0.3], 1), FLOOR)
     assert share.seed_source == "none" and share.verdict == "unresolved"   # no accuracy floor bounds a share
     with pytest.raises(ConfigError, match="seed part must be > 0"):
         Finding("02", "CARTL", "Table 1", "x", 0.03, 0.01, 0.01, 1000, 1, se_seed=0.0, seed_df=2, seed_source="floored")
@@ -77,17 +79,17 @@ def test_a_counted_row_without_its_training_noise_resolves_nothing():
 def test_three_paired_seeds_measure_the_seed_part_with_their_t_quantile():
     a = pd.DataFrame({"seed": [0, 1, 2], "robust_acc": [0.80, 0.83, 0.84], "n_test": 1000})
     b = pd.DataFrame({"seed": [0, 1, 2], "robust_acc": [0.70, 0.72, 0.75], "n_test": 1000})
-    f = F.contrast("01", "CARTL", "Fig. 3", "c", a, b, direction=1)
+    f = V.contrast("01", "CARTL", "Fig. 3", "c", a, b, direction=1)
     d = np.array([0.10, 0.11, 0.09])
     assert f.seed_source == "measured" and f.seeds == 3 and f.seed_df == 2
     assert f.se_seed == pytest.approx(d.std(ddof=1) / math.sqrt(3))
     assert f.se_test == pytest.approx(stats.images_se(a.robust_acc.mean(), b.robust_acc.mean(), 1000))
     assert f.measure().quantile() > 1.96 and f.verdict == "agrees"
     # unpaired seeds, or one side a single model: pending the notebook's floor
-    assert F.contrast("01", "C", "F", "c", a, b.assign(seed=[0, 1, 3]), direction=1).seed_source == "pending"
-    assert F.contrast("01", "C", "F", "c", a, b.iloc[:1], direction=1).seed_source == "pending"
+    assert V.contrast("01", "C", "F", "c", a, b.assign(seed=[0, 1, 3]), direction=1).seed_source == "pending"
+    assert V.contrast("01", "C", "F", "c", a, b.iloc[:1], direction=1).seed_source == "pending"
     # equal differences measure no spread: the floor, never a seed part of zero
-    assert F.contrast("01", "C", "F", "c", a, a.assign(robust_acc=a.robust_acc - 0.1), direction=1).seed_source == "pending"
+    assert V.contrast("01", "C", "F", "c", a, a.assign(robust_acc=a.robust_acc - 0.1), direction=1).seed_source == "pending"
 
 
 def test_binomial_se_closed_form():
@@ -128,7 +130,7 @@ def test_the_scarcity_over_fitting_claim_is_computed_from_the_train_test_gap(gap
     minus pre-training's, over the scarce targets only, by the one rule."""
     from rtlkit.studies import pretraining as S
     table = _scarcity(gaps)
-    rows = [F.with_floor(f, FLOOR) for f in S.findings(lambda name: table if name == "04_scarcity" else None)]
+    rows = [V.with_floor(f, FLOOR) for f in S.findings(lambda name: table if name == "04_scarcity" else None)]
     pre = lambda f: f.claim.split(" pre-training")[0].split()[-1]   # noqa: E731
     assert [pre(f) for f in rows] == ["AT", "SimCLR"]
     for f in rows:

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rtlkit import findings as F
-from rtlkit import plots
+from rtlkit.measure import verdicts as V
+from rtlkit.suite import findings as F
+from rtlkit.studies import plots
 from rtlkit.studies import bn_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_findings_md_and_the_readme_block_are_generated_from_the_csv():
     pd.testing.assert_frame_equal(prov, fresh)
     assert set(prov.notebook) >= {p.stem for p in (ROOT / "notebooks").glob("0[1-7]_*.ipynb")}
     readme = (ROOT / "README.md").read_text()
-    assert F.readme_with(readme, df) == readme, "README's findings block is stale: python -m rtlkit.findings --readme README.md"
+    assert F.readme_with(readme, df) == readme, "README's findings block is stale: python -m rtlkit.suite.findings --readme README.md"
     assert "figures/findings.md" in readme
 
 
@@ -98,7 +99,7 @@ def test_a_verdict_follows_the_numbers(tmp_path):
     claim = "freezing the fine-tuned BN affine raises robustness (reuse statistics, k = 4)"
     jitter = (0.0, 0.01, -0.01)
 
-    def verdict_with(freeze_minus_train: float) -> F.Finding:
+    def verdict_with(freeze_minus_train: float) -> V.Finding:
         rows = [dict(model=None, dataset="mnist-5k", seed=s, clean_acc=0.9, n_test=1000, k=4, bn_stats=st, bn_affine=af,
                      robust_acc=0.5 + jitter[s] * (af == "freeze") + (freeze_minus_train if af == "freeze" else 0)
                      + 0.02 * (st == "update"), source="rtlkit")
@@ -137,7 +138,7 @@ def test_one_seed_draws_no_bar_and_says_so():
 @pytest.mark.parametrize("p, n", [(0.0, 1000), (1.0, 500), (0.5, 100)])
 def test_an_accuracy_at_the_floor_still_has_an_se(p, n):
     rows = pd.DataFrame({"acc": [p], "n_test": [n]})
-    mean, se, nn, seeds = F.mean_se(rows, "acc")
+    mean, se, nn, seeds = V.mean_se(rows, "acc")
     assert mean == p and nn == n and seeds == 1 and se > 0
     q = (p * n + 2) / (n + 4)
     assert math.isclose(se, math.sqrt(q * (1 - q) / (n + 4)))
@@ -146,7 +147,8 @@ def test_an_accuracy_at_the_floor_still_has_an_se(p, n):
 def test_new_transcriptions_are_the_printed_numbers():
     """Issue 21 point 11: Shafahi Tables 2-3, Table 5's CW-20 column, Table 7's CIFAR-10 rows,
     Fig. 4's natural-MLP PGD as fractions; Provably Robust Transfer Table 4's MNIST -> KMNIST half."""
-    from rtlkit.studies import provable, shafahi
+    from rtlkit.studies import provable
+    from rtlkit.studies import shafahi
     t23 = shafahi.PAPER["tables2_3"]
     r = t23[(t23.pair == "CIFAR-10 -> CIFAR-100") & (t23.source == "robust")].iloc[0]
     assert np.allclose([r.clean_acc, r.robust_ce, r.robust_cw, r.robust_acc], [0.4159, 0.1163, 0.0968, 0.0968])

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rtlkit.attacks import APGD, APGDT, FABT, PGD, FoolboxPGD, Square
-from rtlkit.models import WRNSpec, build
-from rtlkit.runtime import Runtime
+from rtlkit.measure.attacks import APGD, APGDT, FABT, PGD, FoolboxPGD, Square
+from rtlkit.core.models import WRNSpec, build
+from rtlkit.core.runtime import Runtime
 
 RGB = WRNSpec(10, 1, stem_stride=2)
 
@@ -52,9 +52,9 @@ def test_every_pyautoattack_attack_takes_channels_last_colour_images(attack):
 
 
 def test_a_channels_last_card_and_evaluation_run_the_whole_cascade_on_colour_images():
-    from rtlkit.card import Card, cascade
-    from rtlkit.data import DatasetInfo, ImageData
-    from rtlkit.evaluate import evaluate
+    from rtlkit.measure.card import Card, cascade
+    from rtlkit.core.data import DatasetInfo, ImageData
+    from rtlkit.measure.evaluate import evaluate
     rt = Runtime("cpu", channels_last=True)
     model = rt.prepare(rgb_model())
     x, y = rgb_images(n=10)
@@ -84,7 +84,7 @@ def _compiled_rgb_model():
 
 
 def test_batch_buckets_are_few_powers_of_two():
-    from rtlkit.runtime import MIN_BUCKET, batch_bucket
+    from rtlkit.core.runtime import MIN_BUCKET, batch_bucket
     assert [batch_bucket(n) for n in (1, 15, 16, 17, 500, 512, 513, 904, 2880)] == \
         [MIN_BUCKET, 16, 16, 32, 512, 512, 1024, 1024, 4096]
     assert len({batch_bucket(n) for n in range(1, 4097)}) == 9   # 16 ... 4,096
@@ -94,7 +94,7 @@ def test_the_card_compiles_a_bounded_number_of_graphs_whatever_its_survivor_coun
     """The cascade's survivors (our PGD's pruning, APGD's restarts, APGD-T's targets, Square's
     queries, the card's last batches) come in many sizes; each compiled block sees only the
     buckets up to the card's batch (16, 32, 64 for a batch of 40), with and without an input gradient."""
-    from rtlkit.card import Card, cascade
+    from rtlkit.measure.card import Card, cascade
     rt, model = _compiled_rgb_model()
     x, y = rgb_images(n=90)
     start = _graphs()
@@ -108,7 +108,7 @@ def test_certification_tails_and_ragged_feature_passes_compile_a_bounded_number_
     """Certification draws N noisy copies per image in batches, so each image count leaves its own
     tail (here 9, 51, 29, 50, 6 and 26 rows besides full batches of 64); a feature pass's last batch
     is ragged. Each compiled block sees the buckets 16, 32 and 64 alone."""
-    from rtlkit.smoothing import Smoothing, certify
+    from rtlkit.measure.smoothing import Smoothing, certify
     rt, model = _compiled_rgb_model()
     x, _ = rgb_images(n=9)
     start = _graphs()
@@ -155,7 +155,7 @@ def test_all_sum_takes_values_from_two_devices_to_the_groups(monkeypatch):
     """The epoch-end reduction's values: loss and correct totals on the runtime's device, an image
     count made elsewhere. Each goes to the group's device ('meta' stands in for a GPU here) before
     the one all-reduce, which sees a single device."""
-    from rtlkit import distributed
+    from rtlkit.core import distributed
     seen = []
     monkeypatch.setattr(distributed, "active", lambda: True)
     monkeypatch.setattr(distributed, "group_device", lambda: torch.device("meta"), raising=False)
@@ -170,8 +170,8 @@ def test_all_sum_takes_values_from_two_devices_to_the_groups(monkeypatch):
 def test_the_process_group_gets_a_long_configurable_timeout(monkeypatch):
     from datetime import timedelta
 
-    from rtlkit import distributed
-    from rtlkit.errors import ConfigError
+    from rtlkit.core import distributed
+    from rtlkit.core.errors import ConfigError
     got = []
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: got.append((backend, kw)))
@@ -203,7 +203,7 @@ def _cuda_like_mv(monkeypatch):
 
 
 def test_neft_sigma_is_float32_inside_autocast(monkeypatch):
-    from rtlkit.methods.neft import NEFT, apply_neft, largest_singular_value, settle
+    from rtlkit.train.methods.neft import NEFT, apply_neft, largest_singular_value, settle
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(64, 48), nn.Conv2d(3, 8, 3))
     layers = apply_neft(nn.Module(), [block], NEFT(beta=0.6))
@@ -244,7 +244,7 @@ def test_synced_batchnorm_runs_outside_the_compiled_graphs():
     import copy
 
     import torch._dynamo
-    from rtlkit.distributed import convert_sync_bn, revert_bn
+    from rtlkit.core.distributed import convert_sync_bn, revert_bn
     ops = []
 
     def recording(gm, inputs):
@@ -269,7 +269,7 @@ def test_a_training_batch_size_runs_unpadded_in_its_attack(syn):
     """A training batch of 48 rows (not a power of two): the step compiles at 48 anyway, and its
     attack (eval mode) runs at 48 too, not padded to 64; other sizes still go to their bucket."""
     from conftest import tiny_model
-    from rtlkit.training import AdversarialTraining, train
+    from rtlkit.train.loop import AdversarialTraining, train
     rt = Runtime("cpu", compile=True, compile_backend="aot_eager")
     model = tiny_model(seed=1)
     seen = []
@@ -307,8 +307,8 @@ def test_the_eager_fp32_benchmark_rows_run_without_tf32(tmp_path, monkeypatch):
 def test_foolbox_runs_in_the_runtimes_numerics_as_our_pgd_does():
     """Under bf16 autocast our PGD's forwards are bf16; foolbox's must be too (float32 logits), or
     the own / foolbox ratio mixes precision with the attacks' loops."""
-    from rtlkit.data import DatasetInfo, ImageData
-    from rtlkit.evaluate import evaluate
+    from rtlkit.core.data import DatasetInfo, ImageData
+    from rtlkit.measure.evaluate import evaluate
 
     class Spy(nn.Module):
         def __init__(self, model):

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from rtlkit import ConfigError
-from rtlkit.attacks import PGD
-from rtlkit.methods.lipschitz import HeadSpec, HeadTraining, LipschitzHead, lipschitz_bound, train_head
-from rtlkit.runs import (DataSpec, HeadRun, SourceRun, features_path, get_or_evaluate, get_or_features, get_or_train,
-                         run_dir)
-from rtlkit.training import StandardTraining
+from rtlkit.measure.attacks import PGD
+from rtlkit.train.methods.lipschitz import HeadSpec, HeadTraining, LipschitzHead, lipschitz_bound, train_head
+from rtlkit.runs.specs import DataSpec, HeadRun, SourceRun
+from rtlkit.runs.cache import features_path, get_or_evaluate, get_or_features, get_or_train
+from rtlkit.runs.store import run_dir
+from rtlkit.train.loop import StandardTraining
 
 from conftest import TINY
 

@@ -1,4 +1,4 @@
-"""rtlkit.launch: a suite as submitit jobs (the local executor here; Slurm in the same code path).
+"""rtlkit.suite.launch: a suite as submitit jobs (the local executor here; Slurm in the same code path).
 Every run is trained by exactly one job, waves keep a fine-tune after its source, the notebook then
 trains nothing, a failing job is retried once and reported with its log, and bad settings fail
 before any job is submitted."""
@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from rtlkit import ConfigError, figures, launch, plan, profiles
-from rtlkit.errors import DatasetNotFound
-from rtlkit.runs import DataSpec
+from rtlkit.suite import figures
+from rtlkit.suite import launch
+from rtlkit.suite import plan
+from rtlkit.studies import profiles
+from rtlkit import ConfigError
+from rtlkit.core.errors import DatasetNotFound
+from rtlkit.runs.specs import DataSpec
 
 pytest.importorskip("submitit")
 
@@ -23,9 +27,9 @@ def test_the_local_executor_runs_notebook_01_as_parallel_jobs_each_run_trained_o
     summary = launch.launch("smoke", ["01"], "local", jobs=2, threads=1, poll_s=0.2, log=lines.append)
     assert summary["failed"] == [] and summary["trained"] == trainings          # each run trained by one job
     assert summary["done"] == trainings + len(planned.evaluations)
-    assert [l for l in lines if "wave" in l] == ["[rtlkit.launch] wave 1/3: 1 sources",
-                                                "[rtlkit.launch] wave 2/3: 6 fine-tunes and heads",
-                                                "[rtlkit.launch] wave 3/3: 7 evaluations"]
+    assert [l for l in lines if "wave" in l] == ["[rtlkit.suite.launch] wave 1/3: 1 sources",
+                                                "[rtlkit.suite.launch] wave 2/3: 6 fine-tunes and heads",
+                                                "[rtlkit.suite.launch] wave 3/3: 7 evaluations"]
     done = plan.plan(P, ["01"])
     assert done.totals(include_cached=False)["evaluations"] == 0
     assert not any(not r["cached"] for r in done.trainings.values())

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from rtlkit import ConfigError
-from rtlkit.models import BasicBlock, FinalBNReLU, Head, Stem, WideResNet, WRNSpec, build
+from rtlkit.core.models import BasicBlock, FinalBNReLU, Head, Stem, WideResNet, WRNSpec, build
 
 
 def test_wrn_34_10_has_17_blocks():

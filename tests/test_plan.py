@@ -1,14 +1,16 @@
-"""rtlkit.plan: the notebooks' experiment steps, and work counts known in closed form."""
+"""rtlkit.suite.plan: the notebooks' experiment steps, and work counts known in closed form."""
 import re
 
 import nbformat
 import pytest
 
-from rtlkit import figures, plan, profiles
-from rtlkit.attacks import PGD
-from rtlkit.runs import DataSpec, SourceRun, TransferRun
-from rtlkit.training import AdversarialTraining, StandardTraining
-from rtlkit.transfer import TransferPolicy
+from rtlkit.suite import figures
+from rtlkit.suite import plan
+from rtlkit.studies import profiles
+from rtlkit.measure.attacks import PGD
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
+from rtlkit.train.loop import AdversarialTraining, StandardTraining
+from rtlkit.train.transfer import TransferPolicy
 
 from conftest import TINY
 
@@ -76,7 +78,7 @@ def test_default_profile_is_full_on_a_gpu_and_quick_on_the_cpu():
 def test_recording_mode_sees_steps_that_imported_the_cache_functions_by_name(runs_root):
     """The plan needs no monkeypatching: get_or_train / get_or_evaluate honour recording() themselves,
     whichever module imported them."""
-    from rtlkit.runs import get_or_evaluate as imported, get_or_train as imported_train, recording
+    from rtlkit.runs.cache import get_or_evaluate as imported, get_or_train as imported_train, recording
     run = SourceRun(DataSpec("synthetic-a"), TINY, AdversarialTraining(epochs=1, attack=PGD(0.1, 2, 0.05)))
     attacks = [PGD(0.1, 3, 0.05)]
     with recording() as rec:
@@ -88,9 +90,9 @@ def test_recording_mode_sees_steps_that_imported_the_cache_functions_by_name(run
 
 
 def test_work_counts_of_apgd_square_and_certification_in_closed_form(runs_root):
-    from rtlkit.attacks import APGD, Square
-    from rtlkit.runs import get_or_certify, get_or_evaluate, recording
-    from rtlkit.smoothing import Smoothing
+    from rtlkit.measure.attacks import APGD, Square
+    from rtlkit.runs.cache import get_or_certify, get_or_evaluate, recording
+    from rtlkit.measure.smoothing import Smoothing
     src = SourceRun(DataSpec("synthetic-a"), TINY, AdversarialTraining(epochs=1, attack=PGD(0.1, 2, 0.05)))
     with recording() as rec:
         get_or_evaluate(src, [APGD(eps=0.5, n_iter=10, n_restarts=3), Square(eps=0.5, n_queries=50)], test_n=16)
@@ -105,9 +107,10 @@ def test_work_counts_of_apgd_square_and_certification_in_closed_form(runs_root):
 
 
 def test_work_counts_of_noisy_features_and_input_search_in_closed_form(runs_root):
-    from rtlkit.methods.lipschitz import HeadSpec, HeadTraining
-    from rtlkit.methods.search import InputSearch
-    from rtlkit.runs import HeadRun, NoisyDraws, get_or_noisy_features, get_or_table, recording
+    from rtlkit.train.methods.lipschitz import HeadSpec, HeadTraining
+    from rtlkit.train.methods.search import InputSearch
+    from rtlkit.runs.specs import HeadRun, NoisyDraws
+    from rtlkit.runs.cache import get_or_noisy_features, get_or_table, recording
     src = SourceRun(DataSpec("synthetic-a"), TINY, AdversarialTraining(epochs=1, attack=PGD(0.1, 2, 0.05)))
     head = HeadRun(src, DataSpec("synthetic-b"), HeadSpec(), HeadTraining())
     with recording() as rec:

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from rtlkit import ConfigError
-from rtlkit.attacks import attack_mode
-from rtlkit.evaluate import input_gradient
-from rtlkit.models import Normalize
-from rtlkit.runs import DataSpec
+from rtlkit.measure.attacks import attack_mode
+from rtlkit.measure.evaluate import input_gradient
+from rtlkit.core.models import Normalize
+from rtlkit.runs.specs import DataSpec
 
 from conftest import tiny_model
 
@@ -27,9 +27,9 @@ def test_per_class_above_a_class_count_names_the_class():
 
 
 def test_a_per_class_field_left_at_none_keeps_every_cache_key():
-    from rtlkit.runs import stable_hash
+    from rtlkit.runs.specs import stable_hash, to_jsonable
     assert stable_hash(DataSpec("synthetic-a")) == stable_hash(DataSpec("synthetic-a", per_class=None))
-    assert "per_class" not in str(__import__("rtlkit.runs", fromlist=["to_jsonable"]).to_jsonable(DataSpec("synthetic-a")))
+    assert "per_class" not in str(to_jsonable(DataSpec("synthetic-a")))
 
 
 def test_hidden_zero_is_the_plain_linear_head_and_mlps_live_in_head_fc():

@@ -21,12 +21,17 @@ import pytest
 import torch
 
 import fault_child as FC
-from rtlkit import ConfigError, DatasetNotFound, profiles, report, runs
-from rtlkit import io as rtlkit_io
-from rtlkit.errors import NoSpace
-from rtlkit.runs import get_or_evaluate, get_or_train, run_dir, stable_hash
-from rtlkit.runtime import Runtime
-from rtlkit.training import Checkpoints, StandardTraining
+from rtlkit.studies import profiles
+from rtlkit.suite import session as report
+from rtlkit.runs import cache as runs
+from rtlkit import ConfigError, DatasetNotFound
+from rtlkit.core import io as rtlkit_io
+from rtlkit.core.errors import NoSpace
+from rtlkit.runs.cache import get_or_evaluate, get_or_train
+from rtlkit.runs.store import run_dir
+from rtlkit.runs.specs import stable_hash
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import Checkpoints, StandardTraining
 
 CPU = Runtime("cpu")
 REPO = Path(__file__).resolve().parent.parent
@@ -455,7 +460,7 @@ def test_an_unwritable_cache_or_a_file_as_figures_folder_fails_at_start(tmp_path
 
 
 def test_the_users_thread_setting_is_honoured_and_recorded(tmp_path):
-    code = ("import torch; from rtlkit import report; s = report.start('x', 'smoke', %r); "
+    code = ("import torch; from rtlkit.suite import session as report; s = report.start('x', 'smoke', %r); "
             "print(torch.get_num_threads())") % str(tmp_path / "f")
     for env, want in (({"OMP_NUM_THREADS": "1"}, "1"), ({"OMP_NUM_THREADS": "2", "RTLKIT_THREADS": "1"}, "1")):
         base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RTLKIT_THREADS")}
@@ -490,7 +495,7 @@ def test_a_non_finite_number_in_an_evaluation_is_rebuilt_never_served(key, value
 
 
 def test_a_nan_in_a_certificate_or_a_table_is_rebuilt_never_served(built, runs_root):
-    from rtlkit.smoothing import Smoothing
+    from rtlkit.measure.smoothing import Smoothing
     root, out = built
     shutil.copytree(root, runs_root)
     run = out["source"][0]
@@ -523,7 +528,7 @@ def np_finite(v) -> bool:
 
 def test_certificates_grouped_differently_never_share_a_key(built, runs_root):
     """certify seeds its noise once per group of images, so the grouping changes the counts."""
-    from rtlkit.smoothing import Smoothing
+    from rtlkit.measure.smoothing import Smoothing
     root, out = built
     shutil.copytree(root, runs_root)
     run = out["source"][0]
@@ -545,7 +550,7 @@ RESULT_FREE = {"get_or_evaluate": {"runtime", "progress", "batch_size"},
 @pytest.mark.parametrize("fn", list(RESULT_FREE))
 def test_every_setting_of_a_cached_measurement_is_in_its_key_or_does_not_change_it(fn, built, runs_root):
     import inspect
-    from rtlkit.smoothing import Smoothing
+    from rtlkit.measure.smoothing import Smoothing
     root, out = built
     shutil.copytree(root, runs_root)
     run = out["source"][0]
@@ -564,8 +569,8 @@ def test_every_setting_of_a_cached_measurement_is_in_its_key_or_does_not_change_
 
 
 def evaluate_rows(run, batch_size):
-    from rtlkit.evaluate import evaluate
-    from rtlkit.runtime import seed_all
+    from rtlkit.measure.evaluate import evaluate
+    from rtlkit.core.runtime import seed_all
     model = get_or_train(run, CPU, False)
     test = run.test_data()
     seed_all(run.seed)
@@ -591,7 +596,7 @@ def test_a_figure_save_killed_mid_write_leaves_no_temp_file_for_long(tmp_path):
     figs = tmp_path / "figs"
     proc = subprocess.run([sys.executable, "-c", (
         "import os, sys; sys.argv = ['x']; os.environ['RTLKIT_FAULT'] = 'temp-written:1'\n"
-        "from rtlkit import io\n"
+        "from rtlkit.core import io\n"
         f"io.atomic_write_bytes({str(figs / '01_x.png')!r}, b'png' * 1000)")], capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL
     dead = list(figs.glob(".*.tmp"))

@@ -12,16 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-from rtlkit import io as rtlkit_io
-from rtlkit import runs
-from rtlkit.attacks import PGD
-from rtlkit.io import atomic_write_json
-from rtlkit.models import WRNSpec
-from rtlkit.runs import (DataSpec, SourceRun, TransferRun, get_or_evaluate, get_or_train, is_cached, run_dir,
-                         stable_hash, to_jsonable)
-from rtlkit.runtime import Runtime
-from rtlkit.training import AdversarialTraining, Checkpoints, StandardTraining, train
-from rtlkit.transfer import TransferPolicy
+from rtlkit.core import io as rtlkit_io
+from rtlkit.runs import cache as runs
+from rtlkit.measure.attacks import PGD
+from rtlkit.core.io import atomic_write_json
+from rtlkit.core.models import WRNSpec
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun, stable_hash, to_jsonable
+from rtlkit.runs.cache import get_or_evaluate, get_or_train
+from rtlkit.runs.store import is_cached, run_dir
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import AdversarialTraining, Checkpoints, StandardTraining, train
+from rtlkit.train.transfer import TransferPolicy
 
 from conftest import state_of, tiny_model
 
@@ -118,9 +119,9 @@ def test_hash_is_stable_and_every_setting_makes_a_new_run():
 
 
 def test_hash_does_not_depend_on_the_python_process():
-    code = ("from rtlkit.attacks import PGD; from rtlkit.models import WRNSpec; "
-            "from rtlkit.runs import DataSpec, SourceRun, stable_hash; "
-            "from rtlkit.training import AdversarialTraining; "
+    code = ("from rtlkit.measure.attacks import PGD; from rtlkit.core.models import WRNSpec; "
+            "from rtlkit.runs.specs import DataSpec, SourceRun, stable_hash; "
+            "from rtlkit.train.loop import AdversarialTraining; "
             "print(stable_hash(SourceRun(DataSpec('synthetic-a'), WRNSpec(10, 1, stem_stride=2), "
             "AdversarialTraining(epochs=1, batch_size=64, attack=PGD(0.1, 2, 0.05)), 0)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -7,7 +7,7 @@ import torch
 from scipy.stats import norm
 
 from rtlkit import ConfigError
-from rtlkit.smoothing import ABSTAIN, Smoothing, certified_curve, certify, lower_confidence_bound, predict, summary
+from rtlkit.measure.smoothing import ABSTAIN, Smoothing, certified_curve, certify, lower_confidence_bound, predict, summary
 
 SIGMA = 0.5
 
@@ -119,8 +119,8 @@ def test_certificates_are_cached_with_a_per_example_tsv_that_recomputes_the_summ
     import pandas as pd
 
     import fault_child as FC
-    from rtlkit import runs
-    from rtlkit.runtime import Runtime
+    from rtlkit.runs import cache as runs
+    from rtlkit.core.runtime import Runtime
     cpu, s = Runtime("cpu"), Smoothing(SIGMA, 10, 200, 0.01)
     run = FC.source()
     m = runs.get_or_certify(run, s, eps=0.25, runtime=cpu, progress=False, test_n=20)
@@ -149,7 +149,7 @@ def test_certificates_are_cached_with_a_per_example_tsv_that_recomputes_the_summ
 def test_accuracy_under_noise_is_phi_of_the_margin_for_a_linear_classifier():
     """Table 2's measure: a linear classifier at signed distance m from its boundary is right on
     x + sigma N(0, I) with probability Phi(m / sigma); sigma = 0 is the clean accuracy."""
-    from rtlkit.smoothing import noisy_correct
+    from rtlkit.measure.smoothing import noisy_correct
     model = Linear()
     x = points(model, [0.5 * SIGMA]).repeat(20_000, 1, 1, 1)
     y = torch.ones(len(x), dtype=torch.long)
@@ -168,7 +168,7 @@ def test_accuracy_under_noise_is_phi_of_the_margin_for_a_linear_classifier():
 def test_median_bounds_cover_a_gaussians_percentiles():
     """For N(0, 1) outputs the Phi(-+r/sigma) percentiles are -+r/sigma: one coordinate's bounds
     hold in at least 1 - alpha of trials."""
-    from rtlkit.smoothing import median_bounds
+    from rtlkit.measure.smoothing import median_bounds
     g = torch.Generator().manual_seed(0)
     alpha, trials, r, sigma = 0.1, 2000, 0.05, 0.1
     lo, hi = median_bounds(torch.randn(500, trials, 1, generator=g), r, sigma, alpha)
@@ -178,7 +178,7 @@ def test_median_bounds_cover_a_gaussians_percentiles():
 
 
 def test_the_bonferroni_box_covers_50_dims_jointly_and_the_uncorrected_one_does_not():
-    from rtlkit.smoothing import median_bounds
+    from rtlkit.measure.smoothing import median_bounds
     g = torch.Generator().manual_seed(1)
     alpha, trials, r, sigma = 0.1, 400, 0.05, 0.1
     x = torch.randn(500, trials, 50, generator=g)
@@ -191,7 +191,7 @@ def test_the_bonferroni_box_covers_50_dims_jointly_and_the_uncorrected_one_does_
 
 
 def test_the_largest_median_radius_and_the_draws_a_radius_needs():
-    from rtlkit.smoothing import median_bounds, median_radius_limit, median_samples_needed
+    from rtlkit.measure.smoothing import median_bounds, median_radius_limit, median_samples_needed
     assert median_radius_limit(0.1, 1e-4, 640, 500) == pytest.approx(0.185, abs=5e-4)
     s = median_samples_needed(0.19, 0.1, 1e-4, 640)
     assert median_radius_limit(0.1, 1e-4, 640, s) > 0.19 > median_radius_limit(0.1, 1e-4, 640, s - 1)
@@ -206,8 +206,8 @@ def test_median_certificates_never_exceed_the_exact_radius_of_a_linear_pipeline(
     """f(x) = A x and a linear head W: the median-smoothed pipeline is the linear classifier
     itself (Gaussian noise is symmetric), whose exact L2 radius is min_j margin_j / ||(W_c - W_j) A||.
     A representation or logit certificate at r must never claim more."""
-    from rtlkit.methods.lipschitz import lipschitz_bound
-    from rtlkit.smoothing import median_certify_logits, median_certify_representation
+    from rtlkit.train.methods.lipschitz import lipschitz_bound
+    from rtlkit.measure.smoothing import median_certify_logits, median_certify_representation
     g = torch.Generator().manual_seed(4)
     d_in, d, k, sigma, alpha, s = 6, 4, 3, 0.1, 1e-3, 2000
     a = torch.randn(d, d_in, generator=g, dtype=torch.float64)
@@ -240,6 +240,6 @@ def test_a_constant_classifier_at_500_draws_gets_tables_4_largest_radius():
     """Provably Robust Transfer Table 4's label smoothing: sigma 0.1, N = 500, alpha = 1e-4."""
     s = Smoothing(sigma=0.1, n0=100, n=500, alpha=1e-4)
     assert s.max_radius == pytest.approx(0.209, abs=5e-4)
-    from rtlkit.smoothing import certify_counts
+    from rtlkit.measure.smoothing import certify_counts
     out = certify_counts(torch.tensor([[100, 0]]), torch.tensor([[500, 0]]), s)
     assert out["radius"][0] == pytest.approx(s.max_radius) and out["predict"][0] == 0

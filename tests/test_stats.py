@@ -1,4 +1,4 @@
-"""The seed-aware verdict rule (rtlkit.stats) on constructed cases: A/A pairs resolve at most 5 % of
+"""The seed-aware verdict rule (rtlkit.measure.stats) on constructed cases: A/A pairs resolve at most 5 % of
 the time, a true effect of 3 SE resolves most of the time, three replicates take the t quantile,
 the sign and the size are judged apart, and "no difference" is an equivalence test."""
 import math
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from rtlkit import stats
-from rtlkit.errors import ConfigError
+from rtlkit.measure import stats
+from rtlkit.core.errors import ConfigError
 
 N = 1000   # test images
 
@@ -42,9 +42,9 @@ def test_aa_pairs_with_a_known_seed_sd_resolve_at_most_5_percent():
 
 
 def test_the_old_rule_resolves_aa_pairs_far_more_than_5_percent():
-    """What the binomial SE alone does on the same pairs (the 2-SE rule of rtlkit.findings): the
+    """What the binomial SE alone does on the same pairs (the 2-SE rule of rtlkit.suite.findings): the
     seed effect is invisible to it."""
-    from rtlkit.findings import Z
+    from rtlkit.measure.verdicts import Z
     g = np.random.default_rng(1)
     hits = []
     for _ in range(400):

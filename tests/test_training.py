@@ -3,11 +3,12 @@ number of updates (CARTL Fig. 5, Shafahi Fig. 3), with milestones as fractions o
 import pytest
 import torch
 
-from rtlkit import profiles
-from rtlkit.runs import recording, to_jsonable
-from rtlkit.runtime import Runtime
+from rtlkit.studies import profiles
+from rtlkit.runs.cache import recording
+from rtlkit.runs.specs import to_jsonable
+from rtlkit.core.runtime import Runtime
 from rtlkit.studies import cartl
-from rtlkit.training import Checkpoints, StandardTraining, train
+from rtlkit.train.loop import Checkpoints, StandardTraining, train
 
 from conftest import tiny_model
 

@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 
 from rtlkit import ConfigError
-from rtlkit.data import synthetic
-from rtlkit.runtime import Runtime
-from rtlkit.training import StandardTraining, train
-from rtlkit.transfer import BN_CASES, TransferPolicy, prepare_target
+from rtlkit.core.data import synthetic
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import StandardTraining, train
+from rtlkit.train.transfer import BN_CASES, TransferPolicy, prepare_target
 
 from conftest import state_of, tiny_model
 
@@ -195,7 +195,7 @@ def test_unknown_bn_case_is_a_config_error():
 def test_random_init_keeps_no_source_weight():
     """Vaishnavi et al.'s Random baseline: TransferPolicy(k="all", reinit=True) re-draws every
     parameter and BN statistic; only the input normalisation (data statistics) carries over."""
-    from rtlkit.transfer import TransferPolicy, prepare_target
+    from rtlkit.train.transfer import TransferPolicy, prepare_target
     src = tiny_model(seed=5)
     with torch.no_grad():
         for t in list(src.parameters()) + [b for n, b in src.named_buffers() if "running" in n]:

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from rtlkit import ConfigError
-from rtlkit import data as D
-from rtlkit.runs import DataSpec
+from rtlkit.core import data as D
+from rtlkit.runs.specs import DataSpec
 
 CLASSES = ("cat", "dog", "eel")
 
@@ -111,9 +111,10 @@ def test_bad_folders_are_one_error_before_any_compute(case, message, tmp_path, n
 
 @pytest.fixture
 def no_compute_but_images(monkeypatch):
-    from rtlkit import runs
-    from rtlkit import training as T
-    for mod, name in ((T, "train"), (runs, "train"), (runs, "build"), (runs, "evaluate")):
+    from rtlkit.runs import cache as runs
+    from rtlkit.runs import specs
+    from rtlkit.train import loop as T
+    for mod, name in ((T, "train"), (runs, "train"), (specs, "build"), (runs, "evaluate")):
         monkeypatch.setattr(mod, name, lambda *a, **k: pytest.fail("compute started"))
 
 

@@ -21,9 +21,9 @@ import torchvision
 from PIL import Image
 
 from rtlkit import ConfigError
-from rtlkit import data as D
-from rtlkit.models import ResNetSpec
-from rtlkit.runs import ExternalSource
+from rtlkit.core import data as D
+from rtlkit.core.models import ResNetSpec
+from rtlkit.runs.specs import ExternalSource
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_00 = REPO / "notebooks" / "00_your_transfer.ipynb"
@@ -139,7 +139,7 @@ def _nan_weights(path):
 
 
 def _half_normaliser_rtlkit(path):
-    from rtlkit.models import build
+    from rtlkit.core.models import build
     m = build(ResNetSpec(18), 4, 3, (0.5,) * 3, (0.25,) * 3)
     sd = {k: v for k, v in m.state_dict().items() if k != "normalize.std"}
     torch.save(sd, path)
@@ -174,7 +174,7 @@ def test_a_bad_checkpoint_is_one_error_when_it_is_named(case, tmp_path, runs_roo
 
 
 def test_a_good_checkpoint_is_built_once_per_process_when_named(tmp_path, monkeypatch):
-    from rtlkit import models
+    from rtlkit.core import models
     torch.save(_resnet18_state(), tmp_path / "ok.pth")
     calls = []
     real = models.read_checkpoint
@@ -191,14 +191,14 @@ def test_a_good_checkpoint_is_built_once_per_process_when_named(tmp_path, monkey
                                         ("RTLKIT_LOCK_LEASE_S", "-1"), ("RTLKIT_LOCK_LEASE_S", "inf"),
                                         ("RTLKIT_DIST_TIMEOUT_S", "soon"), ("RTLKIT_DEVICE", "tpu")])
 def test_every_environment_setting_is_checked_from_python_too(var, value, monkeypatch):
-    from rtlkit.runs import check_environment
+    from rtlkit.runs.store import check_environment
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=var):
         check_environment()
 
 
 def test_a_bad_cpu_mode_is_an_error_from_python_not_a_silent_native(monkeypatch):
-    from rtlkit.runtime import Runtime
+    from rtlkit.core.runtime import Runtime
     monkeypatch.setenv("RTLKIT_CPU_ISA", "bogus")
     with pytest.raises(ConfigError, match="RTLKIT_CPU_ISA must be one of"):
         Runtime("cpu")
@@ -206,7 +206,7 @@ def test_a_bad_cpu_mode_is_an_error_from_python_not_a_silent_native(monkeypatch)
 
 @pytest.mark.parametrize("var, value", [("RTLKIT_LOCK", "bogus"), ("RTLKIT_LOCK_LEASE_S", "-1")])
 def test_a_bad_lock_setting_makes_no_locks_folder(var, value, monkeypatch, runs_root):
-    from rtlkit.runs import run_lock
+    from rtlkit.runs.store import run_lock
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=var):
         with run_lock(runs_root / "source-0123456789ab"):
@@ -217,7 +217,7 @@ def test_a_bad_lock_setting_makes_no_locks_folder(var, value, monkeypatch, runs_
 def test_a_pinned_result_is_keyed_by_its_thread_count(monkeypatch):
     """The thread count changes a pinned CPU run's bits (reduction order), so it is in its key: a run
     on 1 thread never serves one on 2."""
-    from rtlkit import runtime as R
+    from rtlkit.core import runtime as R
     monkeypatch.setattr(R, "cpu_isa_pinned", lambda: "avx2")
     old = torch.get_num_threads()
     try:
@@ -235,11 +235,13 @@ def test_a_pinned_result_is_keyed_by_its_thread_count(monkeypatch):
 @pytest.fixture(scope="module")
 def cached_run(tmp_path_factory):
     """A finished run in a run cache of its own: a tiny source trained by the library."""
-    from rtlkit.attacks import PGD
-    from rtlkit.models import WRNSpec
-    from rtlkit.runs import DataSpec, SourceRun, get_or_train, run_dir
-    from rtlkit.runtime import Runtime
-    from rtlkit.training import AdversarialTraining
+    from rtlkit.measure.attacks import PGD
+    from rtlkit.core.models import WRNSpec
+    from rtlkit.runs.specs import DataSpec, SourceRun
+    from rtlkit.runs.cache import get_or_train
+    from rtlkit.runs.store import run_dir
+    from rtlkit.core.runtime import Runtime
+    from rtlkit.train.loop import AdversarialTraining
     root = tmp_path_factory.mktemp("cache") / "runs"
     os.environ["RTLKIT_RUNS"] = str(root)
     try:
@@ -252,24 +254,24 @@ def cached_run(tmp_path_factory):
 
 
 def test_the_card_command_cards_a_cached_run(cached_run, tmp_path):
-    """`python -m rtlkit.card` once compared its own __main__ Card with the profiles' Card and
+    """`python -m rtlkit.measure.card` once compared its own __main__ Card with the profiles' Card and
     failed on every valid call."""
     root, name = cached_run
-    p = user_command(["rtlkit.card", "--profile", "smoke", "--test-n", "8", name], tmp_path, timeout=600,
+    p = user_command(["rtlkit.measure.card", "--profile", "smoke", "--test-n", "8", name], tmp_path, timeout=600,
                      RTLKIT_RUNS=str(root))
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"report card of {name}" in p.stdout and "1 non-increasing in eps" in p.stdout
 
 
 @pytest.mark.parametrize("argv, env, needles", [
-    (["rtlkit.card", "--profile", "bogus", "--list"], {}, ("unknown profile 'bogus'",)),
-    (["rtlkit.card", "--list", "--device", "tpu"], {}, ("unknown device 'tpu'",)),
-    (["rtlkit.run", "--profile", "smoke", "--list"], {"RTLKIT_THREADS": "-3"}, ("RTLKIT_THREADS must be",)),
-    (["rtlkit.run", "--profile", "smoke", "--list"], {"RTLKIT_CPU_ISA": "bogus"}, ("RTLKIT_CPU_ISA must be",)),
-    (["rtlkit.figures", "--profile", "smoke", "--only", "01"], {"RTLKIT_LOCK": "bogus"}, ("RTLKIT_LOCK must be",)),
-    (["rtlkit.figures", "--profile", "smoke", "--only", "01"], {"RTLKIT_LOCK_LEASE_S": "0"},
+    (["rtlkit.measure.card", "--profile", "bogus", "--list"], {}, ("unknown profile 'bogus'",)),
+    (["rtlkit.measure.card", "--list", "--device", "tpu"], {}, ("unknown device 'tpu'",)),
+    (["rtlkit.suite.run", "--profile", "smoke", "--list"], {"RTLKIT_THREADS": "-3"}, ("RTLKIT_THREADS must be",)),
+    (["rtlkit.suite.run", "--profile", "smoke", "--list"], {"RTLKIT_CPU_ISA": "bogus"}, ("RTLKIT_CPU_ISA must be",)),
+    (["rtlkit.suite.figures", "--profile", "smoke", "--only", "01"], {"RTLKIT_LOCK": "bogus"}, ("RTLKIT_LOCK must be",)),
+    (["rtlkit.suite.figures", "--profile", "smoke", "--only", "01"], {"RTLKIT_LOCK_LEASE_S": "0"},
      ("RTLKIT_LOCK_LEASE_S must be",)),
-    (["rtlkit.plan", "--profile", "smoke"], {"RTLKIT_DIST_TIMEOUT_S": "-1"}, ("RTLKIT_DIST_TIMEOUT_S must be",)),
+    (["rtlkit.suite.plan", "--profile", "smoke"], {"RTLKIT_DIST_TIMEOUT_S": "-1"}, ("RTLKIT_DIST_TIMEOUT_S must be",)),
 ])
 def test_a_bad_setting_is_one_line_and_status_2_before_any_folder(argv, env, needles, tmp_path):
     p = user_command(argv, tmp_path, **env)
@@ -278,7 +280,7 @@ def test_a_bad_setting_is_one_line_and_status_2_before_any_folder(argv, env, nee
 
 
 def test_figures_names_every_missing_dataset_before_any_folder(tmp_path):
-    p = user_command(["rtlkit.figures", "--profile", "paper", "--only", "01"], tmp_path,
+    p = user_command(["rtlkit.suite.figures", "--profile", "paper", "--only", "01"], tmp_path,
                      RTLKIT_DATA=str(tmp_path / "no-data"))
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "cifar100" in p.stderr and "cifar10" in p.stderr
@@ -289,7 +291,7 @@ def test_findings_on_a_corrupt_csv_is_one_line_naming_it(tmp_path):
     figs = tmp_path / "figs"
     figs.mkdir()
     (figs / "02_bn_ablation.csv").write_bytes(b'k,robust_acc\n4,"0.8\n\xff\xfe,,,\n')
-    p = user_command(["rtlkit.findings", "--figures-dir", str(figs)], tmp_path)
+    p = user_command(["rtlkit.suite.findings", "--figures-dir", str(figs)], tmp_path)
     one_line(p, "02_bn_ablation.csv: not a readable CSV table")
 
 
@@ -363,7 +365,7 @@ def test_notebook_00_refuses_a_users_bad_files(tmp_path):
 # --------------------------------------------------------------------------- kind 5: what a user reads
 
 def test_the_suite_bar_names_only_a_run_of_this_suite_in_training(tmp_path):
-    from rtlkit.figures import _current_run
+    from rtlkit.suite.figures import _current_run
     mine, other = tmp_path / "source-aaaaaaaaaaaa", tmp_path / "head-bbbbbbbbbbbb"
     for d, name in ((mine, "fashion-mnist"), (other, "my_images@09f03f9a1a4a")):
         d.mkdir()
@@ -376,11 +378,11 @@ def test_the_suite_bar_names_only_a_run_of_this_suite_in_training(tmp_path):
 
 def test_notebook_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path):
     import nbformat
-    from rtlkit.figures import ipc_kernel_manager
+    from rtlkit.suite.figures import ipc_kernel_manager
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("import os; print(os.getpid())")]
     nbformat.write(nb, str(tmp_path / "t.ipynb"))
-    code = ("import papermill, sys; from rtlkit.figures import ipc_kernel_manager; "
+    code = ("import papermill, sys; from rtlkit.suite.figures import ipc_kernel_manager; "
             f"papermill.execute_notebook({str(tmp_path / 't.ipynb')!r}, {str(tmp_path / 'o.ipynb')!r}, "
             "kernel_name='python3', progress_bar=False, kernel_manager_class=ipc_kernel_manager())")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -5,7 +5,7 @@ children (a fault chain is ten processes per kind). Here one interpreter imports
 runs no tensor maths; every child is a fork of it: a process of its own, with its own memory and
 its own pid, started in milliseconds, that dies by SIGKILL like any other and whose exit status
 the server reports, as Popen would. What a fresh interpreter would read from its environment at
-start-up is read again after the fork (rtlkit.io's fault points; the thread count is set by the
+start-up is read again after the fork (rtlkit.core.io's fault points; the thread count is set by the
 child's own code, configure_threads).
 
     server:  python tests/zygote.py          (stdin: one JSON request a line; stdout: one JSON reply)
@@ -40,7 +40,7 @@ def _child(req: dict) -> int:
     sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", closefd=False, buffering=1)
     sys.stderr = open(2, "w", closefd=False, buffering=1)
-    from rtlkit import io
+    from rtlkit.core import io
     io._FAULTS.clear()
     io._FAULTS.update(io.parse_faults(os.environ.get(io.FAULT_ENV, "")))   # read at import in a fresh one
     sys.argv = [req["script"], *req["argv"]]
@@ -63,7 +63,7 @@ def _child(req: dict) -> int:
 
 # what a child imports on its way (torch imports dynamo, inductor and sympy lazily): 1.3 s a child
 PRELOAD = ("torch._dynamo", "torch._inductor", "sympy", "filelock", "statistics", "fractions",
-           "torch.distributed.tensor", "torch.onnx", "cProfile", "pstats", "numpy.fft", "rtlkit.methods.fdm")
+           "torch.distributed.tensor", "torch.onnx", "cProfile", "pstats", "numpy.fft", "rtlkit.train.methods.fdm")
 
 
 def serve() -> None:

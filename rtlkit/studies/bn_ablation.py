@@ -10,14 +10,16 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 
-from .. import plots, widgets
-from ..data import Loader
-from ..evaluate import evaluate
-from ..profiles import Profile
-from ..runs import get_or_evaluate, get_or_table, get_or_train
-from ..runtime import Runtime
-from ..transfer import BN_CASES, TransferPolicy
-from .common import row, source_robustness
+from rtlkit.studies import plots
+from rtlkit.studies import widgets
+from rtlkit.core.data import Loader
+from rtlkit.measure.evaluate import evaluate
+from rtlkit.studies.profiles import Profile
+from rtlkit.runs.cache import get_or_evaluate, get_or_table, get_or_train
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.transfer import BN_CASES, TransferPolicy
+from rtlkit.studies.common import row
+from rtlkit.studies.common import source_robustness
 
 __all__ = ["source_robustness", "bn_ablation", "bn_table", "bn_stats_swap", "paper_rows", "plot_bn_ablation",
            "panel", "PAPER"]
@@ -114,11 +116,11 @@ def bn_stats_swap(profile: Profile, runtime: Runtime | None = None, progress: bo
 
                 n = len(run.data.test())
                 work = SimpleNamespace(label=f"BN statistics {swap}; " + "; ".join(a.label for a in attacks),
-                                       attack_steps=sum(a.steps for a in attacks),   # rtlkit.plan, per test image
+                                       attack_steps=sum(a.steps for a in attacks),   # rtlkit.suite.plan, per test image
                                        forward_passes=1 + len(attacks) + -(-len(run.data.train()) // n))
                 ex = get_or_table(run, "bn-swap", {"swap": swap, "attacks": [a.label for a in attacks]}, compute,
                                   runtime, progress, work=work, n=n)
-                if not len(ex):   # rtlkit.plan's recording mode
+                if not len(ex):   # rtlkit.suite.plan's recording mode
                     continue
                 rows.append(dict(model="", dataset=profile.target.label, k=k, case=f"{case}, then statistics {swap}",
                                  trained_as=case, swap=swap, bn_stats=pol.bn_stats, bn_affine=pol.bn_affine, seed=seed,
@@ -183,7 +185,7 @@ def findings(read) -> list:
     both sides sit at 0 % robustness, no affine effect can show: "not a test"."""
     import dataclasses
 
-    from ..findings import contrast, ours, pick
+    from rtlkit.measure.verdicts import contrast, ours, pick
     t = read("02_bn_ablation")
     if t is None:
         return []
@@ -221,9 +223,9 @@ def _fine_tunes(us: pd.DataFrame) -> pd.DataFrame:
 
 def replicated(read) -> list[tuple]:
     """The notebook's replicated table for the seed floor and the A/A calibration
-    (``rtlkit.findings.floors``): fine-tuning seeds of every (k, statistics, affine) cell; the claim
+    (``rtlkit.suite.findings.floors``): fine-tuning seeds of every (k, statistics, affine) cell; the claim
     cells are the findings' pairs (frozen against trained affine, reused against updated statistics)."""
-    from ..findings import ours, paired_cells, pick
+    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("02_bn_ablation")
     if t is None:
         return []
@@ -253,7 +255,7 @@ def _paper_pairs(hi: tuple[str, str], lo: tuple[str, str]) -> list[tuple[float, 
 def _swap_note(us: pd.DataFrame, k) -> str:
     """What the statistics swap measured at this k (empty where it did not run); its reading is
     computed: a change counts only outside 2 binomial SEs of the difference."""
-    from ..findings import binomial_se
+    from rtlkit.measure.verdicts import binomial_se
     if "swap" not in us:
         return ""
     sw = _swaps(us, k)
@@ -284,14 +286,14 @@ def _swap_note(us: pd.DataFrame, k) -> str:
 
 
 def _case(us: pd.DataFrame, k, stats: str):
-    from ..findings import pick
+    from rtlkit.measure.verdicts import pick
     r = pick(us, k=k, bn_stats=stats, bn_affine="freeze")
     r = r[r.swap.isna()] if "swap" in r else r
     return None if not len(r) else (float(r.clean_acc.mean()), float(r.robust_acc.mean()))
 
 
 def _swaps(us: pd.DataFrame, k) -> dict:
-    from ..findings import pick
+    from rtlkit.measure.verdicts import pick
     sw = pick(us, k=k)
     sw = sw[sw.swap.notna()]
     out = {}

@@ -1,6 +1,6 @@
 """Notebook 03 · CARTL (Chen et al., ICML 2021): FDM source training + NEFT fine-tuning against
 plain fine-tuning, AT + NEFT and the LwF baseline. Tables 2-5 and Figs. 4-5: steps, plots and
-the widget panel. The methods themselves live in ``rtlkit.methods`` (fdm, neft, lwf).
+the widget panel. The methods themselves live in ``rtlkit.train.methods`` (fdm, neft, lwf).
 """
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ from dataclasses import replace
 
 import pandas as pd
 
-from .. import plots, widgets
-from ..attacks import PGD
-from ..errors import ConfigError, DatasetNotFound
-from ..methods.fdm import FDMTraining
-from ..methods.lwf import LwFTraining
-from ..methods.neft import NEFT
-from ..profiles import Profile, pgd
-from ..runs import DataSpec, SourceRun, TransferRun, get_or_evaluate
-from ..runtime import Runtime
-from ..transfer import TransferPolicy
+from rtlkit.studies import plots
+from rtlkit.studies import widgets
+from rtlkit.measure.attacks import PGD
+from rtlkit.core.errors import ConfigError, DatasetNotFound
+from rtlkit.train.methods.fdm import FDMTraining
+from rtlkit.train.methods.lwf import LwFTraining
+from rtlkit.train.methods.neft import NEFT
+from rtlkit.studies.profiles import Profile, pgd
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_evaluate
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.transfer import TransferPolicy
 
 
 def cartl_attacks(profile: Profile) -> tuple:
@@ -200,7 +202,7 @@ SEEDED_CONFIG = ["method", "k", "target", "lam", "beta", "lam_d", "fraction"]
 def seeded_claims_of(t: pd.DataFrame) -> list[SeededClaim]:
     """Notebook 03's claims in ``seeded_claims``'s table (our rows and the paper's, whose ``table``
     column names the paper's table): each with its arms, one row per replicate."""
-    from ..findings import ours, pick, theirs
+    from rtlkit.measure.verdicts import ours, pick, theirs
     us, paper = ours(t), theirs(t)
     if not len(us):
         return []
@@ -262,7 +264,7 @@ def seeded_claims_of(t: pd.DataFrame) -> list[SeededClaim]:
 def seeded_findings(t: pd.DataFrame) -> list:
     """Notebook 03's claims from ``seeded_claims``'s table, one finding per claim: its SE the test
     images' binomial part plus the seed part measured from the replicates' paired differences."""
-    from ..findings import contrast, ours
+    from rtlkit.measure.verdicts import contrast, ours
     us = ours(t)
     if not len(us):
         return []
@@ -273,9 +275,9 @@ def seeded_findings(t: pd.DataFrame) -> list:
 
 
 def replicated(read) -> list[tuple]:
-    """The notebook's replicated tables, for the rule's A/A calibration (``rtlkit.findings.calibration``):
+    """The notebook's replicated tables, for the rule's A/A calibration (``rtlkit.suite.findings.calibration``):
     (name, our rows, the columns that make one configuration, the seed cells its floor is measured on)."""
-    from ..findings import ours
+    from rtlkit.measure.verdicts import ours
     t = read("03_seeded_claims")
     if t is None or not len(ours(t)):
         return []
@@ -284,9 +286,9 @@ def replicated(read) -> list[tuple]:
 
 def seed_cells(t: pd.DataFrame) -> dict[str, tuple]:
     """Each replicated claim's arms as per-replicate values paired by replicate (claim -> (a, b)):
-    what notebook 03's seed floor is measured on (``rtlkit.stats.seed_floor``). A claim with fewer
+    what notebook 03's seed floor is measured on (``rtlkit.measure.stats.seed_floor``). A claim with fewer
     than ``stats.MIN_REPLICATES`` replicates, or whose arms do not hold the same ones, is left out."""
-    from ..stats import MIN_REPLICATES
+    from rtlkit.measure.stats import MIN_REPLICATES
     out = {}
     for c in seeded_claims_of(t):
         a, b = c.a.sort_values("replicate"), c.b.sort_values("replicate")
@@ -482,7 +484,7 @@ def plot_seeded(t: pd.DataFrame, title: str = ""):
     """The replicated claims as a forest plot: each claim's effect (points) with its 95 % interval
     (test images and seeds, t quantile), the paper's effect where it prints one (a cross), and the
     verdict by the findings rule."""
-    from ..findings import ours
+    from rtlkit.measure.verdicts import ours
     rows, us = seeded_findings(t), ours(t)
     fig, ax = plots.plt.subplots(figsize=(12, 0.42 * max(len(rows), 1) + 1.8))
     colors = {"agrees": "tab:green", "disagrees": "tab:red", "unresolved": "tab:gray", "not a test": "tab:olive",
@@ -548,7 +550,7 @@ def findings(read) -> list:
     at ``quick`` on the CPU, and the replicated claims of ``seeded_claims``). The paper's effects
     come from the paper's rows in the same CSVs. ``bench.budget``'s figure (03_budget) is a budget
     study made apart from ``make figures``, in another run and mode: it carries no verdict."""
-    from ..findings import contrast, ours, pick, theirs
+    from rtlkit.measure.verdicts import contrast, ours, pick, theirs
     out = []
 
     def paper_rob(t, col="robust_acc", **eq):

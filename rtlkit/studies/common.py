@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..profiles import Profile
-from ..runs import get_or_evaluate
-from ..runtime import Runtime
+from rtlkit.studies.profiles import Profile
+from rtlkit.runs.cache import get_or_evaluate
+from rtlkit.core.runtime import Runtime
 
 
 def row(metrics: dict, **keys) -> dict:

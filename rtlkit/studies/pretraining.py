@@ -4,27 +4,29 @@ randomized-smoothing certificates. Tables 2-7 and Figs. 2-3: steps, plots and th
 
 Every L2 number (AT and attack eps, sigma, the RA-CT radius, Table 3's radii, Table 2's noise)
 follows one rule: the paper's [0,1]-pixel values, eps = sigma = 0.5 (``profiles.L2_EPS``).
-The methods live in ``rtlkit.methods`` (consistency, simclr) and ``rtlkit.training``; attacks in
-``rtlkit.attacks`` (APGD, Square); certificates in ``rtlkit.smoothing``.
+The methods live in ``rtlkit.train.methods`` (consistency, simclr) and ``rtlkit.train.loop``; attacks in
+``rtlkit.measure.attacks`` (APGD, Square); certificates in ``rtlkit.measure.smoothing``.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .. import data as D
-from .. import plots, widgets
-from ..attacks import APGD, PGD, Square
-from ..errors import ConfigError, DatasetNotFound
-from ..methods.consistency import ConsistencyTraining
-from ..methods.probes import ProbeHead, ProbeTraining
-from ..methods.simclr import SimCLRTraining
-from ..profiles import Pretraining, Profile
-from ..runs import HeadRun, SourceRun, TransferRun, get_or_certify, get_or_evaluate, get_or_train
-from ..runtime import Runtime
-from ..smoothing import Smoothing, certified_curve, noisy_correct
-from ..training import AdversarialTraining, StandardTraining
-from ..transfer import TransferPolicy
+from rtlkit.core import data as D
+from rtlkit.studies import plots
+from rtlkit.studies import widgets
+from rtlkit.measure.attacks import APGD, PGD, Square
+from rtlkit.core.errors import ConfigError, DatasetNotFound
+from rtlkit.train.methods.consistency import ConsistencyTraining
+from rtlkit.train.methods.probes import ProbeHead, ProbeTraining
+from rtlkit.train.methods.simclr import SimCLRTraining
+from rtlkit.studies.profiles import Pretraining, Profile
+from rtlkit.runs.specs import HeadRun, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_certify, get_or_evaluate, get_or_train
+from rtlkit.core.runtime import Runtime
+from rtlkit.measure.smoothing import Smoothing, certified_curve, noisy_correct
+from rtlkit.train.loop import AdversarialTraining, StandardTraining
+from rtlkit.train.transfer import TransferPolicy
 
 __all__ = ["noise_table", "certified_sources", "empirical_transfer", "robust_train_gap", "certified_transfer",
            "certified_curves", "pretraining_ablation", "robust_finetuning_needed", "relative_change", "regressions", "panel"]
@@ -153,7 +155,7 @@ def noise_table(profile: Profile, runtime: Runtime | None = None, progress: bool
         for name in pt.noise_sources:
             run = source_run(profile, name, seed)
             model = get_or_train(run, runtime, progress)
-            if model is None:   # rtlkit.plan's recording mode: nothing runs
+            if model is None:   # rtlkit.suite.plan's recording mode: nothing runs
                 continue
             x, y = _images(run, pt.noise_images, runtime)
             clean = noisy_correct(model, x, y, 0.0, seed, autocast=runtime.autocast).mean()
@@ -217,7 +219,7 @@ def _sigma_pair(profile, runtime, progress, run, row: dict) -> list[dict]:
     certified images (RA-CT = ACR = 0 by Eq. 2); the second row is left out while recording."""
     pt = _pt(profile)
     model = get_or_train(run, runtime, progress)
-    if model is None:   # rtlkit.plan's recording mode
+    if model is None:   # rtlkit.suite.plan's recording mode
         return [row]
     x, y = _images(run, pt.cert_images, runtime)
     base = float(noisy_correct(model, x, y, 0.0, row["seed"], autocast=runtime.autocast).mean())
@@ -233,7 +235,7 @@ def floor_seeds(pt: Pretraining) -> tuple[int, ...]:
 
 
 def seed_floor_cells(profile: Profile, runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
-    """(ours) The cells notebook 04's seed floor is measured on (``rtlkit.stats.seed_floor``): on the
+    """(ours) The cells notebook 04's seed floor is measured on (``rtlkit.measure.stats.seed_floor``): on the
     first target, Table 4's AT against Random pre-training (AT fine-tuning, RA-WB) and Table 5's CR
     against Random (CR fine-tuning, RA-CT), each at every seed of :func:`floor_seeds`, each seed
     training its own sources. Seed-0 cells are Table 4's and 5's own (cached). Empty where fewer
@@ -739,10 +741,10 @@ def panel(empirical: pd.DataFrame, certified: pd.DataFrame, curves: pd.DataFrame
 
 def replicated(read) -> list[tuple]:
     """The notebook's replicated table for the seed floor and the A/A calibration
-    (``rtlkit.findings.floors``): :func:`seed_floor_cells`' rows, each seed training its own
+    (``rtlkit.suite.findings.floors``): :func:`seed_floor_cells`' rows, each seed training its own
     sources; the claim cells are Table 4's AT against Random (RA-WB) and Table 5's CR against Random
     (RA-CT) on the first target."""
-    from ..findings import ours, paired_cells, pick
+    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("04_seed_floor")
     if t is None or not len(t):
         return []
@@ -758,7 +760,7 @@ def findings(read) -> list:
     pre-training gain over our targets (the paper's are relative changes over its 12 targets, so
     their direction is the claim); Table 7 compares what the paper compares: the same model smoothed
     at sigma = 0.5 against sigma = 0."""
-    from ..findings import average, contrast, ours, pick, theirs
+    from rtlkit.measure.verdicts import average, contrast, ours, pick, theirs
     out = []
     t = read("04_table2_noise")
     if t is not None:
@@ -864,7 +866,7 @@ def _gap_contrast(random: pd.DataFrame, pre: pd.DataFrame):
     """Random's robust train-test gap minus ``pre``'s on one target, with its SE: four accuracies
     (train and test, each side) combined as independent, each with mean_se's Agresti-Coull SE."""
     import math
-    from ..findings import Finding, mean_se
+    from rtlkit.measure.verdicts import Finding, mean_se
 
     def gap(rows):
         tr, se_tr, n_tr, k = mean_se(rows.assign(n_test=rows.train_n), "train_ra_wb")

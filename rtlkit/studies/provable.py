@@ -3,11 +3,11 @@ extractor (Table 1), adversarial representations and reachable inputs (Table 2),
 logit and representation smoothing (Tables 3-4, the radius figure): steps, plots and the panel.
 
 f is a cached source WRN's penultimate feature (``runs.tapped``), frozen; h is a ``HeadRun``
-(``rtlkit.methods.lipschitz``) trained on f's cached features. One set of noisy features per
+(``rtlkit.train.methods.lipschitz``) trained on f's cached features. One set of noisy features per
 (source, data) (``runs.get_or_noisy_features``: N0 + S draws) serves all three smoothings and
 every head: label smoothing is Cohen's CERTIFY on the head's votes (the first N0 draws select,
 the other S estimate); logit and representation smoothing are median smoothing on the last S
-draws (``rtlkit.smoothing``). eps, sigma and r are in [0,1] pixels (``Provable.pv_scale``).
+draws (``rtlkit.measure.smoothing``). eps, sigma and r are in [0,1] pixels (``Provable.pv_scale``).
 """
 from __future__ import annotations
 
@@ -19,21 +19,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import plots, widgets
-from ..attacks import PGD, attack_mode
-from ..errors import ConfigError, DatasetNotFound
-from ..methods.consistency import ClippedNoiseTraining, gaussian_training
-from ..methods.fdm import FDMTraining
-from ..methods.lipschitz import HeadSpec, HeadTraining, lipschitz_bound
-from ..methods.search import InputSearch, input_search, representation_search
-from ..methods.smoothadv import SmoothAdvTraining
-from ..profiles import PV_MODES, Profile, Provable
-from ..runs import (DataSpec, HeadRun, NoisyDraws, SourceRun, get_or_features, get_or_noisy_features, get_or_table,
-                    get_or_train, shaped_for, tapped, test_images)
-from ..runtime import Runtime
-from ..smoothing import (Smoothing, certify_counts, median_certify_logits, median_certify_representation,
-                         median_radius_limit, sorted_draws)
-from ..training import AdversarialTraining, StandardTraining
+from rtlkit.studies import plots
+from rtlkit.studies import widgets
+from rtlkit.measure.attacks import PGD, attack_mode
+from rtlkit.core.errors import ConfigError, DatasetNotFound
+from rtlkit.train.methods.consistency import ClippedNoiseTraining, gaussian_training
+from rtlkit.train.methods.fdm import FDMTraining
+from rtlkit.train.methods.lipschitz import HeadSpec, HeadTraining, lipschitz_bound
+from rtlkit.train.methods.search import InputSearch, input_search, representation_search
+from rtlkit.train.methods.smoothadv import SmoothAdvTraining
+from rtlkit.studies.profiles import PV_MODES, Profile, Provable
+from rtlkit.runs.specs import DataSpec, HeadRun, NoisyDraws, SourceRun, shaped_for, tapped, test_images
+from rtlkit.runs.cache import get_or_features, get_or_noisy_features, get_or_table, get_or_train
+from rtlkit.core.runtime import Runtime
+from rtlkit.measure.smoothing import Smoothing, certify_counts, median_certify_logits, median_certify_representation, median_radius_limit, sorted_draws
+from rtlkit.train.loop import AdversarialTraining, StandardTraining
 
 __all__ = ["lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs", "radius_curves", "panel"]
 
@@ -149,7 +149,7 @@ def _present(profile: Profile, pairs) -> list:
 
 
 def _head(profile, runtime, progress, mode, pair, split, variant, layers, seed, head_sigma=None):
-    """The trained head module (on the runtime's device) of a HeadRun; None while rtlkit.plan records."""
+    """The trained head module (on the runtime's device) of a HeadRun; None while rtlkit.suite.plan records."""
     model = get_or_train(head_run(profile, mode, pair, split, variant, layers, seed, head_sigma), runtime, progress)
     return None if model is None else model.head.fc.eval()
 
@@ -690,10 +690,10 @@ def panel(t1: pd.DataFrame, t3: pd.DataFrame, curves: pd.DataFrame, interactive:
 
 def replicated(read) -> list[tuple]:
     """The notebook's replicated table for the seed floor and the A/A calibration
-    (``rtlkit.findings.floors``): Table 1's heads at every head seed (``table1_head_seeds``); the
+    (``rtlkit.suite.findings.floors``): Table 1's heads at every head seed (``table1_head_seeds``); the
     claim cells are its counted pairs on the first pair's target heads, per training mode (4 against
     1 layer, unconstrained and App. A.1's L2-row wn; unconstrained against wn at 1 layer)."""
-    from ..findings import ours, paired_cells, pick
+    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("05_table1_lipschitz")
     if t is None:
         return []
@@ -731,7 +731,7 @@ def findings(read) -> list:
     """Provably Robust Transfer Tables 1-3 and Sec. 5 as findings, from notebook 05's CSVs. Table 1's
     paper effects are means over the paper's own pairs (its rows in the CSV); ours are per pair,
     averaged over the training modes; Tables 2-3 per mode on the main pair's target heads."""
-    from ..findings import average, contrast, ours, pick, theirs
+    from rtlkit.measure.verdicts import average, contrast, ours, pick, theirs
     out = []
     t = read("05_table1_lipschitz")
     l2_bound = None   # the largest measured L-inf bound of a paper-literal (L2-row) wn head
@@ -871,7 +871,7 @@ def _label_logit_note(r: pd.DataFrame) -> str:
 
 def _pair_contrast(r, a: str, b: str, where: str, claim: str, paper_a, paper_b, equal: bool = False, note: str = ""):
     """Two columns of the same rows (two certificates of one head on the same images)."""
-    from ..findings import contrast
+    from rtlkit.measure.verdicts import contrast
     left, right = r.assign(_v=r[a]), r.assign(_v=r[b])
     if equal:   # a claim of no difference: the paper's effect is 0 (its printed columns, where given, are equal)
         f = contrast("05", "Provably Robust Transfer", where, claim, left, right, "_v", paper_a=0.0, paper_b=0.0, note=note)

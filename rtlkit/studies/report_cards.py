@@ -1,6 +1,6 @@
 """Notebook 07 · report cards: AutoAttack's standard suite, certified radius and gradient-masking
 checks for the headline model of each study (01-06), next to the PGD-20 numbers those studies rest
-on. The card itself (the cascade, the checks, its cache) lives in ``rtlkit.card``.
+on. The card itself (the cascade, the checks, its cache) lives in ``rtlkit.measure.card``.
 """
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import plots, widgets
-from ..card import CHECKS, Card, get_or_card, plot_card
-from ..profiles import Profile
-from ..runs import run_dir
-from ..runtime import Runtime
-from ..transfer import TransferPolicy
+from rtlkit.studies import plots
+from rtlkit.studies import widgets
+from rtlkit.measure.card import CHECKS, Card, get_or_card, plot_card
+from rtlkit.studies.profiles import Profile
+from rtlkit.runs.store import run_dir
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.transfer import TransferPolicy
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,13 @@ def headline(profile: Profile, runtime=None, progress: bool = True) -> list[Head
     """The headline models of 01-06, built by each study's own run builder (so that after 01-06 every
     one is a cache hit): the robust source; 01's fine-tune, 03's AT + NEFT and CARTL, all at 03's
     largest k (one k, so the three cards compare; fixed by the profile, not picked from 01's
-    results, so that rtlkit.plan names the card before anything has run); 03's LwF; 06's linear
+    results, so that rtlkit.suite.plan names the card before anything has run); 03's LwF; 06's linear
     probe; 05's 1-layer wn Lipschitz head (adv mode, main pair); and 04's CR-pre-trained,
     CR-fine-tuned model."""
-    from . import cartl, pretraining, provable, shafahi
+    from rtlkit.studies import cartl
+    from rtlkit.studies import pretraining
+    from rtlkit.studies import provable
+    from rtlkit.studies import shafahi
     src = profile.source_run(0)
     ck = profile.cartl_ks[-1]
     ft = profile.transfer_run(TransferPolicy(k=ck, bn_stats="reuse", bn_affine="freeze"), 0)
@@ -97,7 +101,7 @@ def report_cards(profile: Profile, runtime: Runtime | None = None, progress: boo
     runtime = runtime or Runtime()
     rows = []
     for h, res in _measure(profile, runtime, progress):
-        if not res:   # rtlkit.plan's recording mode
+        if not res:   # rtlkit.suite.plan's recording mode
             continue
         t = res["table"]
         pgd, aa = t.pgd_correct.astype(float), t.robust_correct.astype(float)
@@ -253,7 +257,7 @@ def findings(read) -> list:
     """Per headline model: does AutoAttack's cascade lower the studies' PGD-20 (Croce & Hein 2020:
     PGD overstates robustness)? The paired SE over the same test images; one seed, and no seed part:
     the question is about the model at hand, not its training."""
-    from ..findings import Finding
+    from rtlkit.measure.verdicts import Finding
     t = read("07_report_cards")
     if t is None:
         return []

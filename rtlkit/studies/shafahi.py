@@ -19,19 +19,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data as D
-from .. import plots, widgets
-from ..attacks import PGD
-from ..errors import ConfigError, DatasetNotFound, check
-from ..evaluate import input_gradient
-from ..methods.probes import ProbeHead, ProbeTraining
-from ..profiles import SOURCE_KINDS, Profile, Shafahi
-from ..runs import (DataSpec, HeadRun, SourceRun, TransferRun, get_or_evaluate, get_or_features, get_or_train,
-                    run_dir)
-from ..runtime import Runtime
-from ..training import StandardTraining
-from ..transfer import TransferPolicy
-from .cartl import _transfer, cartl_attacks, measure
+from rtlkit.core import data as D
+from rtlkit.studies import plots
+from rtlkit.studies import widgets
+from rtlkit.measure.attacks import PGD
+from rtlkit.core.errors import ConfigError, DatasetNotFound, check
+from rtlkit.measure.evaluate import input_gradient
+from rtlkit.train.methods.probes import ProbeHead, ProbeTraining
+from rtlkit.studies.profiles import SOURCE_KINDS, Profile, Shafahi
+from rtlkit.runs.specs import DataSpec, HeadRun, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_evaluate, get_or_features, get_or_train
+from rtlkit.runs.store import run_dir
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import StandardTraining
+from rtlkit.train.transfer import TransferPolicy
+from rtlkit.studies.cartl import _transfer
+from rtlkit.studies.cartl import cartl_attacks
+from rtlkit.studies.cartl import measure
 
 __all__ = ["sources_table", "probe_table", "low_data", "mlp_depth", "gradients", "lwf_tables", "panel"]
 
@@ -570,10 +574,10 @@ def panel(t23: pd.DataFrame, f3: pd.DataFrame, f4: pd.DataFrame, grads: pd.DataF
 
 def replicated(read) -> list[tuple]:
     """The notebook's replicated table for the seed floor and the A/A calibration
-    (``rtlkit.findings.floors``): Table 4's LwF cells fine-tuned at every seed of ``lwf_seeds``
+    (``rtlkit.suite.findings.floors``): Table 4's LwF cells fine-tuned at every seed of ``lwf_seeds``
     (``lwf_seed_lams``); the claim cells are lambda_d 0.1 against 0.001 (robust and clean accuracy,
     Table 4's two claims) and 0.1 against 1e-7."""
-    from ..findings import ours, paired_cells, pick
+    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("06_tables4_7_lwf")
     if t is None:
         return []
@@ -586,7 +590,7 @@ def replicated(read) -> list[tuple]:
 def findings(read) -> list:
     """Shafahi et al. Tables 1-7 and Figs. 3-5 as findings, from notebook 06's CSVs; the paper's
     effects come from its rows there (CIFAR), a figure's claim is its direction."""
-    from ..findings import contrast, ours, pick, samples, theirs
+    from rtlkit.measure.verdicts import contrast, ours, pick, samples, theirs
     out = []
     t = read("06_tables1_3_probes")
     if t is not None:

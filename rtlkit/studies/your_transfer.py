@@ -5,7 +5,7 @@ probe against plain fine-tuning (CARTL Table 3, Shafahi Tables 2-3), and randomi
 certificate where you say the source was trained for it (Vaishnavi Table 5).
 
 Every run is a cached rtlkit run (``runs.ExternalSource`` for a checkpoint: its sha256 keys the
-cache), so a rerun is a cache hit and ``rtlkit.plan`` can count the work.
+cache), so a rerun is a cache hit and ``rtlkit.suite.plan`` can count the work.
 """
 from __future__ import annotations
 
@@ -15,22 +15,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import data as D
-from .. import plots, widgets
-from ..card import Card, get_or_card, plot_card
-from ..data import REPO_ROOT
-from ..errors import check, check_real, is_int
-from ..methods.neft import NEFT
-from ..methods.probes import ProbeHead, ProbeTraining
-from ..models import parse_spec
-from ..profiles import Profile, step_size
-from ..runs import (DataSpec, ExternalSource, HeadRun, SourceRun, TransferRun, get_or_certify, get_or_evaluate,
-                    run_dir)
-from ..attacks import PGD
-from ..runtime import Runtime
-from ..smoothing import Smoothing
-from ..transfer import BN_CASES, TransferPolicy
-from .common import row
+from rtlkit.core import data as D
+from rtlkit.studies import plots
+from rtlkit.studies import widgets
+from rtlkit.measure.card import Card, get_or_card, plot_card
+from rtlkit.core.data import REPO_ROOT
+from rtlkit.core.errors import check, check_real, is_int
+from rtlkit.train.methods.neft import NEFT
+from rtlkit.train.methods.probes import ProbeHead, ProbeTraining
+from rtlkit.core.models import parse_spec
+from rtlkit.studies.profiles import Profile, step_size
+from rtlkit.runs.specs import DataSpec, ExternalSource, HeadRun, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_certify, get_or_evaluate
+from rtlkit.runs.store import run_dir
+from rtlkit.measure.attacks import PGD
+from rtlkit.core.runtime import Runtime
+from rtlkit.measure.smoothing import Smoothing
+from rtlkit.train.transfer import BN_CASES, TransferPolicy
+from rtlkit.studies.common import row
 
 FIGURES = REPO_ROOT / "figures" / "yours"   # ignored by git: your figures never replace the committed ones
 
@@ -136,7 +138,7 @@ def _evaluate(run, s: Setup, runtime, progress) -> dict:
 
 
 def source_card(s: Setup, runtime: Runtime | None = None, progress: bool = True) -> dict:
-    """The source's own report card on its own test data (rtlkit.card), or {} where the source has
+    """The source's own report card on its own test data (rtlkit.measure.card), or {} where the source has
     none (a checkpoint given without ``source_data``)."""
     if isinstance(s.source, ExternalSource) and s.source.data is None:
         return {}
@@ -177,16 +179,16 @@ def certified(s: Setup, runtime: Runtime | None = None, progress: bool = True) -
     if s.smoothing is None:
         return pd.DataFrame()
     c = get_or_certify(_transfer(s, s.k), s.smoothing, s.eps, runtime, progress)
-    if not c:   # rtlkit.plan's recording
+    if not c:   # rtlkit.suite.plan's recording
         return pd.DataFrame()
     return pd.DataFrame([{"k": s.k, "sigma": s.smoothing.sigma, "radius": s.eps,
                           **{k: c[k] for k in ("smoothed_acc", "certified_acc", "acr", "abstain", "n_test")}}])
 
 
 def cost(s: Setup, gpu: str = "H100") -> str:
-    """What the notebook will train and evaluate (rtlkit.plan, nothing run) and its GPU time from
+    """What the notebook will train and evaluate (rtlkit.suite.plan, nothing run) and its GPU time from
     FLOPs at the plan's stated utilisation of ``gpu``'s bf16 peak."""
-    from .. import plan as PL
+    from rtlkit.suite import plan as PL
     steps = [lambda f=f: f(s, None, False) for f in (source_card, last_k, bn_policies, methods, certified)]
     p = PL.plan_steps(s.profile.name, s.source.model.name, steps)
     t, todo = p.totals(), p.totals(include_cached=False)

@@ -1,7 +1,7 @@
 """Provably Robust Transfer Sec. 4's "noise" mode: N(0, I) clipped to L2 <= eps."""
 import torch
 
-from rtlkit.methods.consistency import ClippedNoiseTraining, clipped_noise
+from rtlkit.train.methods.consistency import ClippedNoiseTraining, clipped_noise
 
 
 def test_clipped_noise_is_never_longer_than_eps():
@@ -23,8 +23,8 @@ def test_clipped_noise_is_never_longer_than_eps():
 
 
 def test_clipped_noise_training_is_one_cross_entropy_on_noisy_inputs():
-    from rtlkit.models import WRNSpec, build
-    from rtlkit.runtime import Runtime
+    from rtlkit.core.models import WRNSpec, build
+    from rtlkit.core.runtime import Runtime
     rt = Runtime(device="cpu")
     model = build(WRNSpec(depth=10, width=1), 3, 1, (0.5,), (0.25,)).eval()
     m = ClippedNoiseTraining(epochs=1, eps=0.1)

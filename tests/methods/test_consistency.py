@@ -1,12 +1,12 @@
-"""Consistency regularisation (rtlkit.methods.consistency) against a hand computation."""
+"""Consistency regularisation (rtlkit.train.methods.consistency) against a hand computation."""
 import math
 
 import pytest
 import torch
 
 from rtlkit import ConfigError
-from rtlkit.methods.consistency import ConsistencyTraining, consistency_loss, gaussian_training
-from rtlkit.training import train
+from rtlkit.train.methods.consistency import ConsistencyTraining, consistency_loss, gaussian_training
+from rtlkit.train.loop import train
 
 from conftest import tiny_model
 

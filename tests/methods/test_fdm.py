@@ -1,14 +1,15 @@
-"""CARTL's feature-distance minimisation (rtlkit.methods.fdm, Eq. 10): lambda 0 is plain AT bit
+"""CARTL's feature-distance minimisation (rtlkit.train.methods.fdm, Eq. 10): lambda 0 is plain AT bit
 for bit (and the same cache entry), the penalty's closed form."""
 import math
 
 import pytest
 import torch
 
-from rtlkit.attacks import PGD
-from rtlkit.methods.fdm import FDMTraining, fdm_penalty
-from rtlkit.runs import DataSpec, SourceRun, run_dir
-from rtlkit.training import AdversarialTraining, train
+from rtlkit.measure.attacks import PGD
+from rtlkit.train.methods.fdm import FDMTraining, fdm_penalty
+from rtlkit.runs.specs import DataSpec, SourceRun
+from rtlkit.runs.store import run_dir
+from rtlkit.train.loop import AdversarialTraining, train
 
 from conftest import TINY, tiny_model
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rtlkit import ConfigError
-from rtlkit.methods.lipschitz import GroupSort, LinfLinear, LipschitzHead, lipschitz_bound, operator_norm
+from rtlkit.train.methods.lipschitz import GroupSort, LinfLinear, LipschitzHead, lipschitz_bound, operator_norm
 
 
 def test_the_constraint_holds_after_aggressive_training():

@@ -1,11 +1,11 @@
-"""Learning without forgetting (rtlkit.methods.lwf; CARTL Eq. 14, Shafahi Sec. 6, App. A.1): warm
+"""Learning without forgetting (rtlkit.train.methods.lwf; CARTL Eq. 14, Shafahi Sec. 6, App. A.1): warm
 start trains the head only, then everything but BN; a huge lambda_d keeps the source features."""
 import torch
 import torch.nn as nn
 
-from rtlkit.methods.lwf import LwFTraining
-from rtlkit.training import train
-from rtlkit.transfer import TransferPolicy, prepare_target
+from rtlkit.train.methods.lwf import LwFTraining
+from rtlkit.train.loop import train
+from rtlkit.train.transfer import TransferPolicy, prepare_target
 
 from conftest import tiny_model
 

@@ -1,14 +1,16 @@
-"""CARTL's non-expansive fine-tuning (rtlkit.methods.neft, Eq. 11, App. A): every normalised layer
+"""CARTL's non-expansive fine-tuning (rtlkit.train.methods.neft, Eq. 11, App. A): every normalised layer
 at spectral norm beta, convex residuals only in the tuned blocks, reload from the cache."""
 import pytest
 import torch
 
-from rtlkit.attacks import PGD
-from rtlkit.methods.neft import NEFT, largest_singular_value, normalised_layers, settle, spectral_normed
-from rtlkit.models import BasicBlock, WRNSpec, build
-from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_train, run_dir
-from rtlkit.training import AdversarialTraining, StandardTraining, train
-from rtlkit.transfer import TransferPolicy, prepare_target
+from rtlkit.measure.attacks import PGD
+from rtlkit.train.methods.neft import NEFT, largest_singular_value, normalised_layers, settle, spectral_normed
+from rtlkit.core.models import BasicBlock, WRNSpec, build
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_train
+from rtlkit.runs.store import run_dir
+from rtlkit.train.loop import AdversarialTraining, StandardTraining, train
+from rtlkit.train.transfer import TransferPolicy, prepare_target
 
 from conftest import TINY, tiny_model
 

@@ -6,13 +6,18 @@ import dataclasses
 import pytest
 import torch
 
-from rtlkit import ConfigError, profiles, report, runs
-from rtlkit.methods.lwf import LwFTraining, lwf_distance
-from rtlkit.methods.probes import ProbeHead, ProbeTraining, fold
-from rtlkit.runs import DataSpec, HeadRun, SourceRun, TransferRun, get_or_features, get_or_train, run_dir
+from rtlkit.studies import profiles
+from rtlkit.suite import session as report
+from rtlkit.runs import cache as runs
+from rtlkit import ConfigError
+from rtlkit.train.methods.lwf import LwFTraining, lwf_distance
+from rtlkit.train.methods.probes import ProbeHead, ProbeTraining, fold
+from rtlkit.runs.specs import DataSpec, HeadRun, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_features, get_or_train
+from rtlkit.runs.store import run_dir
 from rtlkit.studies import shafahi as S
-from rtlkit.training import StandardTraining
-from rtlkit.transfer import TransferPolicy
+from rtlkit.train.loop import StandardTraining
+from rtlkit.train.transfer import TransferPolicy
 
 from conftest import TINY
 

@@ -2,7 +2,7 @@
 min_j delta_j / ||w_j||_2, and no misclassified random point is closer."""
 import torch
 
-from rtlkit.methods.search import representation_search
+from rtlkit.train.methods.search import representation_search
 
 
 def test_the_nearest_misclassified_representation_in_closed_form():
@@ -37,7 +37,7 @@ def test_an_already_misclassified_point_stays_put():
 
 
 def test_input_search_reaches_a_representation_when_f_can_and_keeps_the_first_success():
-    from rtlkit.methods.search import InputSearch, input_search
+    from rtlkit.train.methods.search import InputSearch, input_search
     g = torch.Generator().manual_seed(1)
     w = torch.randn(3, 6, generator=g)
     x = torch.rand(32, 6, generator=g) * 0.6 + 0.2
@@ -57,7 +57,7 @@ def test_input_search_reaches_a_representation_when_f_can_and_keeps_the_first_su
 def test_bad_input_search_settings_are_config_errors():
     import pytest
     from rtlkit import ConfigError
-    from rtlkit.methods.search import InputSearch
+    from rtlkit.train.methods.search import InputSearch
     for kw in (dict(steps=0), dict(lr=0), dict(weight=-1)):
         with pytest.raises(ConfigError):
             InputSearch(**kw)

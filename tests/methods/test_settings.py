@@ -2,10 +2,10 @@
 import pytest
 
 from rtlkit import ConfigError
-from rtlkit.methods.fdm import FDMTraining
-from rtlkit.methods.lwf import LwFTraining
-from rtlkit.methods.neft import NEFT
-from rtlkit.runs import DataSpec, SourceRun
+from rtlkit.train.methods.fdm import FDMTraining
+from rtlkit.train.methods.lwf import LwFTraining
+from rtlkit.train.methods.neft import NEFT
+from rtlkit.runs.specs import DataSpec, SourceRun
 
 from conftest import TINY
 

@@ -1,16 +1,18 @@
-"""SimCLR's NT-Xent (rtlkit.methods.simclr) against a hand computation."""
+"""SimCLR's NT-Xent (rtlkit.train.methods.simclr) against a hand computation."""
 import json
 import math
 
 import pytest
 import torch
 
-from rtlkit.methods.simclr import SimCLRTraining, nt_xent, random_resized_crop
-from rtlkit.models import WRNSpec
-from rtlkit.runs import DataSpec, SourceRun, TransferRun, get_or_train, run_dir
-from rtlkit.runtime import Runtime
-from rtlkit.training import StandardTraining
-from rtlkit.transfer import TransferPolicy
+from rtlkit.train.methods.simclr import SimCLRTraining, nt_xent, random_resized_crop
+from rtlkit.core.models import WRNSpec
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
+from rtlkit.runs.cache import get_or_train
+from rtlkit.runs.store import run_dir
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import StandardTraining
+from rtlkit.train.transfer import TransferPolicy
 
 
 def test_nt_xent_by_hand():

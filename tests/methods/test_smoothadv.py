@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from rtlkit import ConfigError
-from rtlkit.attacks import PGD
-from rtlkit.methods.consistency import gaussian_training
-from rtlkit.methods.smoothadv import SmoothAdvTraining
-from rtlkit.runtime import Runtime
-from rtlkit.training import train
+from rtlkit.measure.attacks import PGD
+from rtlkit.train.methods.consistency import gaussian_training
+from rtlkit.train.methods.smoothadv import SmoothAdvTraining
+from rtlkit.core.runtime import Runtime
+from rtlkit.train.loop import train
 
 from conftest import tiny_model
 

@@ -1,5 +1,5 @@
 """Datasets written in torchvision's own on-disk formats, at the true image shapes and class counts
-and a few images per class, so the paper profile's loaders (``rtlkit.data._torchvision``,
+and a few images per class, so the paper profile's loaders (``rtlkit.core.data._torchvision``,
 ``download=False``) run on a machine without the real sets:
 
 | set | files (under the data root) | shape, classes |
@@ -44,7 +44,7 @@ def _seed(name: str, split: str) -> int:
 
 
 def expected(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """What rtlkit.data.load(name, split) must return (GTSRB's PPMs are written at 32x32, the size
+    """What rtlkit.core.data.load(name, split) must return (GTSRB's PPMs are written at 32x32, the size
     the loader resizes the real ones to, and its training images come folder by folder, i.e. by class)."""
     x, y = images(name, split)
     if name == "gtsrb" and split == "train":

@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rtlkit import figures
+from rtlkit.suite import figures
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 JUPYTER = Path(sys.executable).with_name("jupyter")

@@ -3,8 +3,8 @@ its runs (recorded, not trained)."""
 import pandas as pd
 import pytest
 
-from rtlkit import profiles
-from rtlkit.runs import recording
+from rtlkit.studies import profiles
+from rtlkit.runs.cache import recording
 from rtlkit.studies import cartl as S
 
 
@@ -74,7 +74,7 @@ def test_the_replicated_claims_take_their_se_from_the_test_set_and_the_replicate
     replicates' paired differences, with the t quantile at 2 degrees of freedom."""
     import math
 
-    from rtlkit import stats
+    from rtlkit.measure import stats
     rows = []
     for r, (lo, hi, van, neft) in enumerate(((0.80, 0.70, 0.60, 0.70), (0.83, 0.72, 0.62, 0.71), (0.84, 0.75, 0.64, 0.72))):
         rows += [_cell("CARTL", 6, r, lo, lam=0.005, beta=0.4), _cell("CARTL", 6, r, hi, lam=0.005, beta=1.0),
@@ -105,7 +105,7 @@ def test_the_replicated_claims_take_their_se_from_the_test_set_and_the_replicate
 
 
 def test_the_claim_settings_are_checked_before_any_compute():
-    from rtlkit.errors import ConfigError
+    from rtlkit.core.errors import ConfigError
     p = profiles.get("smoke")
     for bad in (dict(claim_test_n=0), dict(claim_fractions=[0.0]), dict(claim_seeds=[-1]), dict(claim_seeds=[])):
         with pytest.raises(ConfigError):

@@ -6,7 +6,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from rtlkit import figures
+from rtlkit.suite import figures
 
 BOOKS = figures.notebooks()
 
@@ -71,8 +71,9 @@ def test_notebooks_execute_at_smoke(smoke_suite, monkeypatch):
     # AT from scratch at each N; 03's replicated claims add their seed-1 AT and FDM (k = 2, 3) sources
     sources = list(runs.glob("source-*"))
     assert len(sources) == 5 + 3 + 4 + 5 + 2 + 3
-    # rtlkit.plan, without running anything, names exactly the runs and evaluations the notebooks made
-    from rtlkit import plan, profiles
+    # rtlkit.suite.plan, without running anything, names exactly the runs and evaluations the notebooks made
+    from rtlkit.suite import plan
+    from rtlkit.studies import profiles
     p = plan.plan(profiles.get("smoke"))
     made = {d.name for d in runs.iterdir() if d.name not in ("notebooks", ".locks")}
     assert set(p.trainings) == made

@@ -7,7 +7,12 @@ import pytest
 
 import numpy as np
 
-from rtlkit.studies import bn_ablation, cartl, layer_freezing, pretraining, provable, shafahi
+from rtlkit.studies import bn_ablation
+from rtlkit.studies import cartl
+from rtlkit.studies import layer_freezing
+from rtlkit.studies import pretraining
+from rtlkit.studies import provable
+from rtlkit.studies import shafahi
 
 W = pytest.importorskip("ipywidgets")
 

@@ -1,7 +1,7 @@
 """The paper profile runs end to end before anyone spends GPU hours on it: every notebook at
 ``paper-dry`` (the paper's datasets by name, WRN-34 / WRN-28 depths and block partitions, ks,
 pairs, grids and attack types, shrunk in counts only) on datasets generated in torchvision's own
-on-disk formats at the true shapes and class counts, loaded through ``rtlkit.data._torchvision``
+on-disk formats at the true shapes and class counts, loaded through ``rtlkit.core.data._torchvision``
 with download=False."""
 import json
 import os
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtlkit import data as D
-from rtlkit import figures, profiles
+from rtlkit.core import data as D
+from rtlkit.suite import figures
+from rtlkit.studies import profiles
 
 HERE = Path(__file__).resolve().parent.parent / "paper_dry"
 sys.path.insert(0, str(HERE))

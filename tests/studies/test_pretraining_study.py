@@ -5,13 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rtlkit import ConfigError, profiles
-from rtlkit.attacks import APGD, PGD, Square
-from rtlkit.methods.consistency import ConsistencyTraining
-from rtlkit.methods.simclr import SimCLRTraining
-from rtlkit.runs import recording
+from rtlkit.studies import profiles
+from rtlkit import ConfigError
+from rtlkit.measure.attacks import APGD, PGD, Square
+from rtlkit.train.methods.consistency import ConsistencyTraining
+from rtlkit.train.methods.simclr import SimCLRTraining
+from rtlkit.runs.cache import recording
 from rtlkit.studies import pretraining as S
-from rtlkit.training import AdversarialTraining, StandardTraining
+from rtlkit.train.loop import AdversarialTraining, StandardTraining
 
 
 def table(rows):
@@ -86,8 +87,8 @@ def test_the_steps_record_every_run_they_need():
 
 
 def test_a_missing_target_is_skipped_with_a_line(monkeypatch, capsys):
-    from rtlkit import data as D
-    from rtlkit.errors import DatasetNotFound
+    from rtlkit.core import data as D
+    from rtlkit.core.errors import DatasetNotFound
     real = D.load
 
     def load(name, split="train", download=None):
@@ -148,7 +149,7 @@ def test_the_panel_never_raises_on_an_empty_choice():
 
 
 def test_targets_of_one_dataset_at_two_sizes_stay_apart():
-    from rtlkit.runs import DataSpec
+    from rtlkit.runs.specs import DataSpec
     small, big = (DataSpec("fashion-mnist", classes=(5, 6, 7, 8, 9), train_n=n) for n in (50, 2000))
     assert S.target_label(small) != S.target_label(big) and S.target_label(DataSpec("mnist-5k")) == "mnist-5k"
 
@@ -175,8 +176,8 @@ def test_our_analysis_on_the_papers_own_tables_reproduces_its_means_and_r2():
 def test_the_robust_train_gap_attacks_each_at_fine_tune_on_its_own_training_images():
     """bench/pretraining_scarcity's gap (issue 21, point 10): one train-split APGD evaluation per
     Table 4 model, planned apart from its test evaluation, on at most attack_images training images."""
-    from rtlkit import plan as PL
-    from rtlkit.runs import eval_path
+    from rtlkit.suite import plan as PL
+    from rtlkit.runs.cache import eval_path
     p = profiles.get("smoke")
     with recording() as rec:
         df = S.robust_train_gap(p, None, False)

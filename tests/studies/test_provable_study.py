@@ -6,14 +6,16 @@ import pandas as pd
 import pytest
 import torch
 
-from rtlkit import ConfigError, profiles, report, runs
-from rtlkit.methods.lipschitz import HeadSpec, HeadTraining, train_head
-from rtlkit.runs import (DataSpec, HeadRun, NoisyDraws, SourceRun, get_or_features, get_or_noisy_features,
-                         get_or_table, get_or_train, noisy_features_path, table_path, tapped)
-from rtlkit.smoothing import (median_certify_logits, median_certify_representation, median_radius_limit,
-                              sorted_draws)
+from rtlkit.studies import profiles
+from rtlkit.suite import session as report
+from rtlkit.runs import cache as runs
+from rtlkit import ConfigError
+from rtlkit.train.methods.lipschitz import HeadSpec, HeadTraining, train_head
+from rtlkit.runs.specs import DataSpec, HeadRun, NoisyDraws, SourceRun, tapped
+from rtlkit.runs.cache import get_or_features, get_or_noisy_features, get_or_table, get_or_train, noisy_features_path, table_path
+from rtlkit.measure.smoothing import median_certify_logits, median_certify_representation, median_radius_limit, sorted_draws
 from rtlkit.studies import provable as S
-from rtlkit.training import StandardTraining
+from rtlkit.train.loop import StandardTraining
 
 from conftest import TINY
 
@@ -153,7 +155,7 @@ def test_presorted_median_certificates_equal_the_plain_ones():
     torch.manual_seed(0)
     z = torch.randn(500, 20, 16) * 0.05 + torch.randn(1, 20, 16)
     head = HeadSpec(layers=4, hidden=16).build(16, 5, 0)
-    from rtlkit.methods.lipschitz import lipschitz_bound
+    from rtlkit.train.methods.lipschitz import lipschitz_bound
     a = median_certify_representation(head, z, lipschitz_bound(head), 0.05, 0.1, 1e-3)
     b = median_certify_representation(head, sorted_draws(z), lipschitz_bound(head), 0.05, 0.1, 1e-3, presorted=True)
     assert all((a[k] == b[k]).all() for k in a)

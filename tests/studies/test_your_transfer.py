@@ -10,7 +10,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from rtlkit import ConfigError, profiles
+from rtlkit.studies import profiles
+from rtlkit import ConfigError
 from rtlkit.studies import your_transfer as S
 
 NOTEBOOK = S.REPO_ROOT / "notebooks" / "00_your_transfer.ipynb"
