@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # subcommand -> (module, one line of help)
 COMMANDS = {
     "figures": ("rtlkit.suite.figures", "run the notebooks headless (papermill) and regenerate figures/"),
     "plan": ("rtlkit.suite.plan", "what a suite will train and evaluate, and its cost, without running it"),
-    "card": ("rtlkit.measure.card", "a report card: the attack cascade and the masking checks for one model"),
+    "card": ("rtlkit.suite.card", "a report card: the attack cascade and the masking checks for one model"),
     "findings": ("rtlkit.suite.findings", "the verdicts (findings.csv / .md) from the figure CSVs"),
     "data": ("rtlkit.core.data", "the datasets: which are on this machine, where they come from"),
     "launch": ("rtlkit.suite.launch", "a suite over several processes or GPUs"),
@@ -45,9 +46,9 @@ def module_of(command: str):
     """The module behind ``command`` (``bench.reproduce`` from the repository the package lives in)."""
     name = COMMANDS[command][0]
     if name.startswith("bench."):
-        from rtlkit.core.data import REPO_ROOT   # bench/ is the repository's, not the installed package's
-        if str(REPO_ROOT) not in sys.path:
-            sys.path.insert(0, str(REPO_ROOT))
+        repo = str(Path(__file__).resolve().parents[1])   # bench/ is the repository's, not the installed package's
+        if repo not in sys.path:
+            sys.path.insert(0, repo)
     return importlib.import_module(name)
 
 

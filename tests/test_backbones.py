@@ -150,7 +150,7 @@ def test_every_method_trains_on_a_resnet18_at_smoke():
     ResNet-18: each trains, each frozen extractor stays bit-identical to its source, and the
     report card runs on one."""
     from rtlkit.studies import profiles
-    from rtlkit.measure.card import get_or_card
+    from rtlkit.runs.card import get_or_card
     from rtlkit.runs.cache import get_or_train
     from rtlkit.studies import report_cards
     p = profiles.get("smoke", model="resnet18-w4-small")

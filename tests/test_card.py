@@ -13,7 +13,9 @@ import torch.nn as nn
 
 from rtlkit import ConfigError
 from rtlkit.measure.attacks import APGDT, FABT
-from rtlkit.measure.card import Card, cascade, checks, get_or_card, load_run, masking, run_from_config, summary
+from rtlkit.measure.card import Card, cascade, checks, masking, summary
+from rtlkit.runs.card import get_or_card
+from rtlkit.suite.card import load_run, run_from_config
 from rtlkit.core.data import DatasetInfo, ImageData
 from rtlkit.core.runtime import Runtime
 
@@ -236,7 +238,7 @@ def test_the_adapters_leave_modes_flags_and_rng_as_they_were():
 def test_a_cached_card_is_served_and_a_tampered_one_rebuilt(runs_root):
     """get_or_card on a smoke source: cached per-example tables with the fooled_by names, the
     same numbers on a hit, a changed CSV set aside and measured again; the CLI prints it."""
-    from rtlkit.measure.card import main
+    from rtlkit.suite.card import main
     from rtlkit.studies.profiles import get
     p = get("smoke")
     run = p.source_run(0)

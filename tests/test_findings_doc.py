@@ -12,6 +12,7 @@ import pytest
 
 from rtlkit.measure import verdicts as V
 from rtlkit.suite import findings as F
+from rtlkit.suite import registry
 from rtlkit.studies import plots
 from rtlkit.studies import bn_ablation
 
@@ -87,7 +88,7 @@ def test_no_verdict_is_typed_by_hand():
 
 
 def test_every_notebook_ends_with_its_findings_cell():
-    for nb, _ in F.NOTEBOOKS.items():
+    for nb in registry.with_findings():
         path = next((ROOT / "notebooks").glob(f"{nb}_*.ipynb"))
         cells = json.loads(path.read_text())["cells"]
         assert f'findings.table("{nb}", session.figures_dir)' in "".join(cells[-1]["source"]), path.name

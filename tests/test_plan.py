@@ -5,7 +5,7 @@ import nbformat
 import pytest
 
 from rtlkit.suite import figures
-from rtlkit.suite import plan
+from rtlkit.suite import plan, registry
 from rtlkit.studies import profiles
 from rtlkit.measure.attacks import PGD
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
@@ -22,7 +22,7 @@ NOT_STEPS = {"summarise", "bn_table", "attack_disagreements", "with_paper",   # 
 @pytest.mark.parametrize("book", figures.notebooks(), ids=lambda b: b.stem)
 def test_plan_knows_each_notebooks_steps(book):
     code = "\n".join(c.source for c in nbformat.read(book, as_version=4).cells if c.cell_type == "code")
-    study, steps = plan.NOTEBOOK_STEPS[book.stem]
+    study, steps = registry.with_steps()[book.stem]
     assert re.search(rf"from rtlkit\.studies import {study} as S\b", code)
     calls = [f for f in re.findall(r"\bS\.(\w+)\(", code) if f not in NOT_STEPS and not f.startswith(("plot_", "panel"))]
     assert tuple(dict.fromkeys(calls)) == steps

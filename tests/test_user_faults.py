@@ -174,11 +174,11 @@ def test_a_bad_checkpoint_is_one_error_when_it_is_named(case, tmp_path, runs_roo
 
 
 def test_a_good_checkpoint_is_built_once_per_process_when_named(tmp_path, monkeypatch):
-    from rtlkit.core import models
+    from rtlkit.runs import specs
     torch.save(_resnet18_state(), tmp_path / "ok.pth")
     calls = []
-    real = models.read_checkpoint
-    monkeypatch.setattr(models, "read_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = specs.read_checkpoint
+    monkeypatch.setattr(specs, "read_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     for _ in range(3):
         ExternalSource(ResNetSpec(18), str(tmp_path / "ok.pth"), num_classes=4)
     assert len(calls) == 1
@@ -254,18 +254,18 @@ def cached_run(tmp_path_factory):
 
 
 def test_the_card_command_cards_a_cached_run(cached_run, tmp_path):
-    """`python -m rtlkit.measure.card` once compared its own __main__ Card with the profiles' Card and
+    """`python -m rtlkit.suite.card` once compared its own __main__ Card with the profiles' Card and
     failed on every valid call."""
     root, name = cached_run
-    p = user_command(["rtlkit.measure.card", "--profile", "smoke", "--test-n", "8", name], tmp_path, timeout=600,
+    p = user_command(["rtlkit.suite.card", "--profile", "smoke", "--test-n", "8", name], tmp_path, timeout=600,
                      RTLKIT_RUNS=str(root))
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"report card of {name}" in p.stdout and "1 non-increasing in eps" in p.stdout
 
 
 @pytest.mark.parametrize("argv, env, needles", [
-    (["rtlkit.measure.card", "--profile", "bogus", "--list"], {}, ("unknown profile 'bogus'",)),
-    (["rtlkit.measure.card", "--list", "--device", "tpu"], {}, ("unknown device 'tpu'",)),
+    (["rtlkit.suite.card", "--profile", "bogus", "--list"], {}, ("unknown profile 'bogus'",)),
+    (["rtlkit.suite.card", "--list", "--device", "tpu"], {}, ("unknown device 'tpu'",)),
     (["rtlkit.suite.run", "--profile", "smoke", "--list"], {"RTLKIT_THREADS": "-3"}, ("RTLKIT_THREADS must be",)),
     (["rtlkit.suite.run", "--profile", "smoke", "--list"], {"RTLKIT_CPU_ISA": "bogus"}, ("RTLKIT_CPU_ISA must be",)),
     (["rtlkit.suite.figures", "--profile", "smoke", "--only", "01"], {"RTLKIT_LOCK": "bogus"}, ("RTLKIT_LOCK must be",)),

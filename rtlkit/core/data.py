@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from rtlkit.core.errors import ConfigError, DatasetNotFound, check, is_int, is_real
 from rtlkit.core.io import sha256_bytes
+from rtlkit.core.distributed import shard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -678,7 +679,6 @@ class Loader:
             if self.augment is not None and self.augment.active:
                 x = augment_batch(x, self.augment, g)
             if self.shard:
-                from rtlkit.core.distributed import shard
                 x, idx = shard(x), shard(idx)
             yield x, d.y[idx], d.index[idx]
 

@@ -97,7 +97,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     return sha256_bytes(data)
 
 
-def _atomic(path: str | Path, write: Callable[[Any], None]) -> str:
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> str:
     """``write(file_object)`` into memory, then :func:`atomic_write_bytes`."""
     buf = _io.BytesIO()
     write(buf)

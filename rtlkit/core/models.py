@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from rtlkit.core.errors import check, check_int, is_real
+from rtlkit.core.errors import ConfigError, check, check_int, is_real
 
 
 class Normalize(nn.Module):
@@ -475,7 +475,6 @@ def read_checkpoint(path, spec: WRNSpec | ResNetSpec, fmt: str, allow_pickle: bo
     does not record them. Every problem is a ConfigError naming the file."""
     from pathlib import Path
 
-    from rtlkit.core.errors import ConfigError
     path = Path(path)
     check(fmt in CHECKPOINT_FORMATS, f"checkpoint format {fmt!r}: one of {', '.join(CHECKPOINT_FORMATS)}")
     check(path.is_file(), f"checkpoint {path}: no such file")

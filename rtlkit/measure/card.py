@@ -19,29 +19,26 @@ others share its batch: survivors-only gives the same per-example minimum as run
 on every example. pyautoattack's attacks draw one start per batch, so for them the identity holds
 up to that draw (exactly where the attack finds the optimum from any start, as on a linear model).
 
-``python -m rtlkit.measure.card RUN-NAME`` prints the card of a cached run (a folder of ``runs/``).
+A run's card, cached beside it, is ``rtlkit.runs.card.get_or_card``; ``rtlkit card`` prints one
+(``rtlkit.suite.card``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import json
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from rtlkit.measure.attacks import APGD, APGDT, FABT, PGD, Square, attack_mode, margin_loss
-from rtlkit.core.errors import ConfigError, check, check_int, check_real
+from rtlkit.core.errors import check, check_int, check_real
 from rtlkit.core.runtime import Runtime
+
 
 NORMS = ("linf", "l2")
 LARGE_EPS = {"linf": 0.5, "l2": 5.0}   # check 2's default (in [0, 1] pixels)
@@ -395,219 +392,3 @@ def summary(table: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame
     out["se"] = np.sqrt(out.accuracy * (1 - out.accuracy) / n)
     out["n_test"] = n
     return out
-
-
-# --------------------------------------------------------------------------- cached, for a run
-
-def _num_classes(run) -> int:
-    return run.test_data().info.num_classes
-
-
-def check_inputs(run, card: Card) -> None:
-    """Every setting that can be wrong, before any attack (a run that cannot be attacked, a card
-    that cannot run on the run's classes)."""
-    from rtlkit.runs.cache import _check_untapped
-    check(isinstance(card, Card), f"card must be a rtlkit.measure.card.Card, not {type(card).__name__}")
-    _check_untapped(run)
-    c = _num_classes(run)
-    for _, a in card.attacks(c):
-        if hasattr(a, "check_classes"):
-            a.check_classes(c)
-
-
-def get_or_card(run, card: Card, runtime: Runtime | None = None, progress: bool = True, test_n: int | None = None,
-                surrogate_run=None, smoothing=None, batch_size: int = 500) -> dict:
-    """The card of a cached (or trainable) run on ``test_n`` class-balanced test images: its
-    per-example cascade and masking tables (each cached beside the run, sha-checked, locked,
-    resumable one table at a time), the summary rows, the checks, and with ``smoothing`` the
-    randomized-smoothing certificate at eps (L2: the certificate's radius). ``surrogate_run``:
-    the source for the transfer check."""
-    from rtlkit.core import data as D
-    from rtlkit.runs.cache import get_or_certify, get_or_table, get_or_train, _RECORDING
-    check_inputs(run, card)
-    runtime = runtime or Runtime()
-    test = run.test_data()
-    if test_n:
-        test = D.subset(test, test_n, run.data.seed)
-    n, c = len(test), test.info.num_classes
-    key = {"card": card, "test_n": test_n, "batch_size": batch_size}
-    mkey = {**key, "surrogate": surrogate_run}
-
-    def cascade_table():
-        return get_or_table(run, "card", key, lambda m: cascade(m, test, card, runtime, batch_size, progress=progress),
-                            runtime, progress, work=card.work(c), n=n)
-
-    def masking_table(model):   # needs the cascade's table (a cache hit by then) and the surrogate
-        surrogate = None
-        if surrogate_run is not None:
-            surrogate = _surrogate(model, get_or_train(surrogate_run, runtime, progress))
-        return masking(model, test, card, cascade_table(), surrogate, runtime, batch_size, progress)
-
-    table = cascade_table()
-    mask = get_or_table(run, "card-masking", mkey, masking_table, runtime, progress, n=n, work=SimpleNamespace(
-        label=f"report card {card.label} masking checks", attack_steps=card.masking_steps,
-        forward_passes=len(card.grid_eps) + 2))
-    if _RECORDING:   # rtlkit.suite.plan: nothing ran; the certificate and the surrogate are counted too
-        if smoothing is not None:
-            get_or_certify(run, smoothing, card.eps, runtime, progress, test_n=test_n)
-        if surrogate_run is not None:
-            get_or_train(surrogate_run, runtime, progress)
-        return {}
-    out = {"summary": summary(table), "checks": checks(card, table, mask, c), "table": table, "masking": mask,
-           "n_test": n, "card": card}
-    if smoothing is not None:
-        cert = get_or_certify(run, smoothing, card.eps, runtime, progress, test_n=test_n)
-        out["certified"] = {k: cert[k] for k in ("smoothed_acc", "certified_acc", "acr", "abstain", "n_test")}
-    return out
-
-
-def _surrogate(model: nn.Module, source: nn.Module) -> nn.Module:
-    """The source model as seen through the target's labels: a copy of the source (its extractor
-    and BN statistics) with the target model's last layer (``head.fc``). The transfer attack then
-    asks what the source's features alone give away."""
-    import copy
-    check(hasattr(model, "head") and hasattr(source, "head") and hasattr(model.head, "fc"),
-          "the transfer check needs a model and a source with a replaceable head (head.fc)")
-    s = copy.deepcopy(source)
-    s.head.fc = copy.deepcopy(model.head.fc)
-    return s.eval()
-
-
-# --------------------------------------------------------------------------- plots
-
-def plot_card(result: dict, title: str = ""):
-    """The cascade as bars (robust accuracy after each attack, +- 2 SE), and the checks beside it."""
-    import matplotlib.pyplot as plt
-    s, ch = result["summary"], result["checks"]
-    fig, (ax, tx) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.3, 1]})
-    ax.bar(s.step, s.accuracy, yerr=2 * s.se, capsize=3, color=["tab:gray"] + ["tab:red"] * (len(s) - 1))
-    for i, r in s.iterrows():
-        ax.text(i, r.accuracy + 0.02, f"{r.accuracy:.3f}\n-{r.took}" if i else f"{r.accuracy:.3f}", ha="center",
-                fontsize=7, va="bottom")
-    ax.set_ylim(0, 1.15)
-    ax.set_ylabel("accuracy (after each attack)")
-    ax.tick_params(axis="x", rotation=30)
-    tx.axis("off")
-    lines = [f"{'PASS' if r.status == 'pass' else r.status.upper():>4}  {r.check}" for r in ch.itertuples()]
-    if "certified" in result:
-        c = result["certified"]
-        lines += ["", f"smoothed {c['smoothed_acc']:.3f}, certified {c['certified_acc']:.3f} at eps, ACR {c['acr']:.3f}"]
-    tx.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
-    fig.suptitle(title or f"report card: {result['card'].label}, n = {result['n_test']}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------- the command line
-
-def run_from_config(cfg):
-    """A run (or any config) rebuilt from its config.json: every ``_type`` is a rtlkit config class."""
-    reg = _config_classes()
-    if isinstance(cfg, dict) and "_type" in cfg:
-        check(cfg["_type"] in reg, f"config.json names an unknown class {cfg['_type']!r}")
-        cls = reg[cfg["_type"]]
-        return cls(**{k: run_from_config(v) for k, v in cfg.items() if k not in ("_type", "_v")})
-    if isinstance(cfg, list):
-        return tuple(run_from_config(v) for v in cfg)
-    if isinstance(cfg, dict):
-        return {k: run_from_config(v) for k, v in cfg.items()}
-    return cfg
-
-
-def _config_classes() -> dict:
-    import importlib
-    import pkgutil
-
-    import rtlkit
-    reg = {}
-    names = [m.name for m in pkgutil.walk_packages(rtlkit.__path__, "rtlkit.") if not m.ispkg]
-    for name in names:
-        if name in ("rtlkit.suite.launch", "rtlkit.suite.figures", "rtlkit.studies.widgets", "rtlkit.cli"):
-            continue
-        mod = importlib.import_module(name)
-        for k, v in vars(mod).items():
-            if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == name:
-                reg[k] = v
-    return reg
-
-
-def load_run(name: str, runtime: Runtime | None = None):
-    """The run of a folder of the run cache, by its name (``transfer-013745c4a3df``) or path; its
-    config rebuilt, and checked to hash back to the folder."""
-    from rtlkit.runs.store import read_marker, run_dir, runs_root
-    folder = Path(name) if ("/" in name or Path(name).is_dir()) and Path(name).is_dir() else runs_root() / name
-    check(folder.is_dir(), f"no cached run {name!r} in {runs_root()} (python -m rtlkit.measure.card --list names them)")
-    check(read_marker(folder, repair=False) is not None, f"run {folder.name} is not complete (no {folder.name}/complete.json)")
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-        run = run_from_config(cfg)
-    except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"{folder / 'config.json'} cannot be read as a run config ({type(e).__name__}: {e})") from None
-    check(run_dir(run, runtime).name == folder.name,
-          f"{folder.name}'s config hashes to {run_dir(run, runtime).name} under this runtime's numerics "
-          f"({(runtime or Runtime()).numerics()}): it was made under other numerics (device, bf16, compile, CPU ISA pin)")
-    return run
-
-
-def default_eps(run) -> tuple[str, float] | None:
-    """The threat model a run was trained for: its training attack's norm and eps (its source's for a
-    transfer or a head), or None."""
-    for r in (run, getattr(run, "source", None)):
-        a = getattr(getattr(r, "method", None), "attack", None)
-        if a is not None and getattr(a, "eps", 0) > 0:
-            return a.norm, a.eps
-    return None
-
-
-def main(argv=None) -> int:
-    from rtlkit.core.runtime import configure_threads, default_cpu_isa, pin_cpu_isa
-    ap = argparse.ArgumentParser(prog="python -m rtlkit.measure.card", description=__doc__.splitlines()[0])
-    ap.add_argument("run", nargs="?", help="a run folder's name in runs/ (or its path)")
-    ap.add_argument("--list", action="store_true", help="list the complete runs in the cache")
-    ap.add_argument("--eps", type=float, help="eps in [0, 1] pixels (default: the run's training eps)")
-    ap.add_argument("--norm", choices=NORMS, help="default: the run's training norm")
-    ap.add_argument("--test-n", type=int, default=500, help="class-balanced test images (default 500)")
-    ap.add_argument("--profile", default="quick", help="which profile's card settings (quick reduces AutoAttack's)")
-    ap.add_argument("--device", default=None)
-    a = ap.parse_args(argv)
-    try:
-        from rtlkit.studies.profiles import PROFILES, get
-        from rtlkit.runs.store import check_environment, read_marker, runs_root
-        check(a.profile in PROFILES, f"unknown profile {a.profile!r}; one of {', '.join(PROFILES)}")
-        if a.device:
-            Runtime(a.device)   # an unknown device: one error before anything
-        check_environment()
-        pin_cpu_isa(default_cpu_isa(a.profile, a.device))
-        configure_threads()
-        if a.list:
-            root = runs_root()
-            for f in sorted(root.iterdir()) if root.is_dir() else []:
-                if f.is_dir() and read_marker(f, repair=False) is not None:
-                    print(f.name)
-            return 0
-        check(a.run is not None, "name a run (python -m rtlkit.measure.card --list names the cached ones)")
-        check_int("--test-n", a.test_n, 1)
-        profile = get(a.profile)
-        runtime = Runtime(a.device) if a.device else Runtime()
-        run = load_run(a.run, runtime)
-        threat = default_eps(run)
-        norm = a.norm or (threat[0] if threat else None)
-        eps = a.eps if a.eps is not None else (threat[1] if threat and threat[0] == norm else None)
-        check(norm is not None and eps is not None, f"{a.run} was not trained against an attack: give --eps and --norm")
-        card = dataclasses.replace(profile.card, eps=eps, norm=norm) if profile.card is not None else Card(eps=eps, norm=norm)
-        res = get_or_card(run, card, runtime, progress=True, test_n=a.test_n)
-    except ConfigError as e:
-        print(f"python -m rtlkit.measure.card: {e}", file=sys.stderr)
-        return 2
-    pd.set_option("display.width", 160)
-    print(f"report card of {a.run}: {card.label}, n = {res['n_test']}")
-    print(res["summary"].to_string(index=False))
-    print(res["checks"][["check", "status", "detail"]].to_string(index=False))
-    return 0
-
-
-if __name__ == "__main__":
-    # run the package's module, not this __main__ copy of it: `python -m rtlkit.measure.card` would otherwise check
-    # its own Card class against the profiles' Card, another class
-    from rtlkit.measure import card as _package_module
-    sys.exit(_package_module.main())

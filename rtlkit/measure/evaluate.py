@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from rtlkit.measure.attacks import PGD, FoolboxPGD, attack_mode
 from rtlkit.core.data import ImageData, Loader, pad_rows
 from rtlkit.core.runtime import Runtime
+from rtlkit.core import distributed
 
 
 @dataclass
@@ -40,7 +41,6 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
     start is drawn with the batch's; tests/test_attacks checks the per-example identity).
     foolbox's PGD runs the whole batch (its random start is drawn per call). Every attack runs in
     the runtime's numerics (bf16 autocast on a GPU, float32 logits)."""
-    from rtlkit.core import distributed
     runtime = runtime or Runtime()
     attacks = [attacks] if hasattr(attacks, "label") else list(attacks)   # one attack, or several
     names = [a.label for a in attacks]

@@ -10,16 +10,18 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
+from rtlkit.studies import plots, widgets
 from rtlkit.core.data import Loader
 from rtlkit.measure.evaluate import evaluate
 from rtlkit.studies.profiles import Profile
 from rtlkit.runs.cache import get_or_evaluate, get_or_table, get_or_train
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.transfer import BN_CASES, TransferPolicy
-from rtlkit.studies.common import row
-from rtlkit.studies.common import source_robustness
+from rtlkit.studies.common import Study, row, source_robustness
+from rtlkit.measure.verdicts import binomial_se, contrast, ours, paired_cells, pick
+
+STUDY = Study("02_bn_ablation", "02 BN ablation",
+              steps=("source_robustness", "bn_ablation", "bn_stats_swap"))
 
 __all__ = ["source_robustness", "bn_ablation", "bn_table", "bn_stats_swap", "paper_rows", "plot_bn_ablation",
            "panel", "PAPER"]
@@ -185,7 +187,6 @@ def findings(read) -> list:
     both sides sit at 0 % robustness, no affine effect can show: "not a test"."""
     import dataclasses
 
-    from rtlkit.measure.verdicts import contrast, ours, pick
     t = read("02_bn_ablation")
     if t is None:
         return []
@@ -225,7 +226,6 @@ def replicated(read) -> list[tuple]:
     """The notebook's replicated table for the seed floor and the A/A calibration
     (``rtlkit.suite.findings.floors``): fine-tuning seeds of every (k, statistics, affine) cell; the claim
     cells are the findings' pairs (frozen against trained affine, reused against updated statistics)."""
-    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("02_bn_ablation")
     if t is None:
         return []
@@ -255,7 +255,6 @@ def _paper_pairs(hi: tuple[str, str], lo: tuple[str, str]) -> list[tuple[float, 
 def _swap_note(us: pd.DataFrame, k) -> str:
     """What the statistics swap measured at this k (empty where it did not run); its reading is
     computed: a change counts only outside 2 binomial SEs of the difference."""
-    from rtlkit.measure.verdicts import binomial_se
     if "swap" not in us:
         return ""
     sw = _swaps(us, k)
@@ -286,14 +285,12 @@ def _swap_note(us: pd.DataFrame, k) -> str:
 
 
 def _case(us: pd.DataFrame, k, stats: str):
-    from rtlkit.measure.verdicts import pick
     r = pick(us, k=k, bn_stats=stats, bn_affine="freeze")
     r = r[r.swap.isna()] if "swap" in r else r
     return None if not len(r) else (float(r.clean_acc.mean()), float(r.robust_acc.mean()))
 
 
 def _swaps(us: pd.DataFrame, k) -> dict:
-    from rtlkit.measure.verdicts import pick
     sw = pick(us, k=k)
     sw = sw[sw.swap.notna()]
     out = {}

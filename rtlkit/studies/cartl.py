@@ -9,8 +9,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
+from rtlkit.studies import plots, widgets
 from rtlkit.measure.attacks import PGD
 from rtlkit.core.errors import ConfigError, DatasetNotFound
 from rtlkit.train.methods.fdm import FDMTraining
@@ -21,6 +20,12 @@ from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
 from rtlkit.runs.cache import get_or_evaluate
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.transfer import TransferPolicy
+from rtlkit.measure.verdicts import contrast, ours, pick, theirs
+from rtlkit.measure.stats import MIN_REPLICATES
+from rtlkit.studies.common import Study
+
+STUDY = Study("03_cartl", "03 CARTL",
+              steps=("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs", "seeded_claims"))
 
 
 def cartl_attacks(profile: Profile) -> tuple:
@@ -40,11 +45,11 @@ def _source(profile: Profile, method: str, lam: float = 0.0, k: int | None = Non
     return SourceRun(data or profile.source, profile.model, at, seed)
 
 
-def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | None = None,
-              source: DataSpec | None = None, lam: float | None = None, beta: float | None = None,
-              lam_d: float | None = None, steps: int | None = None,
-              lwf_bn_stats: str = "reuse", source_seed: int = 0,
-              lwf_bn_affine: str = "train") -> tuple[TransferRun, dict]:
+def method_run(profile: Profile, method: str, k, seed: int, target: DataSpec | None = None,
+               source: DataSpec | None = None, lam: float | None = None, beta: float | None = None,
+               lam_d: float | None = None, steps: int | None = None,
+               lwf_bn_stats: str = "reuse", source_seed: int = 0,
+               lwf_bn_affine: str = "train") -> tuple[TransferRun, dict]:
     """One of the methods of CARTL's comparison as a cached run, plus its describing keys.
     ``steps``: a fine-tuning budget in optimizer steps instead of the profile's epochs;
     ``lwf_bn_stats="update"``: LwF with BN running statistics following the target (ours);
@@ -84,7 +89,7 @@ def _transfer(profile: Profile, method: str, k, seed: int, target: DataSpec | No
 
 def measure(profile: Profile, runtime, progress, method: str, k, seed: int, test_n: int | None = None,
              **kw) -> dict:
-    run, keys = _transfer(profile, method, k, seed, **kw)
+    run, keys = method_run(profile, method, k, seed, **kw)
     m = get_or_evaluate(run, cartl_attacks(profile), runtime, progress, test_n=test_n or profile.cartl_test_n)
     ce, cw = (m[f"robust_acc[{a.label}]"] for a in cartl_attacks(profile))
     return {**keys, "clean_acc": m["clean_acc"], "robust_acc": m["robust_acc"], "robust_ce": ce, "robust_cw": cw,
@@ -202,7 +207,6 @@ SEEDED_CONFIG = ["method", "k", "target", "lam", "beta", "lam_d", "fraction"]
 def seeded_claims_of(t: pd.DataFrame) -> list[SeededClaim]:
     """Notebook 03's claims in ``seeded_claims``'s table (our rows and the paper's, whose ``table``
     column names the paper's table): each with its arms, one row per replicate."""
-    from rtlkit.measure.verdicts import ours, pick, theirs
     us, paper = ours(t), theirs(t)
     if not len(us):
         return []
@@ -264,7 +268,6 @@ def seeded_claims_of(t: pd.DataFrame) -> list[SeededClaim]:
 def seeded_findings(t: pd.DataFrame) -> list:
     """Notebook 03's claims from ``seeded_claims``'s table, one finding per claim: its SE the test
     images' binomial part plus the seed part measured from the replicates' paired differences."""
-    from rtlkit.measure.verdicts import contrast, ours
     us = ours(t)
     if not len(us):
         return []
@@ -277,7 +280,6 @@ def seeded_findings(t: pd.DataFrame) -> list:
 def replicated(read) -> list[tuple]:
     """The notebook's replicated tables, for the rule's A/A calibration (``rtlkit.suite.findings.calibration``):
     (name, our rows, the columns that make one configuration, the seed cells its floor is measured on)."""
-    from rtlkit.measure.verdicts import ours
     t = read("03_seeded_claims")
     if t is None or not len(ours(t)):
         return []
@@ -288,7 +290,6 @@ def seed_cells(t: pd.DataFrame) -> dict[str, tuple]:
     """Each replicated claim's arms as per-replicate values paired by replicate (claim -> (a, b)):
     what notebook 03's seed floor is measured on (``rtlkit.measure.stats.seed_floor``). A claim with fewer
     than ``stats.MIN_REPLICATES`` replicates, or whose arms do not hold the same ones, is left out."""
-    from rtlkit.measure.stats import MIN_REPLICATES
     out = {}
     for c in seeded_claims_of(t):
         a, b = c.a.sort_values("replicate"), c.b.sort_values("replicate")
@@ -484,7 +485,6 @@ def plot_seeded(t: pd.DataFrame, title: str = ""):
     """The replicated claims as a forest plot: each claim's effect (points) with its 95 % interval
     (test images and seeds, t quantile), the paper's effect where it prints one (a cross), and the
     verdict by the findings rule."""
-    from rtlkit.measure.verdicts import ours
     rows, us = seeded_findings(t), ours(t)
     fig, ax = plots.plt.subplots(figsize=(12, 0.42 * max(len(rows), 1) + 1.8))
     colors = {"agrees": "tab:green", "disagrees": "tab:red", "unresolved": "tab:gray", "not a test": "tab:olive",
@@ -550,7 +550,6 @@ def findings(read) -> list:
     at ``quick`` on the CPU, and the replicated claims of ``seeded_claims``). The paper's effects
     come from the paper's rows in the same CSVs. ``bench.budget``'s figure (03_budget) is a budget
     study made apart from ``make figures``, in another run and mode: it carries no verdict."""
-    from rtlkit.measure.verdicts import contrast, ours, pick, theirs
     out = []
 
     def paper_rob(t, col="robust_acc", **eq):

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
+from rtlkit.studies import plots, widgets
 from rtlkit.studies.profiles import Profile
 from rtlkit.runs.cache import get_or_evaluate
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.transfer import TransferPolicy
-from rtlkit.studies.common import row
-from rtlkit.studies.common import source_robustness
+from rtlkit.studies.common import Study, row, source_robustness
+from rtlkit.measure.verdicts import contrast, ours, paired_cells, pick
+
+STUDY = Study("01_layer_freezing", "01 layer freezing",
+              steps=("source_robustness", "layer_freezing", "reinit_sweep"))
 
 __all__ = ["source_robustness", "layer_freezing", "reinit_sweep", "plot_layer_freezing", "panel"]
 
@@ -104,7 +106,6 @@ def panel(ft: pd.DataFrame, source: pd.DataFrame, reinit: pd.DataFrame | None = 
 def findings(read) -> list:
     """CARTL Fig. 3 and Shafahi Fig. 1 as findings, from ``01_layer_freezing.csv`` (both papers
     print these as curves, so the claims are directions)."""
-    from rtlkit.measure.verdicts import contrast, pick
     t = read("01_layer_freezing")
     if t is None:
         return []
@@ -131,7 +132,6 @@ def replicated(read) -> list[tuple]:
     """The notebook's replicated table for the seed floor and the A/A calibration
     (``rtlkit.suite.findings.floors``): fine-tuning seeds of every (variant, k) cell; the claim cells are
     the findings' pairs (k = 8 against 1, fine-tuned and re-initialised)."""
-    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("01_layer_freezing")
     if t is None:
         return []

@@ -8,7 +8,7 @@ import matplotlib
 
 if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
     matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported: studies draw with plots.plt)
+import matplotlib.pyplot as plt  # noqa: E402  (studies draw with plots.plt too)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402,F401
@@ -72,3 +72,25 @@ def grouped_bars(ax, df: pd.DataFrame, group: str, hue: str, value: str, order=N
     ax.set_xticks(np.arange(len(groups)))
     ax.set_xticklabels([str(x).replace(" -> ", "\n-> ") for x in groups], fontsize=7)
     ax.set_ylim(0, 100)
+
+
+def plot_card(result: dict, title: str = ""):
+    """The cascade as bars (robust accuracy after each attack, +- 2 SE), and the checks beside it."""
+    s, ch = result["summary"], result["checks"]
+    fig, (ax, tx) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.3, 1]})
+    ax.bar(s.step, s.accuracy, yerr=2 * s.se, capsize=3, color=["tab:gray"] + ["tab:red"] * (len(s) - 1))
+    for i, r in s.iterrows():
+        ax.text(i, r.accuracy + 0.02, f"{r.accuracy:.3f}\n-{r.took}" if i else f"{r.accuracy:.3f}", ha="center",
+                fontsize=7, va="bottom")
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("accuracy (after each attack)")
+    ax.tick_params(axis="x", rotation=30)
+    tx.axis("off")
+    lines = [f"{'PASS' if r.status == 'pass' else r.status.upper():>4}  {r.check}" for r in ch.itertuples()]
+    if "certified" in result:
+        c = result["certified"]
+        lines += ["", f"smoothed {c['smoothed_acc']:.3f}, certified {c['certified_acc']:.3f} at eps, ACR {c['acr']:.3f}"]
+    tx.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
+    fig.suptitle(title or f"report card: {result['card'].label}, n = {result['n_test']}", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from rtlkit.core import data as D
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
+from rtlkit.studies import plots, widgets
 from rtlkit.measure.attacks import APGD, PGD, Square
 from rtlkit.core.errors import ConfigError, DatasetNotFound
 from rtlkit.train.methods.consistency import ConsistencyTraining
@@ -27,6 +26,13 @@ from rtlkit.core.runtime import Runtime
 from rtlkit.measure.smoothing import Smoothing, certified_curve, noisy_correct
 from rtlkit.train.loop import AdversarialTraining, StandardTraining
 from rtlkit.train.transfer import TransferPolicy
+from rtlkit.measure.verdicts import Finding, average, contrast, mean_se, ours, paired_cells, pick, theirs
+from rtlkit.studies.common import Study
+
+STUDY = Study("04_pretraining", "04 pre-training (Vaishnavi et al.)",
+              steps=("noise_table", "certified_sources", "empirical_transfer", "certified_transfer",
+                                     "certified_curves", "pretraining_ablation", "robust_finetuning_needed",
+                                     "seed_floor_cells"))
 
 __all__ = ["noise_table", "certified_sources", "empirical_transfer", "robust_train_gap", "certified_transfer",
            "certified_curves", "pretraining_ablation", "robust_finetuning_needed", "relative_change", "regressions", "panel"]
@@ -744,7 +750,6 @@ def replicated(read) -> list[tuple]:
     (``rtlkit.suite.findings.floors``): :func:`seed_floor_cells`' rows, each seed training its own
     sources; the claim cells are Table 4's AT against Random (RA-WB) and Table 5's CR against Random
     (RA-CT) on the first target."""
-    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("04_seed_floor")
     if t is None or not len(t):
         return []
@@ -760,7 +765,6 @@ def findings(read) -> list:
     pre-training gain over our targets (the paper's are relative changes over its 12 targets, so
     their direction is the claim); Table 7 compares what the paper compares: the same model smoothed
     at sigma = 0.5 against sigma = 0."""
-    from rtlkit.measure.verdicts import average, contrast, ours, pick, theirs
     out = []
     t = read("04_table2_noise")
     if t is not None:
@@ -866,7 +870,6 @@ def _gap_contrast(random: pd.DataFrame, pre: pd.DataFrame):
     """Random's robust train-test gap minus ``pre``'s on one target, with its SE: four accuracies
     (train and test, each side) combined as independent, each with mean_se's Agresti-Coull SE."""
     import math
-    from rtlkit.measure.verdicts import Finding, mean_se
 
     def gap(rows):
         tr, se_tr, n_tr, k = mean_se(rows.assign(n_test=rows.train_n), "train_ra_wb")

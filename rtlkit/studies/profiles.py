@@ -25,10 +25,13 @@ from dataclasses import dataclass, field, replace
 from rtlkit.measure.attacks import PGD, FoolboxPGD
 from rtlkit.measure.card import Card
 from rtlkit.core.errors import ConfigError, check, check_int, check_real, is_int, is_real
-from rtlkit.core.models import ResNetSpec, WRNSpec
-from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
+from rtlkit.core.models import ResNetSpec, WRNSpec, parse_spec
+from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun, check_tap
 from rtlkit.train.loop import AdversarialTraining, StandardTraining
 from rtlkit.train.transfer import TransferPolicy
+from rtlkit.measure.smoothing import median_radius_limit, median_samples_needed
+from rtlkit.core.data import KNOWN_SIZES
+from rtlkit.core.runtime import default_device
 
 EPS = {"mnist": 0.1, "cifar": 8 / 255}
 L2_EPS = 0.5   # notebook 04: eps = sigma = 0.5 in [0,1] pixels at every input size (module docstring)
@@ -185,8 +188,6 @@ class Provable:
     def check_model(self, spec: WRNSpec | ResNetSpec) -> None:
         """What depends on the extractor: the tap names one of its blocks, and every radius is below
         the largest one S draws can certify over its feature width D (Bonferroni over D)."""
-        from rtlkit.runs.specs import check_tap
-        from rtlkit.measure.smoothing import median_radius_limit, median_samples_needed
         check_tap(self.tap, spec.n_blocks)
         dim = self.feature_dim(spec)
         limit = median_radius_limit(self.sigma, self.pv_alpha, dim, self.pv_samples)
@@ -472,7 +473,6 @@ def parameter(name: str, value):
               f"cartl_choice is a (lambda, beta) pair of numbers, not {value!r}")
         return tuple(value)
     if name == "model":
-        from rtlkit.core.models import parse_spec
         return parse_spec(value)
     if name == "eps":
         check_real("eps", value, 0, 1)
@@ -698,13 +698,11 @@ def _paper_dry() -> Profile:
     # the radius curve at 0, r / 2 and r (the paper's 19 radii up to 0.18 need 386 draws, 4.6x the
     # forward passes of these 84: most of the dry run's time), with the fewest draws that certify r
     # (on 10 smoothed images, one per class: the smoothed subset is class-balanced)
-    from rtlkit.measure.smoothing import median_samples_needed
     radii = (0.0, round(pv.pv_r / 2, 4), pv.pv_r)
     samples = median_samples_needed(pv.pv_r * pv.pv_scale, pv.sigma, pv.pv_alpha, pv.feature_dim(pv_model)) + 1
     def few(spec):   # a handful of images of every class (all of them when a set has fewer)
         if spec is None:
             return None
-        from rtlkit.core.data import KNOWN_SIZES
         classes = len(spec.classes) if spec.classes else KNOWN_SIZES.get(spec.name, (0, 0, 10))[2]
         return replace(spec, train_n=6 * classes, test_n=3 * classes)
 
@@ -737,7 +735,6 @@ PROFILES = ("smoke", "quick", "full", "paper", "paper-dry")
 def default_name(device: str | None = None) -> str:
     """The profile `make figures` runs: `full` on a GPU, `quick` on the CPU."""
     if device is None:
-        from rtlkit.core.runtime import default_device
         device = default_device()
     return "full" if device.startswith("cuda") else "quick"
 
@@ -745,7 +742,6 @@ def default_name(device: str | None = None) -> str:
 def get(name: str = "quick", gpu: bool | None = None, **overrides) -> Profile:
     """A profile by name; ``gpu`` (default: whether torch sees one) lets `quick` use all the source data."""
     if gpu is None:
-        from rtlkit.core.runtime import default_device
         gpu = default_device().startswith("cuda")
     builders = {"smoke": _smoke, "quick": lambda: _quick(gpu), "full": _full, "paper": _paper,
                 "paper-dry": _paper_dry}

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
+from rtlkit.studies import plots, widgets
 from rtlkit.measure.attacks import PGD, attack_mode
 from rtlkit.core.errors import ConfigError, DatasetNotFound
 from rtlkit.train.methods.consistency import ClippedNoiseTraining, gaussian_training
@@ -34,6 +33,12 @@ from rtlkit.runs.cache import get_or_features, get_or_noisy_features, get_or_tab
 from rtlkit.core.runtime import Runtime
 from rtlkit.measure.smoothing import Smoothing, certify_counts, median_certify_logits, median_certify_representation, median_radius_limit, sorted_draws
 from rtlkit.train.loop import AdversarialTraining, StandardTraining
+from rtlkit.measure.verdicts import average, contrast, ours, paired_cells, pick, theirs
+from rtlkit.studies.common import Study
+
+STUDY = Study("05_provable", "05 provably robust transfer",
+              steps=("lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs",
+                                     "radius_curves"))
 
 __all__ = ["lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs", "radius_curves", "panel"]
 
@@ -693,7 +698,6 @@ def replicated(read) -> list[tuple]:
     (``rtlkit.suite.findings.floors``): Table 1's heads at every head seed (``table1_head_seeds``); the
     claim cells are its counted pairs on the first pair's target heads, per training mode (4 against
     1 layer, unconstrained and App. A.1's L2-row wn; unconstrained against wn at 1 layer)."""
-    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("05_table1_lipschitz")
     if t is None:
         return []
@@ -731,7 +735,6 @@ def findings(read) -> list:
     """Provably Robust Transfer Tables 1-3 and Sec. 5 as findings, from notebook 05's CSVs. Table 1's
     paper effects are means over the paper's own pairs (its rows in the CSV); ours are per pair,
     averaged over the training modes; Tables 2-3 per mode on the main pair's target heads."""
-    from rtlkit.measure.verdicts import average, contrast, ours, pick, theirs
     out = []
     t = read("05_table1_lipschitz")
     l2_bound = None   # the largest measured L-inf bound of a paper-literal (L2-row) wn head
@@ -871,7 +874,6 @@ def _label_logit_note(r: pd.DataFrame) -> str:
 
 def _pair_contrast(r, a: str, b: str, where: str, claim: str, paper_a, paper_b, equal: bool = False, note: str = ""):
     """Two columns of the same rows (two certificates of one head on the same images)."""
-    from rtlkit.measure.verdicts import contrast
     left, right = r.assign(_v=r[a]), r.assign(_v=r[b])
     if equal:   # a claim of no difference: the paper's effect is 0 (its printed columns, where given, are equal)
         f = contrast("05", "Provably Robust Transfer", where, claim, left, right, "_v", paper_a=0.0, paper_b=0.0, note=note)

@@ -1,6 +1,6 @@
 """Notebook 07 · report cards: AutoAttack's standard suite, certified radius and gradient-masking
 checks for the headline model of each study (01-06), next to the PGD-20 numbers those studies rest
-on. The card itself (the cascade, the checks, its cache) lives in ``rtlkit.measure.card``.
+on. The card itself (the cascade, the checks) lives in ``rtlkit.measure.card``, its cache in ``rtlkit.runs.card``.
 """
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
-from rtlkit.measure.card import CHECKS, Card, get_or_card, plot_card
+from rtlkit.studies import cartl, plots, pretraining, provable, shafahi, widgets
+from rtlkit.measure.card import CHECKS, Card
+from rtlkit.runs.card import get_or_card
 from rtlkit.studies.profiles import Profile
 from rtlkit.runs.store import run_dir
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.transfer import TransferPolicy
+from rtlkit.measure.verdicts import Finding
+from rtlkit.studies.common import Study
+
+STUDY = Study("07_report_cards", "07 report cards (AutoAttack against PGD-20)",
+              steps=("report_cards", "masking_checks", "cards"))
 
 
 @dataclass(frozen=True)
@@ -41,16 +46,12 @@ def headline(profile: Profile, runtime=None, progress: bool = True) -> list[Head
     results, so that rtlkit.suite.plan names the card before anything has run); 03's LwF; 06's linear
     probe; 05's 1-layer wn Lipschitz head (adv mode, main pair); and 04's CR-pre-trained,
     CR-fine-tuned model."""
-    from rtlkit.studies import cartl
-    from rtlkit.studies import pretraining
-    from rtlkit.studies import provable
-    from rtlkit.studies import shafahi
     src = profile.source_run(0)
     ck = profile.cartl_ks[-1]
     ft = profile.transfer_run(TransferPolicy(k=ck, bn_stats="reuse", bn_affine="freeze"), 0)
-    neft, _ = cartl._transfer(profile, "AT + NEFT", ck, 0)
-    cart, _ = cartl._transfer(profile, "CARTL", ck, 0)
-    lwf, _ = cartl._transfer(profile, "LwF", "all", 0)
+    neft, _ = cartl.method_run(profile, "AT + NEFT", ck, 0)
+    cart, _ = cartl.method_run(profile, "CARTL", ck, 0)
+    lwf, _ = cartl.method_run(profile, "LwF", "all", 0)
     out = [Headline("robust source", "01", src, "linf", profile.eps),
            Headline(f"fine-tune last {ck}", "01", ft, "linf", profile.eps, source=src),
            Headline(f"AT + NEFT k={ck}", "03", neft, "linf", profile.eps, source=neft.source),
@@ -242,7 +243,7 @@ def panel(results: dict, interactive: bool = True):
             if pick.value not in results:
                 widgets.nothing_selected("model")
                 return
-            plot_card(results[pick.value], title=pick.value)
+            plots.plot_card(results[pick.value], title=pick.value)
             plots.plt.show()
             print(results[pick.value]["checks"][["check", "status", "detail"]].to_string(index=False))
 
@@ -257,7 +258,6 @@ def findings(read) -> list:
     """Per headline model: does AutoAttack's cascade lower the studies' PGD-20 (Croce & Hein 2020:
     PGD overstates robustness)? The paired SE over the same test images; one seed, and no seed part:
     the question is about the model at hand, not its training."""
-    from rtlkit.measure.verdicts import Finding
     t = read("07_report_cards")
     if t is None:
         return []

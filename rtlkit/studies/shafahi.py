@@ -20,8 +20,7 @@ import pandas as pd
 import torch
 
 from rtlkit.core import data as D
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
+from rtlkit.studies import plots, widgets
 from rtlkit.measure.attacks import PGD
 from rtlkit.core.errors import ConfigError, DatasetNotFound, check
 from rtlkit.measure.evaluate import input_gradient
@@ -33,9 +32,13 @@ from rtlkit.runs.store import run_dir
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.loop import StandardTraining
 from rtlkit.train.transfer import TransferPolicy
-from rtlkit.studies.cartl import _transfer
-from rtlkit.studies.cartl import cartl_attacks
-from rtlkit.studies.cartl import measure
+from rtlkit.studies.cartl import method_run, cartl_attacks, measure
+from rtlkit.measure.verdicts import contrast, ours, paired_cells, pick, samples, theirs
+from rtlkit.studies.common import Study
+
+STUDY = Study("06_shafahi", "06 Shafahi et al.",
+              steps=("sources_table", "probe_table", "low_data", "mlp_depth", "gradients",
+                                     "lwf_tables"))
 
 __all__ = ["sources_table", "probe_table", "low_data", "mlp_depth", "gradients", "lwf_tables", "panel"]
 
@@ -288,7 +291,7 @@ def lwf_tables(profile: Profile, runtime: Runtime | None = None, progress: bool 
     def lwf(table, lam, target, source=None, seed=0, bn_stats="reuse", bn_affine="train"):
         kw = dict(target=target, source=source, lam_d=lam, lwf_bn_stats=bn_stats, lwf_bn_affine=bn_affine)
         m = measure(profile, runtime, progress, "LwF", "all", seed, **kw)
-        run, _ = _transfer(profile, "LwF", "all", seed, **kw)
+        run, _ = method_run(profile, "LwF", "all", seed, **kw)
         last = _train_record(run, runtime).get("history", [])[-1:] or [{}]
         model = "LwF" if bn_stats == "reuse" else "LwF, BN statistics updated"
         rows.append(dict(table=table, model=model if bn_affine == "train" else LWF_FROZEN_BN,
@@ -577,7 +580,6 @@ def replicated(read) -> list[tuple]:
     (``rtlkit.suite.findings.floors``): Table 4's LwF cells fine-tuned at every seed of ``lwf_seeds``
     (``lwf_seed_lams``); the claim cells are lambda_d 0.1 against 0.001 (robust and clean accuracy,
     Table 4's two claims) and 0.1 against 1e-7."""
-    from rtlkit.measure.verdicts import ours, paired_cells, pick
     t = read("06_tables4_7_lwf")
     if t is None:
         return []
@@ -590,7 +592,6 @@ def replicated(read) -> list[tuple]:
 def findings(read) -> list:
     """Shafahi et al. Tables 1-7 and Figs. 3-5 as findings, from notebook 06's CSVs; the paper's
     effects come from its rows there (CIFAR), a figure's claim is its direction."""
-    from rtlkit.measure.verdicts import contrast, ours, pick, samples, theirs
     out = []
     t = read("06_tables1_3_probes")
     if t is not None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from rtlkit.core import data as D
-from rtlkit.studies import plots
-from rtlkit.studies import widgets
-from rtlkit.measure.card import Card, get_or_card, plot_card
+from rtlkit.studies import plots, widgets
+from rtlkit.measure.card import Card
+from rtlkit.runs.card import get_or_card
 from rtlkit.core.data import REPO_ROOT
 from rtlkit.core.errors import check, check_real, is_int
 from rtlkit.train.methods.neft import NEFT
@@ -32,7 +32,10 @@ from rtlkit.measure.attacks import PGD
 from rtlkit.core.runtime import Runtime
 from rtlkit.measure.smoothing import Smoothing
 from rtlkit.train.transfer import BN_CASES, TransferPolicy
-from rtlkit.studies.common import row
+from rtlkit.studies.common import Study, row
+
+STUDY = Study("00_your_transfer", "00 your transfer",
+              steps=())
 
 FIGURES = REPO_ROOT / "figures" / "yours"   # ignored by git: your figures never replace the committed ones
 
@@ -185,18 +188,11 @@ def certified(s: Setup, runtime: Runtime | None = None, progress: bool = True) -
                           **{k: c[k] for k in ("smoothed_acc", "certified_acc", "acr", "abstain", "n_test")}}])
 
 
-def cost(s: Setup, gpu: str = "H100") -> str:
-    """What the notebook will train and evaluate (rtlkit.suite.plan, nothing run) and its GPU time from
-    FLOPs at the plan's stated utilisation of ``gpu``'s bf16 peak."""
-    from rtlkit.suite import plan as PL
-    steps = [lambda f=f: f(s, None, False) for f in (source_card, last_k, bn_policies, methods, certified)]
-    p = PL.plan_steps(s.profile.name, s.source.model.name, steps)
-    t, todo = p.totals(), p.totals(include_cached=False)
-    hours = PL.gpu_seconds(p, gpu, include_cached=False) / 3600
-    return (f"{t['sources'] + t['transfers'] + t['heads']} runs + {t['evaluations']} evaluations, "
-            f"{todo['sources'] + todo['transfers'] + todo['heads'] + todo['evaluations']} not cached: about "
-            + (f"{hours:.2g} GPU-hours" if hours >= 0.1 else f"{hours * 3600:.2g} GPU-seconds")
-            + f" on one {gpu} at {PL.UTILISATION:.0%} of its bf16 peak (from FLOPs)")
+def planned(s: Setup) -> tuple[str, str, list]:
+    """What the notebook will train and evaluate, for ``rtlkit.suite.plan.cost``: the profile's and the
+    model's names and the notebook's steps as callables (recorded there, nothing run)."""
+    return s.profile.name, s.source.model.name, [lambda f=f: f(s, None, False)
+                                                  for f in (source_card, last_k, bn_policies, methods, certified)]
 
 
 # --------------------------------------------------------------------------- plots and the panel
@@ -223,7 +219,7 @@ def plot_bars(df: pd.DataFrame, by: str, title: str = ""):
 
 
 def plot_source_card(result: dict, title: str = ""):
-    return plot_card(result, title)
+    return plots.plot_card(result, title)
 
 
 def panel(tables: dict, interactive: bool = True):

@@ -19,6 +19,11 @@ from pathlib import Path
 from rtlkit.core.data import REPO_ROOT
 from rtlkit.core.errors import ConfigError, check, cli
 from rtlkit.studies.profiles import PROFILES, default_name
+from rtlkit.studies import profiles
+from rtlkit.core.runtime import Runtime, configure_threads, default_cpu_isa, pin_cpu_isa
+from rtlkit.suite.session import default_figures_dir, probe_datasets, probe_folder
+from rtlkit.runs.store import check_environment
+from rtlkit.suite import findings, plan
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -58,11 +63,8 @@ def ipc_kernel_manager():
 def suite_plan(profile: str, device: str | None = None, only: list[str] | None = None):
     """The plan (``rtlkit.suite.plan``) of the notebooks about to run, for the profile as the notebooks
     will resolve it on ``device``."""
-    from rtlkit.suite import plan as P
-    from rtlkit.studies import profiles
-    from rtlkit.core.runtime import Runtime
     runtime = Runtime(device=device)
-    return P.plan(profiles.get(profile, gpu=runtime.is_cuda), [b.name[:2] for b in notebooks(only)]), runtime
+    return plan.plan(profiles.get(profile, gpu=runtime.is_cuda), [b.name[:2] for b in notebooks(only)]), runtime
 
 
 def suite_status(paths: list[str]) -> int:
@@ -117,10 +119,6 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
     benchmark of this model on this kind of device exists); while they run, one progress bar counts
     the suite's runs and evaluations done, with an ETA and the current run. Ctrl-C stops cleanly:
     every finished run and checkpoint stays, and rerunning the same command resumes from the cache."""
-    from rtlkit.studies import profiles as P
-    from rtlkit.suite.session import default_figures_dir, probe_datasets, probe_folder
-    from rtlkit.runs.store import check_environment
-    from rtlkit.core.runtime import Runtime, configure_threads, default_cpu_isa, pin_cpu_isa
     # every setting is checked before any folder is made or any tensor maths runs
     check_environment()
     if device is not None:
@@ -136,7 +134,7 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
     out = Path(out_dir or Path(os.environ.get("RTLKIT_RUNS", REPO_ROOT / "runs")) / "notebooks")
     probe_folder(out, "folder for executed notebooks", "RTLKIT_RUNS")
     if not (len(books) == 1 and books[0].name.startswith(YOURS)):   # 00 runs on the user's data: it checks its own
-        probe_datasets(P.get(profile, gpu=Runtime(device=device).is_cuda))   # every missing set named at once
+        probe_datasets(profiles.get(profile, gpu=Runtime(device=device).is_cuda))   # every missing set named at once
     import papermill as pm
     from tqdm.auto import tqdm
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +182,6 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
         monitor.stop.set()
         bar.close()
     print(f"[rtlkit] all notebooks: {sum(times.values()):.0f} s", flush=True)
-    from rtlkit.suite import findings
     table = findings.write(fig_dir)   # every notebook's claims, from the CSVs now in the figures folder
     stand = findings.standing(table)
     counts = stand.verdict.value_counts()
@@ -196,13 +193,12 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
 
 
 def _print_estimate(p, runtime) -> None:
-    from rtlkit.suite import plan as P
-    bench = P.find_bench(p.model, runtime.describe())
+    bench = plan.find_bench(p.model, runtime.describe())
     if bench is None:
         return
     try:
         fast = runtime.amp or runtime.channels_last or runtime.compile   # not numerics(): a pinned CPU has some
-        est = P.estimate(p.totals(include_cached=False), P.rates(bench, "fast" if fast else "eager fp32"))
+        est = plan.estimate(p.totals(include_cached=False), plan.rates(bench, "fast" if fast else "eager fp32"))
     except ConfigError:
         return
     print(f"[rtlkit] estimate from {bench.get('device')}'s benchmark: {est['total'] / 60:.0f} min of training and "

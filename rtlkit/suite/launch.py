@@ -37,6 +37,12 @@ from rtlkit.studies.profiles import PROFILES, get
 from rtlkit.runs.store import MARKER, check_environment, is_cached, run_dir, runs_root
 from rtlkit.runs.specs import SourceRun
 from rtlkit.runs.cache import get_or_certify, get_or_evaluate, get_or_train
+from rtlkit.measure.smoothing import Smoothing
+from rtlkit.suite import plan as P
+from rtlkit.core import distributed
+from rtlkit.core.runtime import configure_threads, default_cpu_isa, default_device, pin_cpu_isa
+from rtlkit.suite.session import probe_datasets
+from rtlkit.suite import registry
 
 EXECUTORS = ("local", "slurm")
 WAVES = ("sources", "fine-tunes and heads", "evaluations")
@@ -57,7 +63,6 @@ class Item:
 
 
 def _evaluation_call(run, attacks, test_n, path=None, redo=None):
-    from rtlkit.measure.smoothing import Smoothing
     if redo is not None:
         return redo
     if attacks and isinstance(attacks[0], Smoothing):
@@ -67,7 +72,6 @@ def _evaluation_call(run, attacks, test_n, path=None, redo=None):
 
 def items(profile, notebooks: list[str] | None = None, include_cached: bool = False) -> tuple[list[Item], list[str]]:
     """The suite's work, deduplicated and ordered in waves; cached items left out unless asked."""
-    from rtlkit.suite import plan as P
     p = P.Plan(profile.name, profile.model.name)
     rec, skipped = P.record(profile, notebooks)
     out: dict[str, Item] = {}
@@ -109,8 +113,6 @@ def _job(call, runs: str, threads: int | None) -> dict:
     os.environ["RTLKIT_RUNS"] = runs
     if threads:
         os.environ["RTLKIT_THREADS"] = str(threads)
-    from rtlkit.core import distributed
-    from rtlkit.core.runtime import configure_threads, default_device
     configure_threads()
     import submitit
     try:
@@ -223,7 +225,6 @@ def check_args(profile: str, executor_kind: str, gpus_per_job: int, jobs: int, t
     """Every bad setting, before any job is submitted or any folder made."""
     import shutil
 
-    from rtlkit.suite.plan import NOTEBOOK_STEPS
     check(executor_kind in EXECUTORS, f"unknown executor {executor_kind!r}; one of {', '.join(EXECUTORS)}")
     check_int("--gpus-per-job", gpus_per_job, 1)
     check_int("--jobs", jobs, 1)
@@ -231,7 +232,7 @@ def check_args(profile: str, executor_kind: str, gpus_per_job: int, jobs: int, t
     if threads is not None:   # 0 used to mean "the default" silently
         check_int("--threads", threads, 1)
     check(profile in PROFILES, f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
-    check_notebooks(notebooks, NOTEBOOK_STEPS)
+    check_notebooks(notebooks, registry.with_steps())
     if executor_kind == "slurm":
         check(shutil.which("sbatch") is not None and shutil.which("srun") is not None,
               "--executor slurm: this machine has no Slurm (sbatch / srun are not on PATH); run on a login node "
@@ -243,13 +244,11 @@ def launch(profile_name: str, notebooks: list[str] | None = None, executor_kind:
            threads: int | None = None, poll_s: float = 0.5, log=print) -> dict:
     """Submit the suite's uncached work and wait for it; returns what ran, trained and failed."""
     check_args(profile_name, executor_kind, gpus_per_job, jobs, timeout_min, threads, notebooks)
-    from rtlkit.core.runtime import configure_threads, default_cpu_isa, pin_cpu_isa
     pin_cpu_isa(default_cpu_isa(profile_name, None if executor_kind == "local" else "cuda"))   # jobs inherit it
     if threads:   # the jobs' thread count, here too: a pinned run's cache key holds it
         os.environ["RTLKIT_THREADS"] = str(threads)
     configure_threads()
     import torch
-    from rtlkit.suite.session import probe_datasets
     gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     profile = get(profile_name, gpu=bool(gpus) if executor_kind == "local" else True)
     probe_datasets(profile)   # missing data: one error here, not in 200 failed jobs
@@ -271,10 +270,8 @@ def launch(profile_name: str, notebooks: list[str] | None = None, executor_kind:
 def status(profile_name: str, notebooks: list[str] | None = None) -> list[dict]:
     """Every item of the suite: done (cached), or what the launcher last recorded (running,
     queued, failed), or "not submitted"."""
-    from rtlkit.suite.plan import NOTEBOOK_STEPS
-    from rtlkit.core.runtime import default_cpu_isa, pin_cpu_isa
     check(profile_name in PROFILES, f"unknown profile {profile_name!r}; one of {', '.join(PROFILES)}")
-    check_notebooks(notebooks, NOTEBOOK_STEPS)
+    check_notebooks(notebooks, registry.with_steps())
     pin_cpu_isa(default_cpu_isa(profile_name))   # the cache keys the jobs use
     profile = get(profile_name)
     work, _ = items(profile, notebooks, include_cached=True)

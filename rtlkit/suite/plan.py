@@ -27,7 +27,6 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import importlib
 
 from rtlkit.measure.attacks import APGD, FoolboxPGD, Square
 from rtlkit.core.errors import ConfigError, DatasetNotFound, check, check_notebooks, cli
@@ -35,24 +34,19 @@ from rtlkit.core.io import atomic_write_json
 from rtlkit.train.methods.fdm import FDMTraining
 from rtlkit.studies.profiles import PROFILES, Profile, default_name, get
 from rtlkit.runs.store import MARKER, check_environment, is_cached, run_dir, runs_root
-from rtlkit.runs.specs import DataSpec, ExternalSource, TransferRun, _input_shape
+from rtlkit.runs.specs import DataSpec, ExternalSource, TransferRun, input_shape_of
 from rtlkit.runs.cache import cert_path, eval_path, recording
 from rtlkit.train.loop import AdversarialTraining
+from rtlkit.measure.smoothing import Smoothing
+from rtlkit.core.data import REPO_ROOT
+from rtlkit.core.models import build
+from rtlkit.core import data as D
+from rtlkit.suite import registry
+from rtlkit.suite.session import optional_datasets, probe_folder, required_datasets
+from rtlkit.core.runtime import configure_threads, default_cpu_isa, pin_cpu_isa
 
 # Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
 # checks them against the notebooks).
-NOTEBOOK_STEPS = {
-    "01_layer_freezing": ("layer_freezing", ("source_robustness", "layer_freezing", "reinit_sweep")),
-    "02_bn_ablation": ("bn_ablation", ("source_robustness", "bn_ablation", "bn_stats_swap")),
-    "03_cartl": ("cartl", ("cartl_grid", "cartl_ablation", "lwf_sweep", "low_data", "more_pairs", "seeded_claims")),
-    "04_pretraining": ("pretraining", ("noise_table", "certified_sources", "empirical_transfer", "certified_transfer",
-                                       "certified_curves", "pretraining_ablation", "robust_finetuning_needed",
-                                       "seed_floor_cells")),
-    "05_provable": ("provable", ("lipschitz_table", "search_table", "smoothing_table", "smoothing_pairs",
-                                 "radius_curves")),
-    "06_shafahi": ("shafahi", ("sources_table", "probe_table", "low_data", "mlp_depth", "gradients", "lwf_tables")),
-    "07_report_cards": ("report_cards", ("report_cards", "masking_checks", "cards")),
-}
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,7 +115,6 @@ class Plan:
         (``runs.get_or_certify``, recorded with ``[smoothing]``), or other per-image work recorded
         with the file it leaves (noisy features, input search: ``attack_steps`` and
         ``forward_passes`` per image)."""
-        from rtlkit.measure.smoothing import Smoothing
         self.add_training(run)
         key = (run_dir(run).name, tuple(a.label for a in attacks), test_n) if path is None else (str(path),)
         if split != "test":
@@ -174,10 +167,10 @@ def record(profile: Profile, notebooks: list[str] | None = None):
     (``runs.recording``), and the steps skipped for missing data."""
     skipped = []
     with recording() as rec, contextlib.redirect_stdout(sys.stderr):
-        for nb, (study, steps) in NOTEBOOK_STEPS.items():
+        for nb, (study, steps) in registry.with_steps().items():
             if notebooks and not any(nb.startswith(n) for n in notebooks):
                 continue
-            module = importlib.import_module(f"rtlkit.studies.{study}")
+            module = registry.module(nb)
             for step in steps:
                 try:
                     getattr(module, step)(profile, None, False)
@@ -215,7 +208,6 @@ def find_bench(model: str, device: str, anywhere: bool = False) -> dict | None:
     """A committed or local benchmark JSON (bench/reference, bench/results) measured on ``model``
     on this kind of device (the device strings' first word, e.g. "CPU" or the GPU's name; with
     ``anywhere``, ``device`` anywhere in it, e.g. "H100" in "NVIDIA H100 80GB HBM3"), or None."""
-    from rtlkit.core.data import REPO_ROOT
     want = device.split(" [")[0].split(" (")[0]
     for folder in ("results", "reference"):
         for f in sorted((REPO_ROOT / "bench" / folder).glob("*.json"), reverse=True):
@@ -265,7 +257,6 @@ def forward_flops(spec, classes: int, channels: int, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rtlkit.core.models import build
     model = build(spec, classes, channels, (0.5,) * channels, (0.5,) * channels).eval()
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(torch.zeros(1, channels, size, size))
@@ -274,7 +265,6 @@ def forward_flops(spec, classes: int, channels: int, size: int) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _shape(spec: DataSpec) -> tuple[int, int, int]:
-    from rtlkit.core import data as D
     info = D.load(spec.name, "train").info
     return (len(spec.classes) if spec.classes else info.num_classes, info.channels, info.size)
 
@@ -293,7 +283,7 @@ def _spec(run):
 
 def _root_input(run) -> tuple[int, int]:
     """(channels, size) of the images ``run``'s model takes: its root source's."""
-    return _input_shape(_root(run))
+    return input_shape_of(_root(run))
 
 
 def _input_channels(run) -> int:
@@ -306,6 +296,19 @@ def _run_flops(run) -> float:
     channels, size = _root_input(run)
     classes = run.num_outputs() if isinstance(run, ExternalSource) else _shape(run.data)[0]
     return forward_flops(_spec(run), classes, channels, size)
+
+
+def cost(profile_name: str, model_name: str, steps, gpu: str = "H100") -> str:
+    """What ``steps`` will train and evaluate (recorded, nothing run) and its GPU time from FLOPs at
+    the plan's stated utilisation of ``gpu``'s bf16 peak: notebook 00's line
+    ``plan.cost(*your_transfer.planned(setup))``."""
+    p = plan_steps(profile_name, model_name, steps)
+    t, todo = p.totals(), p.totals(include_cached=False)
+    hours = gpu_seconds(p, gpu, include_cached=False) / 3600
+    return (f"{t['sources'] + t['transfers'] + t['heads']} runs + {t['evaluations']} evaluations, "
+            f"{todo['sources'] + todo['transfers'] + todo['heads'] + todo['evaluations']} not cached: about "
+            + (f"{hours:.2g} GPU-hours" if hours >= 0.1 else f"{hours * 3600:.2g} GPU-seconds")
+            + f" on one {gpu} at {UTILISATION:.0%} of its bf16 peak (from FLOPs)")
 
 
 def gpu_seconds(p: Plan, device: str = "H100", utilisation: float = UTILISATION, include_cached: bool = True) -> float:
@@ -338,7 +341,6 @@ def _feature_dim(spec) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _params(spec, classes: int, channels: int) -> int:
-    from rtlkit.core.models import build
     return sum(t.numel() for t in build(spec, classes, channels, (0.5,) * channels, (0.5,) * channels).parameters())
 
 
@@ -359,9 +361,6 @@ def read_bench(path: str) -> dict:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from rtlkit.core import data as D
-    from rtlkit.suite.session import optional_datasets, probe_folder, required_datasets
-    from rtlkit.core.runtime import configure_threads, default_cpu_isa, pin_cpu_isa
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="auto", choices=PROFILES + ("auto",))
     ap.add_argument("--gpu", action="store_true", help="plan the GPU variant of `quick` on any machine")
@@ -376,7 +375,7 @@ def _main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     # every setting before any work
     check_environment()
-    check_notebooks(a.only, NOTEBOOK_STEPS)
+    check_notebooks(a.only, registry.with_steps())
     bench = read_bench(a.bench) if a.bench else None
     if a.json:   # its folder is made if need be; a file in the way is an error now, not after the plan
         check(not Path(a.json).is_dir(), f"--json {a.json} is a folder; name a file")
@@ -391,7 +390,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     with D.stand_ins() as absent:   # a missing set is counted at torchvision's size; none of it is trained on
         p = plan(prof, a.only)
-        books = [nb for nb in NOTEBOOK_STEPS if not a.only or any(nb.startswith(o) for o in a.only)]
+        books = [nb for nb in registry.with_steps() if not a.only or any(nb.startswith(o) for o in a.only)]
         per_book = {nb: plan(prof, [nb]) for nb in books}
     tot, todo = p.totals(), p.totals(include_cached=False)
     print(f"profile {prof.name}: {prof.model.name}, {prof.source.label} -> {prof.target.label}")

@@ -25,6 +25,9 @@ from rtlkit.core.errors import check, check_notebooks, cli
 from rtlkit.studies.profiles import PROFILES, get
 from rtlkit.runs.store import check_environment
 from rtlkit.runs.cache import get_or_train
+from rtlkit.suite.launch import items
+from rtlkit.suite import registry
+from rtlkit.core.runtime import Runtime, configure_threads, default_cpu_isa, pin_cpu_isa
 
 
 def name_of(item) -> str:
@@ -36,7 +39,6 @@ def name_of(item) -> str:
 def suite(profile_name: str, notebooks: list[str] | None = None) -> dict:
     """Every training and evaluation the profile's suite (or the named notebooks) asks for, by
     name, in waves (sources, fine-tunes and heads, evaluations)."""
-    from rtlkit.suite.launch import items
     work, _ = items(get(profile_name), notebooks, include_cached=True)
     return {name_of(i): i for i in work}
 
@@ -51,11 +53,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the suite's names and exit")
     ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
-    from rtlkit.suite.plan import NOTEBOOK_STEPS
-    from rtlkit.core.runtime import Runtime, configure_threads, default_cpu_isa, pin_cpu_isa
     check_environment()   # RTLKIT_THREADS among them: its count changes the bits
     check(a.profile in PROFILES, f"unknown profile {a.profile!r}; one of {', '.join(PROFILES)}")
-    check_notebooks(a.only, NOTEBOOK_STEPS)
+    check_notebooks(a.only, registry.with_steps())
     if a.device:
         Runtime(device=a.device)   # an unknown device: one error before anything
     pin_cpu_isa(default_cpu_isa(a.profile, a.device))   # the notebooks' cache keys

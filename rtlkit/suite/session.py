@@ -20,7 +20,7 @@ from rtlkit.core import data as D
 from rtlkit.studies import profiles
 from rtlkit.core.data import REPO_ROOT
 from rtlkit.core.errors import ConfigError
-from rtlkit.core.io import _atomic, atomic_write_csv, atomic_write_json, sweep_tmp
+from rtlkit.core.io import atomic_write, atomic_write_csv, atomic_write_json, sweep_tmp
 from rtlkit.studies.profiles import Profile
 from rtlkit.runs.store import check_environment, runs_root
 from rtlkit.runs.specs import to_jsonable
@@ -62,7 +62,7 @@ class Session:
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         sweep_tmp(self.figures_dir, dead_only=True)   # a save killed mid-write left its temp file here
         png = self.figures_dir / f"{name}.png"
-        _atomic(png, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
+        atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
         atomic_write_csv(self.figures_dir / f"{name}.csv", table)
         atomic_write_json(self.figures_dir / f"{name}.json", {
             "figure": png.name, "table": f"{name}.csv", "notebook": self.notebook,

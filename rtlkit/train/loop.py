@@ -96,7 +96,7 @@ class AdversarialTraining(StandardTraining):
         return super().batch_loss(model, fwd, self.adversarial(model, fwd, x, y, runtime), y, runtime)
 
 
-def _milestones(method: StandardTraining) -> list[int]:
+def milestone_epochs(method: StandardTraining) -> list[int]:
     """Milestones in epochs, or in steps for a step budget."""
     total = method.epochs if method.steps is None else method.steps
     return sorted({max(1, round(m * total)) for m in method.milestones})
@@ -191,7 +191,7 @@ def train(model: torch.nn.Module, data: ImageData, method: StandardTraining, run
     params = [p for p in model.parameters() if p.requires_grad]
     check(len(params) > 0, "nothing to train: every parameter is frozen")
     opt = make_optimizer(params, method, runtime)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(method), method.gamma)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestone_epochs(method), method.gamma)
     drop_last = len(data) >= method.batch_size
     distributed.check_batch(method.batch_size, len(data))
     loader = Loader(data, method.batch_size, shuffle=True, augment=data.info.augment if method.augment else None,

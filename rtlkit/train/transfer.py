@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from rtlkit.core.errors import ConfigError, check, is_int
 from rtlkit.core.models import Backbone, reinit_blocks
+from rtlkit.train.methods.neft import apply_neft
 
 BN_CASES = {  # CARTL Table 1, in the order of its rows and columns
     "update stats, train affine": ("update", "train"),
@@ -102,7 +103,6 @@ def prepare_target(source: Backbone, num_classes: int, policy: TransferPolicy, s
         reinit_blocks(model, policy.split(model)[1], seed)
     model.replace_head(num_classes, seed)
     if neft is not None:
-        from rtlkit.train.methods.neft import apply_neft
         with torch.random.fork_rng(devices=[]):   # spectral_norm draws u, v: from the run's seed, not
             torch.manual_seed(seed)               # whatever the global RNG holds after a source run
             apply_neft(model, policy.split(model)[1], neft)

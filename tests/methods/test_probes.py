@@ -101,8 +101,8 @@ def test_lwf_l1_distance_by_hand_and_the_new_defaults_keep_notebook_03s_runs():
     assert float(lwf_distance(z, z0)) == pytest.approx((5 ** 0.5 + 0.5 ** 0.5) / 2)
     assert LwFTraining().lr == 0.001 and LwFTraining().weight_decay == 2e-4
     P = profiles.get("quick", gpu=False)
-    from rtlkit.studies.cartl import _transfer
-    run, _ = _transfer(P, "LwF", "all", 0, lam_d=0.01)
+    from rtlkit.studies.cartl import method_run
+    run, _ = method_run(P, "LwF", "all", 0, lam_d=0.01)
     assert run.method.lr == 0.01 and run.method.weight_decay == 5e-4         # what 03 always ran
     with pytest.raises(ConfigError, match="distance"):
         LwFTraining(distance="l3")

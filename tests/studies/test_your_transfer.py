@@ -13,6 +13,7 @@ from PIL import Image
 from rtlkit.studies import profiles
 from rtlkit import ConfigError
 from rtlkit.studies import your_transfer as S
+from rtlkit.suite import plan
 
 NOTEBOOK = S.REPO_ROOT / "notebooks" / "00_your_transfer.ipynb"
 
@@ -66,7 +67,7 @@ def test_notebook_00_runs_on_a_folder_and_a_checkpoint(tmp_path):
 def test_the_profiles_own_source_and_target_plan_before_running(tmp_path):
     s = S.setup(profiles.get("smoke"))
     assert s.source == profiles.get("smoke").source_run(0) and s.k in s.ks
-    assert "not cached" in S.cost(s)
+    assert "not cached" in plan.cost(*S.planned(s))
     assert not (tmp_path / "runs").exists()   # the plan ran nothing
 
 

@@ -32,6 +32,7 @@ from rtlkit.core.data import Loader, pad_rows
 from rtlkit.core.errors import check
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.loop import StandardTraining
+from rtlkit.core import distributed
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,6 @@ class LwFTraining(StandardTraining):
         state["images"] = 0
 
     def epoch_record(self, state: dict) -> dict:
-        from rtlkit.core import distributed
         dist, ce, n = (float(v) for v in distributed.all_sum(*state["sums"].clone(),
                                                              state["sums"].new_tensor(float(state["images"]))))
         if n == 0:

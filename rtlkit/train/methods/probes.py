@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rtlkit.core.errors import check, check_int, is_real
 from rtlkit.core.models import mlp_head
 from rtlkit.core.runtime import Runtime, seed_all
-from rtlkit.train.loop import StandardTraining, _milestones, make_optimizer
+from rtlkit.train.loop import StandardTraining, make_optimizer, milestone_epochs
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class ProbeTraining(StandardTraining):
         sd = z.std(0).clamp_min(1e-6) if self.standardise else torch.ones(z.shape[1], device=dev)
         zs = (z - mu) / sd if self.standardise else z
         opt = make_optimizer(list(head.parameters()), self, runtime)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(self), self.gamma)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestone_epochs(self), self.gamma)
         n, bs = len(zs), self.batch_size
         batches = n // bs if n >= bs else 1
         history = []

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from rtlkit.core.errors import check_int, check_real
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.loop import StandardTraining
+from rtlkit.core import distributed
 
 
 def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +44,6 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> tuple[to
     negatives are the global batch's (every rank's projections gathered, with gradients) and the
     loss is the mean over this rank's own 2n views, so DDP's average of the gradients is one
     process's on the same global batch."""
-    from rtlkit.core import distributed
     if not distributed.active():
         sim, target = nt_xent_logits(z1, z2, tau)
         return F.cross_entropy(sim, target), sim[:len(z1)]
