@@ -31,7 +31,7 @@ from rtlkit.runs.store import check_environment
 from rtlkit.core.runtime import CPU_LIB_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
-# what an AVX2-only CPU caps each library at (tests/test_cpu_isa.py's emulation)
+# what an AVX2-only CPU caps each library at (tests/core/test_cpu_isa.py's emulation)
 AS_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 

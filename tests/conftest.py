@@ -21,7 +21,7 @@ torch.set_num_threads(int(os.environ.get("RTLKIT_TEST_THREADS", "1")))
 # file, worker 2 the smoke suite's notebooks and then the browser test, which reads the smoke
 # suite's cache (smoke_suite below) and so would only wait for it on another worker.
 # Without xdist the order changes nothing.
-LONGEST_FIRST = ("tests/studies/test_paper_dry.py", "tests/studies/test_notebooks.py", "tests/test_lock.py",
+LONGEST_FIRST = ("tests/studies/test_paper_dry.py", "tests/studies/test_notebooks.py", "tests/repo/test_lock.py",
                  "tests/studies/test_browser.py")
 
 
@@ -74,15 +74,19 @@ def state_of(module):
 
 @pytest.fixture
 def no_compute(monkeypatch):
-    """Training, model building, evaluation and data loading fail the test: a bad setting must be
-    reported before any of them."""
+    """Any compute fails the test: a bad setting must be reported before it. Not a list of entry
+    points that a new code path could go round: every forward pass of any module (torch's own
+    ``Module.__call__``), every optimizer step, every training and evaluation loop, every model
+    built from a spec and every dataset loaded."""
+    from rtlkit.measure import evaluate as E
     from rtlkit.runs import cache as runs
     from rtlkit.runs import specs
     from rtlkit.train import loop as T
 
     def started(*a, **k):
         raise AssertionError("compute started before the bad setting was reported")
-    for mod, name in ((T, "train"), (runs, "train"), (specs, "build"), (runs, "evaluate"), (D, "load")):
+    for mod, name in ((T, "train"), (runs, "train"), (specs, "build"), (runs, "evaluate"), (E, "evaluate"),
+                      (D, "load"), (torch.nn.Module, "__call__"), (torch.optim.Optimizer, "step")):
         monkeypatch.setattr(mod, name, started)
 
 

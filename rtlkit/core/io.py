@@ -22,7 +22,7 @@ from rtlkit.core.errors import NoSpace
 # RTLKIT_FAULT="point:n[,point:n...]" kills this process (SIGKILL, like a power cut or the OOM
 # killer) the n-th time it reaches `point`: temp-written (temp file complete, not yet renamed),
 # renamed (artefact in place), marker-written (run complete), step (a training step done).
-# Read once at import; used by tests/test_reliability.py. Unset, a point costs one dict lookup.
+# Read once at import; used by tests/runs/test_reliability.py. Unset, a point costs one dict lookup.
 FAULT_ENV = "RTLKIT_FAULT"
 
 

@@ -38,7 +38,7 @@ RECOMPILE_LIMIT = 128
 # ops (ATEN_CPU_CAPABILITY), oneDNN's convolutions (ONEDNN_MAX_CPU_ISA) and MKL's BLAS (MKL_CBWR,
 # conditional numerical reproducibility). Each of the three alone changes a smoke training's weights
 # on an AVX-512 host; pinned together to AVX2, an AVX-512 host gives the bits of an AVX2-only one
-# (tests/test_cpu_isa.py). Threads change the bits too: manifests record them.
+# (tests/core/test_cpu_isa.py). Threads change the bits too: manifests record them.
 CPU_ISA_ENV = "RTLKIT_CPU_ISA"
 # "portable" goes further, for bits that do not depend on the CPU's vendor either (oneDNN blocks its
 # convolutions by the host's cache sizes, and MKL's AVX2 branch differs between vendors): ATen at its

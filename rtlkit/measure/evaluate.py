@@ -38,7 +38,7 @@ def evaluate(model: torch.nn.Module, data: ImageData, attacks: list[PGD | Foolbo
     fooled (every step on the CPU, every 5 on a GPU, where each pruning is a host sync; a compiled
     model runs the survivors at a bucketed batch size, ``runtime.batch_bucket``) and ends the batch
     when all are: an example's result is the one the whole batch gives it (its random
-    start is drawn with the batch's; tests/test_attacks checks the per-example identity).
+    start is drawn with the batch's; tests/measure/test_attacks checks the per-example identity).
     foolbox's PGD runs the whole batch (its random start is drawn per call). Every attack runs in
     the runtime's numerics (bf16 autocast on a GPU, float32 logits)."""
     runtime = runtime or Runtime()

@@ -45,7 +45,7 @@ from rtlkit.suite import registry
 from rtlkit.suite.session import optional_datasets, probe_folder, required_datasets
 from rtlkit.core.runtime import configure_threads, default_cpu_isa, pin_cpu_isa
 
-# Each notebook's study module and the experiment steps it calls, in order (tests/test_plan.py
+# Each notebook's study module and the experiment steps it calls, in order (tests/suite/test_plan.py
 # checks them against the notebooks).
 
 

@@ -15,7 +15,7 @@ from rtlkit.core import data as D
 from rtlkit.suite import figures
 from rtlkit.studies import profiles
 
-HERE = Path(__file__).resolve().parent.parent / "paper_dry"
+HERE = Path(__file__).resolve().parents[1] / "support" / "paper_dry"
 sys.path.insert(0, str(HERE))
 import fake_torchvision as F  # noqa: E402
 

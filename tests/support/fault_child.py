@@ -1,9 +1,9 @@
-"""A child process for tests/test_reliability.py: train and evaluate one small run of each kind
+"""A child process for tests/runs/test_reliability.py: train and evaluate one small run of each kind
 (source, plain fine-tune, NEFT fine-tune, LwF fine-tune) in the cache that RTLKIT_RUNS names,
 and print the metrics as JSON. RTLKIT_FAULT kills it at a chosen point (rtlkit.core.io.fault_point);
 RTLKIT_TRAIN_LOG, if set, gets one line per training actually run (not loaded from the cache).
 
-    python tests/fault_child.py source|plain|neft|lwf [...]
+    python tests/support/fault_child.py source|plain|neft|lwf [...]
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 from rtlkit import ConfigError
 from rtlkit.core import runtime as R
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHILD = """
 import hashlib, json, torch
 torch.set_num_threads(2)

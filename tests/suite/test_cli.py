@@ -14,7 +14,7 @@ from rtlkit.suite import launch
 from rtlkit.suite import plan
 from rtlkit.suite import run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def one_line_error(capsys, rc, prog, *needles):

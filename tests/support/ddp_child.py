@@ -1,8 +1,8 @@
-"""A torchrun child for tests/test_distributed.py: train one small run (RTLKIT_RUNS) data-parallel,
+"""A torchrun child for tests/core/test_distributed.py: train one small run (RTLKIT_RUNS) data-parallel,
 or evaluate / certify the source run sharded over the ranks. RTLKIT_FAULT kills every rank at a
 chosen step (rtlkit.core.io.fault_point).
 
-    torchrun --nproc_per_node=2 tests/ddp_child.py source|neft|fdm|lwf|simclr|evaluate|certify|nt_xent
+    torchrun --nproc_per_node=2 tests/support/ddp_child.py source|neft|fdm|lwf|simclr|evaluate|certify|nt_xent
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A fork server for tests/test_reliability.py's child processes.
+"""A fork server for tests/runs/test_reliability.py's child processes.
 
 Importing torch and rtlkit takes a new interpreter 2-3 s, and the kill -9 tests start about fifty
 children (a fault chain is ten processes per kind). Here one interpreter imports them once and
@@ -8,7 +8,7 @@ the server reports, as Popen would. What a fresh interpreter would read from its
 start-up is read again after the fork (rtlkit.core.io's fault points; the thread count is set by the
 child's own code, configure_threads).
 
-    server:  python tests/zygote.py          (stdin: one JSON request a line; stdout: one JSON reply)
+    server:  python tests/support/zygote.py          (stdin: one JSON request a line; stdout: one JSON reply)
     client:  Zygote(env) ... .spawn(argv, env) -> Forked (poll / wait / communicate / kill)
 """
 from __future__ import annotations

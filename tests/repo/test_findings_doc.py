@@ -16,7 +16,7 @@ from rtlkit.suite import registry
 from rtlkit.studies import plots
 from rtlkit.studies import bn_ablation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIG = ROOT / "figures"
 
 

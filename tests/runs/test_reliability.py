@@ -34,7 +34,7 @@ from rtlkit.core.runtime import Runtime
 from rtlkit.train.loop import Checkpoints, StandardTraining
 
 CPU = Runtime("cpu")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KILLED = -signal.SIGKILL
 
 
@@ -49,7 +49,7 @@ _ZYGOTE: list = []   # this module's fork server while its tests run
 
 @pytest.fixture(scope="module", autouse=True)
 def zygote():
-    """One fork server for this file's children (tests/zygote.py): a fault chain is ten processes,
+    """One fork server for this file's children (tests/support/zygote.py): a fault chain is ten processes,
     and a fork starts in milliseconds where a new interpreter takes 2-3 s to import torch."""
     from zygote import Zygote
     z = Zygote(_base_env())

@@ -15,7 +15,6 @@ from rtlkit import ConfigError
 from rtlkit.runs.cache import get_or_train
 from rtlkit.runs.store import is_cached, run_dir
 
-sys.path.insert(0, str(Path(__file__).parent))
 import ddp_child  # noqa: E402
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
@@ -36,7 +35,7 @@ def launch(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 def torchrun(runs: Path, *kinds: str, n: int = 2, **env) -> subprocess.CompletedProcess:
     e = {**os.environ, "RTLKIT_RUNS": str(runs), "OMP_NUM_THREADS": "1", **env}
-    return launch([TORCHRUN, f"--nproc_per_node={n}", "--standalone", str(Path(__file__).parent / "ddp_child.py"),
+    return launch([TORCHRUN, f"--nproc_per_node={n}", "--standalone", str(Path(__file__).resolve().parents[1] / "support" / "ddp_child.py"),
                    *kinds], e)
 
 

@@ -51,7 +51,7 @@ def test_the_gpu_smoke_stage_runs_dry_on_the_cpu(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OUT": str(tmp_path), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     p = subprocess.run([str(root / "bench" / "device.sh"), "smoke", "--dry"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600)

@@ -3,7 +3,7 @@ version with its hashes, from `make lock`) agree: the same top-level packages, t
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def norm(name: str) -> str:

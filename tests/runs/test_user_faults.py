@@ -1,10 +1,10 @@
 """The surfaces where a researcher's own files and settings come in, held to the run cache's standard:
 each fault is refused with one line naming the file or the setting before any compute, any folder or
-any process, or never served. Faults are injected by kind (as tests/test_reliability.py does for the
+any process, or never served. Faults are injected by kind (as tests/runs/test_reliability.py does for the
 cache): user files (arrays, images, checkpoints), settings (environment, notebook parameters,
 options), commands run as a user types them (subprocesses), and cleanup on every exit path.
 
-    pytest tests/test_user_faults.py        # every case below
+    pytest tests/runs/test_user_faults.py        # every case below
 """
 import json
 import os
@@ -25,7 +25,7 @@ from rtlkit.core import data as D
 from rtlkit.core.models import ResNetSpec
 from rtlkit.runs.specs import ExternalSource
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_00 = REPO / "notebooks" / "00_your_transfer.ipynb"
 
 
