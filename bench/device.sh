@@ -37,10 +37,10 @@ case "$stage" in
   calibrate)
     python -m bench.throughput --model wrn-16-4 --input 1x28x28 --classes 10 --batch 128 --eval-batch 500 \
       --accuracy none --trained none --out "$OUT/wrn-16-4"
-    python -m rtlkit.suite.plan --profile full --bench "$(ls -t "$OUT"/wrn-16-4/*.json | head -1)" --json "$OUT/plan-full.json" ;;
+    rtlkit plan --profile full --bench "$(ls -t "$OUT"/wrn-16-4/*.json | head -1)" --json "$OUT/plan-full.json" ;;
   figures)
     export RTLKIT_RUNS="$OUT/runs"
-    python -m rtlkit.suite.figures --profile full --figures-dir "$OUT/figures" ;;
+    rtlkit figures --profile full --figures-dir "$OUT/figures" ;;
   ddp)
     python -m bench.ddp_scaling --model wrn-34-10 --procs 1 2 4 8 --out "$OUT" ;;
   *) echo "usage: $0 smoke [--dry]|bench|bench-ft|bench-eval|accuracy|calibrate|figures|ddp" >&2; exit 2 ;;

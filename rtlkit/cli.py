@@ -9,7 +9,7 @@
     rtlkit run --help                         # one cached run
     rtlkit reproduce --only 01 02             # does a fresh clone reproduce the committed figures?
 
-Each subcommand is the module of the same name (``python -m rtlkit.suite.figures`` and the others stay as
+Each subcommand is the module of the same name (``rtlkit figures`` and the others stay as
 aliases); ``reproduce`` is the repository's ``bench/reproduce.py``.
 """
 from __future__ import annotations

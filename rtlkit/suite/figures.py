@@ -1,8 +1,8 @@
 """Regenerate the figures: execute every notebook headless with papermill at one profile.
 
-    python -m rtlkit.suite.figures                      # all notebooks: profile `full` on a GPU, `quick` on the CPU
-    python -m rtlkit.suite.figures --profile smoke --figures-dir /tmp/figs --only 01
-    python -m rtlkit.suite.figures --profile paper --dry-run   # every paper code path, one step each (figures/dry-run/)
+    rtlkit figures                      # all notebooks: profile `full` on a GPU, `quick` on the CPU
+    rtlkit figures --profile smoke --figures-dir /tmp/figs --only 01
+    rtlkit figures --profile paper --dry-run   # every paper code path, one step each (figures/dry-run/)
 
 Executed copies go to runs/notebooks/ (out of git); figures, CSVs and manifests to figures/.
 """
@@ -175,7 +175,7 @@ def run(profile: str | None = None, figures_dir: str | None = None, only: list[s
         done = suite_status(paths)
         rest = [b.name for b in books if b.name not in times]
         print(f"\n[rtlkit] stopped: {done} of {len(paths)} runs and evaluations are done and cached (finished "
-              f"runs and their checkpoints are kept). To resume: python -m rtlkit.suite.figures --profile {profile} "
+              f"runs and their checkpoints are kept). To resume: rtlkit figures --profile {profile} "
               f"--only {' '.join(r[:2] for r in rest)}", file=sys.stderr, flush=True)
         raise
     finally:

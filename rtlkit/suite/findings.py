@@ -443,14 +443,14 @@ def write(figures_dir) -> pd.DataFrame:
 
 
 def _main(argv=None) -> int:
-    """python -m rtlkit.suite.findings [--figures-dir DIR] [--readme README.md]: rewrite DIR's findings.csv,
+    """rtlkit findings [--figures-dir DIR] [--readme README.md]: rewrite DIR's findings.csv,
     findings_calibration.csv, provenance.csv and findings.md from the figure CSVs and manifests there
     (what `make figures` does after the last notebook), and the README's generated block, and print
     the verdicts."""
     import argparse
     import os
     from pathlib import Path
-    ap = argparse.ArgumentParser(prog="python -m rtlkit.suite.findings", description=_main.__doc__)
+    ap = argparse.ArgumentParser(prog="rtlkit findings", description=_main.__doc__)
     ap.add_argument("--figures-dir", default=os.environ.get("RTLKIT_FIGURES", "figures"))
     ap.add_argument("--readme", default=None, help="also rewrite this README's generated findings block")
     args = ap.parse_args(argv)

@@ -1,9 +1,9 @@
 """A suite on many GPUs and nodes: every uncached training and evaluation that ``rtlkit.suite.plan``
 lists becomes a submitit job (Slurm through ``AutoExecutor``, or local processes).
 
-    python -m rtlkit.suite.launch --profile paper [--only 03] --executor slurm --gpus-per-job 1 [--partition P]
-    python -m rtlkit.suite.launch --profile full --executor local --jobs 8     # one job per GPU on one node
-    python -m rtlkit.suite.launch --profile full --status                       # done / running / queued / failed
+    rtlkit launch --profile paper [--only 03] --executor slurm --gpus-per-job 1 [--partition P]
+    rtlkit launch --profile full --executor local --jobs 8     # one job per GPU on one node
+    rtlkit launch --profile full --status                       # done / running / queued / failed
 
 Dependencies run in waves: every source first, then every fine-tune and head (each needs its
 source), then every evaluation (each needs its run). Waves, not Slurm job dependencies: a wave

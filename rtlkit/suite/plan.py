@@ -1,7 +1,7 @@
 """What a figure suite will train and evaluate, without running it.
 
-    python -m rtlkit.suite.plan --profile full
-    python -m rtlkit.suite.plan --profile full --bench bench/results/<run>.json   # + a time estimate
+    rtlkit plan --profile full
+    rtlkit plan --profile full --bench bench/results/<run>.json   # + a time estimate
 
 The notebooks' experiment steps run with the run cache in recording mode (``runs.recording``):
 nothing trains, nothing is written. It lists every

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=8 -m rtlkit.suite.run --profile paper source-1a2b3c4d5e6f
     torchrun --nproc_per_node=8 -m rtlkit.suite.run --profile paper transfer-0a1b2c3d4e5f/eval-6a7b8c9d0e1f
     torchrun --nproc_per_node=8 -m rtlkit.suite.run --profile paper --only 03 --all   # every uncached item, in waves
-    python -m rtlkit.suite.run --profile smoke --list                                 # the names a profile's suite has
+    rtlkit run --profile smoke --list                                 # the names a profile's suite has
 
 A training is named by its run folder; an evaluation, a certification or other cached per-image
 work by its file in that folder, without the suffix (``rtlkit.suite.plan`` and ``rtlkit.suite.launch

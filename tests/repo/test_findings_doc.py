@@ -41,7 +41,7 @@ def test_findings_md_and_the_readme_block_are_generated_from_the_csv():
     pd.testing.assert_frame_equal(prov, fresh)
     assert set(prov.notebook) >= {p.stem for p in (ROOT / "notebooks").glob("0[1-7]_*.ipynb")}
     readme = (ROOT / "README.md").read_text()
-    assert F.readme_with(readme, df) == readme, "README's findings block is stale: python -m rtlkit.suite.findings --readme README.md"
+    assert F.readme_with(readme, df) == readme, "README's findings block is stale: rtlkit findings --readme README.md"
     assert "figures/findings.md" in readme
 
 

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -254,7 +255,7 @@ def cached_run(tmp_path_factory):
 
 
 def test_the_card_command_cards_a_cached_run(cached_run, tmp_path):
-    """`python -m rtlkit.suite.card` once compared its own __main__ Card with the profiles' Card and
+    """`rtlkit card` once compared its own __main__ Card with the profiles' Card and
     failed on every valid call."""
     root, name = cached_run
     p = user_command(["rtlkit.suite.card", "--profile", "smoke", "--test-n", "8", name], tmp_path, timeout=600,
@@ -390,3 +391,46 @@ def test_notebook_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "without encryption" not in p.stderr and "IPKernelApp" not in p.stderr, p.stderr
     assert ipc_kernel_manager()().transport == "ipc"
+
+
+# --------------------------------------------------------------------------- rtlkit card on any checkpoint and images
+
+def _image_folder(root, classes=4, per_class=10, size=32):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_the_card_command_cards_a_checkpoint_on_a_folder_and_writes_its_csv(tmp_path):
+    torch.save(_resnet18_state(), tmp_path / "mine.pth")
+    _image_folder(tmp_path / "imgs")
+    p = user_command(["rtlkit.suite.card", "--arch", "resnet18", "--checkpoint", "mine.pth", "--data", "imgs",
+                      "--eps", "8/255", "--test-n", "8", "--profile", "smoke", "--out", "card.csv"], tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "report card of mine: linf eps=0.03137" in p.stdout
+    summary, checks = pd.read_csv(tmp_path / "card.csv"), pd.read_csv(tmp_path / "card-checks.csv")
+    assert {"PGD-CE", "APGD-CE", "Square"} <= set(summary.iloc[:, 0]) and summary.accuracy.between(0, 1).all()
+    assert len(checks) == 6 and set(checks.status) <= {"pass", "warn", "none"}
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"--checkpoint": "nope.pth"}, "--checkpoint nope.pth: no such file"),
+    ({"--eps": "8/25x"}, "--eps 8/25x: not a number or a fraction like 8/255"),
+    ({"--eps": "2"}, "--eps 2 = 2: outside (0, 1] for linf"),
+    ({"--data": "empty"}, "empty"),
+    ({"--data": "nowhere"}, "--data nowhere: no such folder or file"),
+    ({"--arch": "wrn-28-10"}, "mine.pth"),
+    ({"--data": None}, "a checkpoint's card needs --data"),
+])
+def test_a_bad_card_input_is_one_line_and_status_2_before_any_compute(change, needle, tmp_path):
+    torch.save(_resnet18_state(), tmp_path / "mine.pth")
+    _image_folder(tmp_path / "imgs", per_class=3)
+    (tmp_path / "empty").mkdir()
+    args = {"--arch": "resnet18", "--checkpoint": "mine.pth", "--data": "imgs", "--eps": "8/255", **change}
+    argv = ["rtlkit.suite.card"] + [x for k, v in args.items() if v is not None for x in (k, v)]
+    one_line(user_command(argv, tmp_path), needle)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not list(tmp_path.glob("card-*.csv"))

@@ -108,7 +108,7 @@ def test_plan_of_the_paper_profile_without_its_data_counts_at_torchvision_sizes(
     out_json = tmp_path / "plan.json"
     assert plan.main(["--profile", "paper", "--only", "01", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "missing on this machine" in out and "cifar100" in out and "python -m rtlkit.core.data --download cifar100" in out
+    assert "missing on this machine" in out and "cifar100" in out and "rtlkit data --download cifar100" in out
     p = json.loads(out_json.read_text())
     assert p["missing_datasets"] == ["cifar10", "cifar100"]
     # CIFAR-100's 50,000 training images: the source's epochs x steps of 128 (the last partial batch dropped)
