@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from rtlkit.core.models import WRNSpec, build
+from rtlkit.core.models.wrn import WRNSpec
+from rtlkit.core.models import build
 from rtlkit.core.runtime import Runtime
 from rtlkit.measure.smoothing import sample_counts
 

@@ -25,7 +25,8 @@ def _worker(a) -> None:
     from rtlkit.core import distributed
     from rtlkit.measure.attacks import PGD
     from rtlkit.core.data import DatasetInfo, ImageData, Loader
-    from rtlkit.core.models import WRNSpec, build
+    from rtlkit.core.models.wrn import WRNSpec
+    from rtlkit.core.models import build
     from rtlkit.core.runtime import Runtime
     from rtlkit.train.loop import AdversarialTraining, make_optimizer, train_step
 

@@ -6,7 +6,8 @@ import torch
 from filelock import FileLock
 
 from rtlkit.core import data as D
-from rtlkit.core.models import WRNSpec, build
+from rtlkit.core.models.wrn import WRNSpec
+from rtlkit.core.models import build
 
 TINY = WRNSpec(10, 1, stem_stride=2)  # 5 blocks
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field, replace
 from rtlkit.measure.attacks import PGD, FoolboxPGD
 from rtlkit.measure.card import Card
 from rtlkit.core.errors import ConfigError, check, check_int, check_real, is_int, is_real
-from rtlkit.core.models import ResNetSpec, WRNSpec, parse_spec
+from rtlkit.core.models.resnet import ResNetSpec
+from rtlkit.core.models.wrn import WRNSpec
+from rtlkit.core.models import parse_spec
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun, check_tap
 from rtlkit.train.loop import AdversarialTraining, StandardTraining
 from rtlkit.train.transfer import TransferPolicy

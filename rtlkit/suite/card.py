@@ -23,7 +23,8 @@ import pandas as pd
 from rtlkit.core import data as D
 from rtlkit.core.errors import ConfigError, DatasetNotFound, check, check_int
 from rtlkit.core.io import atomic_write_csv
-from rtlkit.core.models import CHECKPOINT_FORMATS, parse_spec
+from rtlkit.core.models.checkpoints import CHECKPOINT_FORMATS
+from rtlkit.core.models import parse_spec
 from rtlkit.core.runtime import Runtime, configure_threads, default_cpu_isa, pin_cpu_isa
 from rtlkit.measure.card import Card, NORMS
 from rtlkit.runs.card import get_or_card

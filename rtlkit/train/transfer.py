@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from rtlkit.core.errors import ConfigError, check, is_int
-from rtlkit.core.models import Backbone, reinit_blocks
+from rtlkit.core.models.backbone import Backbone, reinit_blocks
 from rtlkit.train.methods.neft import apply_neft
 
 BN_CASES = {  # CARTL Table 1, in the order of its rows and columns

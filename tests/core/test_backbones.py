@@ -10,7 +10,10 @@ import torchvision
 from rtlkit import ConfigError
 from rtlkit.core.data import synthetic
 from rtlkit.train.methods.neft import NEFT, apply_neft
-from rtlkit.core.models import ResNetSpec, WRNSpec, build, from_torchvision_keys, parse_spec
+from rtlkit.core.models.resnet import ResNetSpec
+from rtlkit.core.models.wrn import WRNSpec
+from rtlkit.core.models import build, parse_spec
+from rtlkit.core.models.checkpoints import from_torchvision_keys
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.loop import StandardTraining, train
 from rtlkit.train.transfer import BN_CASES, TransferPolicy, prepare_target

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torchvision
 
 from rtlkit import ConfigError
-from rtlkit.core.models import IMAGENET_MEAN, IMAGENET_STD, ResNetSpec, WRNSpec
+from rtlkit.core.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNetSpec
+from rtlkit.core.models.wrn import WRNSpec
 from rtlkit.runs.specs import DataSpec, ExternalSource, TransferRun
 from rtlkit.runs.cache import get_or_train
 from rtlkit.runs.store import run_dir

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from rtlkit.measure.attacks import APGD, APGDT, FABT, PGD, FoolboxPGD, Square
-from rtlkit.core.models import WRNSpec, build
+from rtlkit.core.models.wrn import WRNSpec
+from rtlkit.core.models import build
 from rtlkit.core.runtime import Runtime
 
 RGB = WRNSpec(10, 1, stem_stride=2)

@@ -5,7 +5,9 @@ import torch
 import torch.nn as nn
 
 from rtlkit import ConfigError
-from rtlkit.core.models import BasicBlock, FinalBNReLU, Head, Stem, WideResNet, WRNSpec, build
+from rtlkit.core.models.wrn import BasicBlock, FinalBNReLU, Stem, WideResNet, WRNSpec
+from rtlkit.core.models.backbone import Head
+from rtlkit.core.models import build
 
 
 def test_wrn_34_10_has_17_blocks():

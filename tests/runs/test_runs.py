@@ -16,7 +16,7 @@ from rtlkit.core import io as rtlkit_io
 from rtlkit.runs import cache as runs
 from rtlkit.measure.attacks import PGD
 from rtlkit.core.io import atomic_write_json
-from rtlkit.core.models import WRNSpec
+from rtlkit.core.models.wrn import WRNSpec
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun, stable_hash, to_jsonable
 from rtlkit.runs.cache import get_or_evaluate, get_or_train
 from rtlkit.runs.store import is_cached, run_dir
@@ -119,7 +119,7 @@ def test_hash_is_stable_and_every_setting_makes_a_new_run():
 
 
 def test_hash_does_not_depend_on_the_python_process():
-    code = ("from rtlkit.measure.attacks import PGD; from rtlkit.core.models import WRNSpec; "
+    code = ("from rtlkit.measure.attacks import PGD; from rtlkit.core.models.wrn import WRNSpec; "
             "from rtlkit.runs.specs import DataSpec, SourceRun, stable_hash; "
             "from rtlkit.train.loop import AdversarialTraining; "
             "print(stable_hash(SourceRun(DataSpec('synthetic-a'), WRNSpec(10, 1, stem_stride=2), "

@@ -23,7 +23,7 @@ from PIL import Image
 
 from rtlkit import ConfigError
 from rtlkit.core import data as D
-from rtlkit.core.models import ResNetSpec
+from rtlkit.core.models.resnet import ResNetSpec
 from rtlkit.runs.specs import ExternalSource
 
 REPO = Path(__file__).resolve().parents[2]
@@ -237,7 +237,7 @@ def test_a_pinned_result_is_keyed_by_its_thread_count(monkeypatch):
 def cached_run(tmp_path_factory):
     """A finished run in a run cache of its own: a tiny source trained by the library."""
     from rtlkit.measure.attacks import PGD
-    from rtlkit.core.models import WRNSpec
+    from rtlkit.core.models.wrn import WRNSpec
     from rtlkit.runs.specs import DataSpec, SourceRun
     from rtlkit.runs.cache import get_or_train
     from rtlkit.runs.store import run_dir

@@ -7,7 +7,7 @@ from rtlkit.studies import profiles
 from rtlkit.suite import session as report
 from rtlkit import ConfigError
 from rtlkit.core import data as D
-from rtlkit.core.models import WRNSpec
+from rtlkit.core.models.wrn import WRNSpec
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
 from rtlkit.core.runtime import Runtime
 from rtlkit.train.loop import AdversarialTraining, StandardTraining

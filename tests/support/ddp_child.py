@@ -17,7 +17,7 @@ from rtlkit.train.methods.fdm import FDMTraining   # noqa: E402
 from rtlkit.train.methods.lwf import LwFTraining   # noqa: E402
 from rtlkit.train.methods.neft import NEFT   # noqa: E402
 from rtlkit.train.methods.simclr import SimCLRTraining   # noqa: E402
-from rtlkit.core.models import WRNSpec   # noqa: E402
+from rtlkit.core.models.wrn import WRNSpec   # noqa: E402
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
 from rtlkit.runs.cache import get_or_certify, get_or_evaluate, get_or_train   # noqa: E402
 from rtlkit.measure.smoothing import Smoothing   # noqa: E402

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rtlkit.runs import cache as runs   # noqa: E402
 from rtlkit.measure.attacks import PGD   # noqa: E402
 from rtlkit.train.methods.lwf import LwFTraining   # noqa: E402
-from rtlkit.core.models import WRNSpec   # noqa: E402
+from rtlkit.core.models.wrn import WRNSpec   # noqa: E402
 from rtlkit.train.methods.neft import NEFT   # noqa: E402
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun   # noqa: E402
 from rtlkit.core.runtime import Runtime, configure_threads   # noqa: E402

@@ -6,7 +6,7 @@ import torch
 from rtlkit import ConfigError
 from rtlkit.measure.attacks import attack_mode
 from rtlkit.measure.evaluate import input_gradient
-from rtlkit.core.models import Normalize
+from rtlkit.core.models.backbone import Normalize
 from rtlkit.runs.specs import DataSpec
 
 from conftest import tiny_model

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rtlkit.core.errors import check, check_int, is_real
-from rtlkit.core.models import mlp_head
+from rtlkit.core.models.backbone import mlp_head
 from rtlkit.core.runtime import Runtime, seed_all
 from rtlkit.train.loop import StandardTraining, make_optimizer, milestone_epochs
 

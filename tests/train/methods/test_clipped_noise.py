@@ -23,7 +23,8 @@ def test_clipped_noise_is_never_longer_than_eps():
 
 
 def test_clipped_noise_training_is_one_cross_entropy_on_noisy_inputs():
-    from rtlkit.core.models import WRNSpec, build
+    from rtlkit.core.models.wrn import WRNSpec
+    from rtlkit.core.models import build
     from rtlkit.core.runtime import Runtime
     rt = Runtime(device="cpu")
     model = build(WRNSpec(depth=10, width=1), 3, 1, (0.5,), (0.25,)).eval()

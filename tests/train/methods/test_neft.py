@@ -5,7 +5,8 @@ import torch
 
 from rtlkit.measure.attacks import PGD
 from rtlkit.train.methods.neft import NEFT, largest_singular_value, normalised_layers, settle, spectral_normed
-from rtlkit.core.models import BasicBlock, WRNSpec, build
+from rtlkit.core.models.wrn import BasicBlock, WRNSpec
+from rtlkit.core.models import build
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
 from rtlkit.runs.cache import get_or_train
 from rtlkit.runs.store import run_dir

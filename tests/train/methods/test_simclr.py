@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rtlkit.train.methods.simclr import SimCLRTraining, nt_xent, random_resized_crop
-from rtlkit.core.models import WRNSpec
+from rtlkit.core.models.wrn import WRNSpec
 from rtlkit.runs.specs import DataSpec, SourceRun, TransferRun
 from rtlkit.runs.cache import get_or_train
 from rtlkit.runs.store import run_dir
