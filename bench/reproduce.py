@@ -6,7 +6,7 @@
     python -m bench.reproduce --compare /tmp/clone/figures --only 06   # only compare an earlier run's CSVs
 
 A table matches when its bytes equal the committed file's. Otherwise the columns that differ are
-named; a table that differs only in columns measuring the machine (``report.MEASURED_COLUMNS``, wall
+named; a table that differs only in columns measuring the machine (``rtlkit.suite.session.MEASURED_COLUMNS``, wall
 times) counts as reproduced. The committed figures are pinned to ``avx2-compat`` (``quick``'s default
 on the CPU), so expect a match on any x86 CPU with AVX2, Intel or AMD, at the manifests' thread
 count and torch (docs/reliability.md). Exit status 0 when every table is reproduced, 1 when one
