@@ -1,9 +1,10 @@
 """rtlkit: robust transfer learning study kit (CARTL, Shafahi et al., Vaishnavi et al., provable transfer).
 
-Foundations: data, models, runtime, io, errors. Measuring: attacks, evaluate. The loop: training,
-transfer. Orchestration: runs (the cache), profiles, plan, report, figures. One module per paper
-method in ``rtlkit.train.methods``; one module per notebook (steps, plots, panel) in ``rtlkit.studies``;
-``plots`` and ``widgets`` hold only what the studies share.
+Layers, each importing only from those before it: ``core`` (errors, io, runtime, distributed, data,
+models) · ``measure`` (attacks, evaluate, smoothing, the card, the verdict rule) · ``train`` (the
+loop, transfer policies, one module per paper method) · ``runs`` (specs, store, cache) ·
+``studies`` (one module per notebook, profiles) · ``suite`` (registry, plan, figures, launch,
+findings) · ``cli`` (the ``rtlkit`` command). docs/layout.md has the whole map.
 """
 from rtlkit.core.errors import ConfigError, DatasetNotFound
 
