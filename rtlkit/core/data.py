@@ -536,6 +536,13 @@ def array_file(path: str | Path, size: int | None = None, name: str | None = Non
 
 # --------------------------------------------------------------------------- transfer helpers
 
+def your_files(path: str | Path, size: int | None = None) -> str:
+    """Register your images as a dataset, and return its name: an ``.npz`` (:func:`array_file`) or
+    a folder in ImageFolder's layout (:func:`image_folder`)."""
+    path = Path(path).expanduser()
+    return array_file(path, size=size) if path.suffix == ".npz" else image_folder(path, size=size)
+
+
 def class_split(data: ImageData, classes: list[int] | range, name: str | None = None) -> ImageData:
     """Keep only ``classes`` and relabel them 0..len-1 (e.g. Fashion-MNIST 0-4 -> 5-9)."""
     classes = list(classes)

@@ -96,9 +96,7 @@ def setup(profile: Profile, source_arch: str | None = None, source_path: str | N
     eps = profile.eps if eps is None else eps
     check_real("eps", eps, 0, 1 if norm == "linf" else None, low_open=True)
     if target_dir:
-        path = Path(target_dir).expanduser()
-        reg = D.array_file if path.suffix == ".npz" else D.image_folder
-        target = DataSpec(reg(path, size=target_size))
+        target = DataSpec(D.your_files(target_dir, size=target_size))
     else:
         target = profile.target
     check(source_size is None or (is_int(source_size) and source_size >= 8),

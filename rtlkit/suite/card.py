@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def parse_eps(text: str, norm: str) -> float:
         value = float(num) / float(den) if den else float(num)
     except (ValueError, ZeroDivisionError):
         raise ConfigError(f"--eps {text}: not a number or a fraction like 8/255") from None
-    check(value > 0 and (norm != "linf" or value <= 1) and value == value and value != float("inf"),
+    check(math.isfinite(value) and value > 0 and (norm != "linf" or value <= 1),
           f"--eps {text} = {value:.6g}: outside (0, 1] for {norm} (eps is in [0, 1] pixels)"
           if norm == "linf" else f"--eps {text} = {value:.6g}: must be positive")
     return value
@@ -107,11 +108,9 @@ def parse_eps(text: str, norm: str) -> float:
 def dataset_of(data: str, size: int | None) -> str:
     """``--data``: an ImageFolder directory, an ``.npz``, or a registered dataset's name; its name."""
     path = Path(data).expanduser()
-    if path.suffix == ".npz":
-        return D.array_file(path, size=size)
     if path.exists():
-        check(path.is_dir(), f"--data {data}: neither a folder of images nor an .npz")
-        return D.image_folder(path, size=size)
+        check(path.is_dir() or path.suffix == ".npz", f"--data {data}: neither a folder of images nor an .npz")
+        return D.your_files(path, size)
     try:
         D.load(data, "test")
     except (DatasetNotFound, ConfigError) as e:
