@@ -187,15 +187,16 @@ CALIBRATION_COLUMNS = ["notebook", "table", "measure", "config", "seed_a", "seed
 CALIBRATION_MEASURES = ("robust_acc", "clean_acc")
 
 
-def calibration(figures_dir) -> pd.DataFrame:
+def calibration(figures_dir, all_floors: dict | None = None) -> pd.DataFrame:
     """The A/A calibration (``findings_calibration.csv``): every pair of cells the run offers that
     share a configuration and an arm and differ only in their seed, in every notebook whose study
     has replicated tables, on robust and clean accuracy. Each pair is judged by the rule as if it
     were a claim, floored by its notebook's seed floor (``resolved``), and by the 2-SE rule of
     unpaired binomial SEs without the seeds (``resolved_2se_rule``, the rule verdicts used before).
-    Both count false resolutions: the two cells are one configuration."""
+    Both count false resolutions: the two cells are one configuration. ``all_floors``: :func:`floors`,
+    computed when not given."""
     read = reader(figures_dir)
-    all_floors = floors(figures_dir)
+    all_floors = floors(figures_dir) if all_floors is None else all_floors
     parts = []
     for nb in registry.with_findings():
         floor = all_floors[nb]
@@ -286,9 +287,10 @@ def calibration_summary(cal: pd.DataFrame) -> str:
             "verdicts used before.")
 
 
-def collect(figures_dir) -> pd.DataFrame:
-    """Every notebook's findings as one table (``figures/findings.csv``'s rows)."""
-    all_floors = floors(figures_dir)
+def collect(figures_dir, all_floors: dict | None = None) -> pd.DataFrame:
+    """Every notebook's findings as one table (``figures/findings.csv``'s rows); ``all_floors``:
+    :func:`floors`, computed when not given."""
+    all_floors = floors(figures_dir) if all_floors is None else all_floors
     return _frame([f for nb in registry.with_findings() for f in of_notebook(nb, figures_dir, all_floors)])
 
 
@@ -431,9 +433,10 @@ def write(figures_dir) -> pd.DataFrame:
     ``figures_dir``, from the CSVs and manifests there (atomically)."""
     from pathlib import Path
     folder = Path(figures_dir)
-    df = collect(folder)
+    all_floors = floors(folder)   # one pass over the replicated tables serves the findings and the calibration
+    df = collect(folder, all_floors)
     atomic_write_csv(folder / "findings.csv", df)
-    atomic_write_csv(folder / "findings_calibration.csv", calibration(folder))
+    atomic_write_csv(folder / "findings_calibration.csv", calibration(folder, all_floors))
     atomic_write_csv(folder / "provenance.csv", provenance(folder))
     df = pd.read_csv(folder / "findings.csv")   # render what a reader of the CSV sees
     cal = pd.read_csv(folder / "findings_calibration.csv")
